@@ -1,0 +1,124 @@
+"""The decoder-only transformer (GPT): embeddings, causal blocks, output layer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .layers import Block, KVCache
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None = None      # (B, T, V), or (B, 1, V) with last_only
+    loss: torch.Tensor | None = None        # mean NLL over target tokens that are not IGNORE_INDEX
+    nll_sum: torch.Tensor | None = None     # summed NLL: exact gradient accumulation divides by the global count
+    n_tokens: int = 0                       # target tokens counted in nll_sum
+    attn: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T, S), when asked
+    hidden: torch.Tensor | None = None      # (B, T, C) after the final norm, when asked
+
+
+def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor,
+              chunk: int = 8192) -> torch.Tensor:
+    """Summed cross-entropy of the output layer over N rows, computed in row chunks.
+
+    Chunking keeps the (N, V) logits from existing all at once, which matters at large batch
+    on a GPU (82k rows x 10k vocab is 3.3 GB in fp32); gradient checkpointing each chunk would
+    save more but costs a recompute, so it is not done here.
+    """
+    total = hidden_NxC.new_zeros((), dtype=torch.float32)
+    for i in range(0, hidden_NxC.shape[0], chunk):
+        logits = head(hidden_NxC[i:i + chunk])
+        total = total + F.cross_entropy(logits.float(), targets_N[i:i + chunk], reduction="sum")
+    return total
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init)
+        # GPT-2: scale the projections into the residual stream by depth so its variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out.weight", "mlp.down.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
+        if non_embedding:
+            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        cfg = self.cfg
+        p = self.tok_emb.weight
+        return KVCache(cfg.n_layer, batch, cfg.n_head, max_len or cfg.context_length, cfg.head_size,
+                       device=device or p.device, dtype=dtype or p.dtype)
+
+    def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,
+                pos_BxT: torch.Tensor | None = None, key_mask_BxS: torch.Tensor | None = None,
+                cache: KVCache | None = None, return_attn: bool = False, last_only: bool = False,
+                return_logits: bool | None = None, return_hidden: bool = False) -> ModelOutput:
+        """Run the model.
+
+        targets_BxT: next-token ids, IGNORE_INDEX where no loss is wanted (padding). With targets,
+        the output layer runs only on the counted rows (no compute on padding) and logits are not
+        returned unless return_logits=True.
+        pos_BxT: position ids (default: 0.., or after the cache); left-padded batches pass their own.
+        key_mask_BxS: True for real tokens among all keys (cached + new), for left-padded batches.
+        last_only: compute logits for the last position only (generation).
+        """
+        B, T = idx_BxT.shape
+        offset = cache.length if cache is not None else 0
+        if pos_BxT is None:
+            if offset + T > self.cfg.context_length:
+                raise ValueError(f"sequence of {offset + T} tokens exceeds context_length {self.cfg.context_length}")
+            pos_BxT = torch.arange(offset, offset + T, device=idx_BxT.device)[None]
+        x = self.tok_emb(idx_BxT) + self.pos_emb(pos_BxT)
+        out = ModelOutput()
+        for i, block in enumerate(self.blocks):
+            x, attn, _ = block(x, key_mask_BxS=key_mask_BxS, cache=cache, layer=i, return_attn=return_attn)
+            if return_attn:
+                out.attn.append(attn)
+        if cache is not None:
+            cache.length += T
+        h_BxTxC = self.ln_f(x)
+        if return_hidden:
+            out.hidden = h_BxTxC
+        if targets_BxT is not None:
+            keep_BxT = targets_BxT != IGNORE_INDEX
+            out.n_tokens = int(keep_BxT.sum())
+            out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT])
+            out.loss = out.nll_sum / max(out.n_tokens, 1)
+            if not return_logits:
+                return out
+        if last_only:
+            h_BxTxC = h_BxTxC[:, -1:]
+        out.logits = self.lm_head(h_BxTxC)
+        return out

@@ -1,0 +1,187 @@
+"""Transformer building blocks shared by every model family.
+
+One attention module serves causal self-attention (GPT, the decoder), bidirectional self-attention
+(the encoder, `causal=False`) and cross-attention (`cross=True`); a Block is attention + optional
+cross-attention + feed-forward, with LayerNorm before (pre-LN, GPT-2) or after (post-LN, Vaswani and
+the course's notebook) each residual sub-layer.
+
+Masks are boolean, True = may attend. Shapes are in names: B batch, T queries, S keys, H heads,
+D head width, C model width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of past positions, preallocated, for incremental decoding.
+
+    `length` counts the positions already stored; a forward pass with a cache writes its T new
+    positions after them and the caller (the model) advances `length` once all layers are done.
+    Cross-attention keys/values (fixed for the whole decode) are kept in `cross` by layer.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
+                 device=None, dtype=torch.float32):
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.k_LxBxHxSxD = torch.zeros(shape, device=device, dtype=dtype)
+        self.v_LxBxHxSxD = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, layer: int, k_BxHxTxD: torch.Tensor, v_BxHxTxD: torch.Tensor):
+        t0, t1 = self.length, self.length + k_BxHxTxD.shape[2]
+        if t1 > self.max_len:
+            raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
+        self.k_LxBxHxSxD[layer, :, :, t0:t1] = k_BxHxTxD
+        self.v_LxBxHxSxD[layer, :, :, t0:t1] = v_BxHxTxD
+        return self.k_LxBxHxSxD[layer, :, :, :t1], self.v_LxBxHxSxD[layer, :, :, :t1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (reorders too: beam search uses this)."""
+        self.k_LxBxHxSxD = self.k_LxBxHxSxD[:, rows]
+        self.v_LxBxHxSxD = self.v_LxBxHxSxD[:, rows]
+        self.cross = {i: (k[rows], v[rows]) for i, (k, v) in self.cross.items()}
+
+
+def build_mask(T: int, S: int, *, causal: bool, offset: int = 0,
+               key_mask_BxS: torch.Tensor | None = None, device=None) -> torch.Tensor | None:
+    """Boolean attention mask (B or 1, 1, T, S), True = may attend, or None when nothing is masked.
+
+    Query i sits at absolute position offset + i; with `causal` it sees keys j <= offset + i.
+    A query may always see itself, so a padded query row never becomes all-masked (NaN).
+    """
+    if not causal and key_mask_BxS is None:
+        return None
+    q_T1 = torch.arange(T, device=device)[:, None] + offset
+    k_1S = torch.arange(S, device=device)[None, :]
+    mask_TxS = (k_1S <= q_T1) if causal else torch.ones(T, S, dtype=torch.bool, device=device)
+    mask = mask_TxS[None, None]
+    if key_mask_BxS is not None:
+        diag_TxS = k_1S == q_T1
+        mask = (mask & key_mask_BxS[:, None, None, :].bool()) | diag_TxS[None, None]
+    return mask
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention by default; `cross=True` takes keys/values from a context."""
+
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_size
+        inner = self.n_head * self.head_dim
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=cfg.bias)
+        else:
+            # One matmul for q, k and v: faster, and the same layout as GPT-2's c_attn.
+            self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=cfg.bias)
+        self.out = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def _heads(self, x_BxTxI: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x_BxTxI.shape
+        return x_BxTxI.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, x_BxTxC: torch.Tensor, *, context_BxSxC: torch.Tensor | None = None,
+                causal: bool = False, key_mask_BxS: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0, return_attn: bool = False):
+        B, T, _ = x_BxTxC.shape
+        offset = 0
+        if self.cross:
+            q = self._heads(self.q(x_BxTxC))
+            if cache is not None and layer in cache.cross:
+                k, v = cache.cross[layer]
+            else:
+                k, v = (self._heads(t) for t in self.kv(context_BxSxC).chunk(2, dim=-1))
+                if cache is not None:
+                    cache.cross[layer] = (k, v)
+            causal = False  # a decoder position may look at the whole source
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv(x_BxTxC).chunk(3, dim=-1))
+            if cache is not None:
+                offset = cache.length
+                k, v = cache.update(layer, k, v)
+        S = k.shape[2]
+        drop = self.dropout if self.training else 0.0
+
+        if return_attn:
+            mask = build_mask(T, S, causal=causal, offset=offset, key_mask_BxS=key_mask_BxS, device=x_BxTxC.device)
+            scores_BxHxTxS = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+            if mask is not None:
+                scores_BxHxTxS = scores_BxHxTxS.masked_fill(~mask, float("-inf"))
+            attn_BxHxTxS = scores_BxHxTxS.float().softmax(dim=-1).to(q.dtype)
+            y = F.dropout(attn_BxHxTxS, drop, self.training) @ v
+        else:
+            attn_BxHxTxS = None
+            if causal and key_mask_BxS is None and offset == 0 and T == S:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            else:
+                # One new query with a cache sees every stored key: no causal mask needed.
+                mask = build_mask(T, S, causal=causal and T > 1, offset=offset,
+                                  key_mask_BxS=key_mask_BxS, device=x_BxTxC.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        y_BxTxI = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.out(y_BxTxI), attn_BxHxTxS
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        # tanh-approximate GELU is GPT-2's, which keeps the Hugging Face export exact.
+        self.act = nn.GELU(approximate="tanh") if cfg.activation == "gelu" else nn.ReLU()
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x_BxTxC)))
+
+
+class Block(nn.Module):
+    """Self-attention (+ cross-attention when `cross`) + feed-forward, each a residual sub-layer.
+
+    `causal` is a property of the block: GPT and decoder blocks are causal, encoder blocks are not.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, causal: bool = True, cross: bool = False):
+        super().__init__()
+        self.causal = causal
+        self.pre_norm = cfg.norm == "pre"
+        self.ln_attn = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.attn = Attention(cfg)
+        self.ln_cross = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cross else None
+        self.cross_attn = Attention(cfg, cross=True) if cross else None
+        self.ln_mlp = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _residual(self, x, ln, fn):
+        """x + f(x) with the block's LayerNorm placement; returns (new x, attention or None)."""
+        if self.pre_norm:
+            y, attn = fn(ln(x))
+            return x + self.drop(y), attn
+        y, attn = fn(x)
+        return ln(x + self.drop(y)), attn
+
+    def forward(self, x_BxTxC: torch.Tensor, *, key_mask_BxS=None, context_BxSxC=None,
+                context_mask_BxS=None, cache: KVCache | None = None, layer: int = 0,
+                return_attn: bool = False):
+        x, self_attn = self._residual(x_BxTxC, self.ln_attn, lambda h: self.attn(
+            h, causal=self.causal, key_mask_BxS=key_mask_BxS, cache=cache, layer=layer,
+            return_attn=return_attn))
+        cross_attn = None
+        if self.cross_attn is not None:
+            x, cross_attn = self._residual(x, self.ln_cross, lambda h: self.cross_attn(
+                h, context_BxSxC=context_BxSxC, key_mask_BxS=context_mask_BxS, cache=cache,
+                layer=layer, return_attn=return_attn))
+        x, _ = self._residual(x, self.ln_mlp, lambda h: (self.mlp(h), None))
+        return x, self_attn, cross_attn

@@ -1,0 +1,125 @@
+"""Tokenizers, built on Hugging Face `tokenizers` and saved as a standard `tokenizer.json`.
+
+- "word": word-level with a vocabulary cap, the notebook's TextVectorization: lowercase, split on
+  whitespace and on every ASCII punctuation character (so "it's" -> it ' s), the most frequent
+  words kept, the rest mapped to [UNK].
+- "bpe": byte-level BPE (GPT-2 style): no unknown words, any text round-trips.
+
+Special tokens come first, so their ids are fixed: [PAD]=0, [UNK]=1, <|endoftext|>=2, then any
+extras a model family asks for ([MASK], [CLS], <s>, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from .errors import UserError
+
+PAD, UNK, EOT = "[PAD]", "[UNK]", "<|endoftext|>"
+SPECIALS = (PAD, UNK, EOT)
+# string.punctuation as a regex class: the notebook pads exactly these characters.
+ASCII_PUNCT = r"[!-/:-@\[-`{-~]"
+
+
+class Tokenizer:
+    """Thin wrapper over a `tokenizers.Tokenizer` with gptlab's special tokens."""
+
+    def __init__(self, hf: HFTokenizer, kind: str):
+        self.hf = hf
+        self.kind = kind
+        for tok in SPECIALS:
+            if hf.token_to_id(tok) is None:
+                raise UserError(f"tokenizer lacks the special token {tok}: train a new one with gptlab")
+        self.pad_id = hf.token_to_id(PAD)
+        self.unk_id = hf.token_to_id(UNK)
+        self.eot_id = hf.token_to_id(EOT)
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], kind: str = "word", vocab_size: int = 10000,
+              lowercase: bool = True, extra_specials: tuple[str, ...] = ()) -> "Tokenizer":
+        specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
+        if vocab_size < len(specials) + 1:
+            raise UserError(f"vocab_size {vocab_size} is too small: use at least {len(specials) + 1}")
+        if kind == "word":
+            hf = HFTokenizer(models.WordLevel(unk_token=UNK))
+            if lowercase:
+                hf.normalizer = normalizers.Lowercase()
+            hf.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Split(Regex(ASCII_PUNCT), behavior="isolated"),
+            ])
+            trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials)
+        elif kind == "bpe":
+            hf = HFTokenizer(models.BPE(unk_token=UNK))
+            if lowercase:
+                hf.normalizer = normalizers.Lowercase()
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            hf.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        else:
+            raise UserError(f"unknown tokenizer {kind!r}: use 'word' or 'bpe'")
+        hf.train_from_iterator(texts, trainer)
+        return cls(hf, kind)
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write tokenizer.json atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.hf.save(str(tmp))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a plain Exception with a parse message
+            raise UserError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0][:120]}): "
+                            "re-train the model or copy its tokenizer.json again") from None
+        kind = "bpe" if isinstance(hf.model, models.BPE) else "word"
+        return cls(hf, kind)
+
+    # -- use --------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def tokens(self, text: str) -> list[str]:
+        return self.hf.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        ids = [int(i) for i in ids if int(i) != self.pad_id]
+        if self.kind == "word":
+            # Word-level has no decoder: words are joined by spaces, [UNK] shown where it stood.
+            toks = [self.hf.id_to_token(i) for i in ids]
+            if skip_special:
+                toks = [t for t in toks if t not in (PAD, EOT)]
+            return " ".join(toks)
+        return self.hf.decode(ids, skip_special_tokens=skip_special)
+
+    def id_to_token(self, i: int) -> str:
+        return self.hf.id_to_token(int(i))
+
+    def token_to_id(self, tok: str) -> int | None:
+        return self.hf.token_to_id(tok)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` the vocabulary lacks (they encode as [UNK]); empty for byte-level BPE."""
+        if self.kind != "word":
+            return []
+        pre = self.hf.pre_tokenizer.pre_tokenize_str(self.hf.normalizer.normalize_str(text)
+                                                      if self.hf.normalizer else text)
+        return [w for w, _ in pre if self.hf.token_to_id(w) is None]
