@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from .checkpoint import load_checkpoint
+from .errors import UserError
+from .explain.capture import explain, model_info, token_labels
+from .explain.trace import Trace
+from .generate import Completion, check_generative, encode_prompts, fit_context, generate_text, stream_text
+from .sampling import SamplingConfig, TemperatureTable, temperature_table
 from .tokenizer import Tokenizer
+
+__all__ = ["LoadedModel", "load", "Completion", "Trace", "TemperatureTable", "default_device"]
 
 
 def default_device() -> str:
@@ -39,6 +47,60 @@ class LoadedModel:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)
+
+    # -- sampling (the web server codes against these signatures) -------------------------------------
+    def generate(self, prompt: str | list[str], *, max_new_tokens: int = 80, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 stop: list[str] | None = None, n: int = 1, seed: int | None = None) -> list[Completion]:
+        """n completions of the prompt (or of each prompt of a list, in order: prompt 0's n first).
+
+        Completion.text is the continuation only; temperature 0 is greedy; see SamplingConfig.
+        """
+        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                             stop=list(stop or []), seed=seed).validate()
+        check_generative(self.model, self.kind)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return generate_text(self.model, self.tokenizer, prompts, cfg, n=n)
+
+    def stream(self, prompt: str, *, max_new_tokens: int = 80, temperature: float = 1.0, top_k: int = 0,
+               top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+               stop: list[str] | None = None, seed: int | None = None) -> Iterator[str]:
+        """Text pieces as they are generated; joined, they equal generate(...)[0].text for the same seed."""
+        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                             stop=list(stop or []), seed=seed).validate()
+        check_generative(self.model, self.kind)
+        return stream_text(self.model, self.tokenizer, prompt, cfg)
+
+    def explain(self, prompt: str, *, steps: int = 4, top: int = 5, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                stop: list[str] | None = None, seed: int | None = None) -> Trace:
+        """Generate `steps` tokens, recording at each what the model attended to and its top candidates.
+
+        In a notebook the Trace displays itself; `.show()`, `.save(path)`, `.save_html(path)`.
+        """
+        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                             repetition_penalty=repetition_penalty, max_new_tokens=steps,
+                             stop=list(stop or []), seed=seed).validate()
+        if top < 1:
+            raise UserError(f"top must be >= 1 (got {top})")
+        check_generative(self.model, self.kind)
+        info = model_info(self.model, self.tokenizer, self.kind, self.path)
+        return explain(self.model, self.tokenizer, prompt, cfg, top=top, info=info)
+
+    def next_token_logits(self, prompt: str) -> torch.Tensor:
+        """The model's raw logits (V,) for the token after `prompt`."""
+        check_generative(self.model, self.kind)
+        ids = fit_context(encode_prompts(self.tokenizer, [prompt]), self.model.cfg.context_length)[0]
+        with torch.inference_mode():
+            x = torch.tensor([ids], device=self.device)
+            return self.model(x, last_only=True).logits[0, -1].float().cpu()
+
+    def temperature_table(self, prompt: str, temperatures: list[float], top: int = 5) -> TemperatureTable:
+        """The next token's top candidates with their probability and the entropy at each temperature."""
+        return temperature_table(self.next_token_logits(prompt), temperatures, top=top,
+                                 label=token_labels(self.tokenizer), prompt=prompt)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

@@ -11,7 +11,7 @@ import sys
 from . import __version__
 from .errors import UserError
 
-COMMANDS = ["train", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export"]
+COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

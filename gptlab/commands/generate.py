@@ -1,0 +1,121 @@
+"""`gptlab generate MODEL PROMPT`: sample text from a trained model.
+
+The sampling flags are generated from `SamplingConfig`'s fields (names, defaults and help), so the
+CLI, the Python API and the web server describe the same settings the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, fields
+from typing import Iterator
+
+from ..errors import UserError
+from ..sampling import SamplingConfig
+
+# Flag spellings where the field name alone is not what users type.
+FLAGS = {"temperature": ["-T", "--temperature"], "max_new_tokens": ["--max-tokens", "--max-new-tokens"]}
+TYPES = {"float": float, "int": int, "int | None": int}
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group("sampling")
+    for f in fields(SamplingConfig):
+        if f.name in skip:
+            continue
+        names = FLAGS.get(f.name, ["--" + f.name.replace("_", "-")])
+        if f.type == "list[str]":
+            group.add_argument(*names, dest=f.name, action="append", default=[], metavar="TEXT",
+                               help=f.metadata["help"] + " (repeat for several)")
+        else:
+            group.add_argument(*names, dest=f.name, type=TYPES[f.type], default=f.default,
+                               help=f.metadata["help"] + " (default: %(default)s)")
+
+
+def sampling_from_args(args: argparse.Namespace, **overrides) -> SamplingConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(SamplingConfig) if hasattr(args, f.name)}
+    defaults = {f.name: f.default for f in fields(SamplingConfig) if f.default is not MISSING}
+    return SamplingConfig(**{**defaults, **values, **overrides}).validate()
+
+
+def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("model", nargs="?" if optional else None, metavar="MODEL",
+                        help="model folder (config.json, model.safetensors, tokenizer.json), e.g. runs/demo")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+
+
+def load_model(args: argparse.Namespace):
+    import torch
+
+    from ..api import load
+    device = args.device
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for but no CUDA GPU is available: use --device cpu")
+    return load(args.model, device=device)
+
+
+@contextmanager
+def warnings_to_stderr(command: str) -> Iterator[None]:
+    """Library warnings (prompt cut, unknown words) as one plain line each on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"gptlab {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="sample text from a trained model",
+        description="Sample text from a trained model. Example: "
+                    "gptlab generate runs/demo \"wine review : us\" -T 0.5 -n 3 --seed 1",
+    )
+    add_model_args(p)
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty, start from scratch)")
+    p.add_argument("-n", type=int, default=1, help="number of samples (default: %(default)s)")
+    add_sampling_args(p)
+    p.add_argument("--stream", action="store_true",
+                   help="print tokens as they come (samples one after another, seeds seed, seed+1, ...)")
+    p.add_argument("--json", action="store_true", help="print the completions as JSON (prompt, text, token_ids, finish_reason)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = sampling_from_args(args)
+    if args.n < 1:
+        raise UserError(f"-n must be >= 1 (got {args.n})")
+    if args.stream and args.json:
+        raise UserError("--stream and --json do not go together: pick one")
+    model = load_model(args)
+    kwargs = cfg.to_dict()
+    with warnings_to_stderr("generate"):
+        if args.stream:
+            for k in range(args.n):
+                if k:
+                    print()
+                seed = None if cfg.seed is None else cfg.seed + k
+                print(args.prompt, end="", flush=True)
+                for piece in model.stream(args.prompt, **{**kwargs, "seed": seed}):
+                    print(piece, end="", flush=True)
+                print()
+            return 0
+        completions = model.generate(args.prompt, n=args.n, **kwargs)
+    if args.json:
+        print(json.dumps([asdict(c) for c in completions], ensure_ascii=False, indent=2))
+        return 0
+    for k, c in enumerate(completions):
+        if k:
+            print()
+        print(c.prompt + c.text)
+    return 0

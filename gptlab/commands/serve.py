@@ -1,0 +1,91 @@
+"""`gptlab serve`: the web page and the HTTP API over every model in a folder."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+from dataclasses import fields
+
+from ..errors import UserError
+
+# CLI flag -> ServeSettings field (help texts come from the dataclass, so they cannot drift).
+FLAGS = {
+    "--max-tokens": "max_tokens", "--max-prompt-chars": "max_prompt_chars", "--max-choices": "max_choices",
+    "--max-explain-steps": "max_explain_steps", "--max-body-bytes": "max_body_bytes", "--workers": "workers",
+    "--queue": "queue", "--timeout": "timeout_s", "--max-loaded": "max_loaded", "--device": "device",
+}
+
+
+def register(sub) -> None:
+    from ..serve.settings import ServeSettings  # no fastapi needed to build the parser
+
+    p = sub.add_parser(
+        "serve", help="serve models over HTTP: a web page and an OpenAI-compatible API",
+        description="Serve every gptlab model folder in --models (or that folder itself, if it is one "
+                    "model): a page at / to generate and step through what the model saw, "
+                    "OpenAI-compatible /v1/models and /v1/completions, and /v1/explain. "
+                    "Listens on loopback only unless --host says otherwise.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--models", default="runs", help="folder of model folders (each with config.json), or one model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to your network")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one and prints it)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    by_name = {f.name: f for f in fields(ServeSettings)}
+    defaults = ServeSettings()
+    for flag, name in FLAGS.items():
+        f = by_name[name]
+        kind = float if name == "timeout_s" else (str if name == "device" else int)
+        p.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name), help=f.metadata["help"])
+    p.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+
+        from ..serve import ServeSettings, create_app
+    except ModuleNotFoundError as e:
+        raise UserError(f"gptlab serve needs {e.name}: pip install 'gptlab[serve]'") from None
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port: pick one in 1-65535, or 0 for any free one")
+    settings = ServeSettings(**{name: getattr(args, name) for name in FLAGS.values()})
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    app = create_app(args.models, settings)
+    names = app.state.registry.names()
+    if not names:
+        print(f"gptlab serve: note: no model folders (with config.json) in {args.models} yet; "
+              "they are picked up as they appear", file=sys.stderr)
+    if not _is_loopback(args.host):
+        print(f"gptlab serve: warning: listening on {args.host}: anyone who can reach this machine can use the models",
+              file=sys.stderr)
+    # Bind the socket ourselves so --port 0 works and the real address can be printed before serving.
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}): pick another --port") from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"gptlab serve: {len(names)} model(s) from {args.models} at http://{shown}:{port}/ "
+          f"(API: http://{shown}:{port}/v1, schema: /openapi.json)", flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0

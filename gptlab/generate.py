@@ -1,0 +1,268 @@
+"""Generation: the sampling loop over token ids, with a KV cache. Text only at the edges.
+
+`generate_steps` is the engine: prompts of token ids in, one `Step` per new token out (the chosen
+ids, the logits and distribution they came from and, on request, each layer's attention row of the
+predicting position). Everything else -- whole completions, streaming text, explanation traces,
+the web server -- consumes those steps.
+
+Batches may mix prompt lengths: prompts are left-padded and the model gets explicit positions and a
+key mask, so each row computes exactly what it would alone. Once a sequence would outgrow the
+model's context, the window slides: each step re-runs the model on the last `context_length`
+tokens (absolute position embeddings make cached keys invalid once positions shift).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .errors import UserError
+from .sampling import SamplingConfig, make_generator, sample
+from .tokenizer import Tokenizer
+
+BATCH_SIZE = 64  # rows per forward pass when many completions are asked for at once
+
+
+class GenerationWarning(UserWarning):
+    """Something about the input was changed to make generation possible (cut prompt, unknown words)."""
+
+
+@dataclass
+class Step:
+    """One new token for every row of the batch."""
+    index: int                          # 0 for the first new token
+    tokens_B: torch.Tensor              # (B,) chosen ids; pad for rows that had already finished
+    logits_BxV: torch.Tensor            # (B, V) the model's raw logits that predicted them (float32)
+    probs_BxV: torch.Tensor             # (B, V) the distribution drawn from: penalty, temperature, filters applied
+    active: list[bool]                  # rows that produced a token at this step
+    finish: list[str | None]            # "stop" or "length" for rows that finished at this step
+    attn: list[torch.Tensor] | None = None  # per layer (B, H, S): attention of the predicting position (capture=True)
+    context: list[list[int]] | None = None  # per row, the ids it attended over: the last len() of the S keys (capture=True)
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(ids (B, W), positions (B, W) or None, key mask (B, W) or None); None where no row is padded."""
+    W = max(len(s) for s in seqs)
+    ids_BxW = torch.tensor([[pad_id] * (W - len(s)) + list(s) for s in seqs], dtype=torch.long, device=device)
+    if all(len(s) == W for s in seqs):
+        return ids_BxW, None, None
+    n_pad_Bx1 = torch.tensor([[W - len(s)] for s in seqs], device=device)
+    slot_1xW = torch.arange(W, device=device)[None]
+    return ids_BxW, (slot_1xW - n_pad_Bx1).clamp(min=0), slot_1xW >= n_pad_Bx1
+
+
+def fit_context(prompts: Sequence[Sequence[int]], context_length: int) -> list[list[int]]:
+    """Keep the last `context_length` ids of each prompt, saying so once."""
+    long = [len(p) for p in prompts if len(p) > context_length]
+    if long:
+        which = "a prompt" if len(prompts) == 1 else f"{len(long)} of {len(prompts)} prompts"
+        warnings.warn(f"{which} ({max(long)} tokens) is longer than the model's context of {context_length} "
+                      f"tokens: keeping the last {context_length}", GenerationWarning, stacklevel=3)
+    return [list(p[-context_length:]) for p in prompts]
+
+
+def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+                   eot_id: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
+                   stop_fn: Callable[[int, int], bool] | None = None, capture: bool = False,
+                   use_cache: bool = True) -> Iterator[Step]:
+    """Sample up to cfg.max_new_tokens ids after each prompt; yield one Step per new token.
+
+    A row finishes on `eot_id` (kept as its last id), when `stop_fn(row, id)` returns True (called
+    for every other new id, in order: the text side uses it for stop strings), or at max_new_tokens.
+    `use_cache=False` re-runs the model on the whole window every step (the reference the cache is
+    tested against). `generator` defaults to one seeded with cfg.seed.
+    """
+    cfg.validate()
+    if not prompts or cfg.max_new_tokens == 0:
+        return
+    if any(len(p) == 0 for p in prompts):
+        raise UserError("a prompt has no tokens: give at least one token (the text side starts empty prompts with end-of-text)")
+    C = model.cfg.context_length
+    device = model.tok_emb.weight.device
+    hist = fit_context(prompts, C)
+    B = len(hist)
+    L_max = max(len(h) for h in hist)
+    if generator is None:
+        generator = make_generator(cfg.seed, device)
+    done = [False] * B
+    arange_B = torch.arange(B, device=device)
+
+    with torch.inference_mode():
+        seen_BxV = None
+        if cfg.repetition_penalty != 1.0:
+            seen_BxV = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)
+            for b, h in enumerate(hist):
+                seen_BxV[b, torch.tensor(h, device=device)] = True
+        # Step i feeds slot L_max + i - 1 of the cache; past the context, the window slides instead.
+        cache_steps = C - L_max + 1 if use_cache else 0
+        if cache_steps > 0:
+            cache = model.new_cache(B, max_len=min(C, L_max + cfg.max_new_tokens - 1))
+            ids_BxT, pos_BxT, key_mask_BxS = _left_pad(hist, pad_id, device)
+            if key_mask_BxS is not None:
+                # Positions and key mask for every future step, sliced per step below.
+                lengths_Bx1 = torch.tensor([[len(h)] for h in hist], device=device)
+                next_pos_BxN = lengths_Bx1 - 1 + torch.arange(cache.max_len, device=device)[None]
+                key_mask_BxS = torch.cat([key_mask_BxS, key_mask_BxS.new_ones(B, cache.max_len - L_max)], dim=1)
+
+    for i in range(cfg.max_new_tokens):
+        with torch.inference_mode():
+            context = [h[-C:] for h in hist] if capture else None
+            if i < cache_steps:
+                if i > 0:
+                    ids_BxT = tokens_B[:, None]
+                    if key_mask_BxS is not None:
+                        pos_BxT = next_pos_BxN[:, i:i + 1]
+                S = L_max + i
+                out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,
+                            key_mask_BxS=None if key_mask_BxS is None else key_mask_BxS[:, :S])
+            else:
+                window_ids, window_pos, window_mask = _left_pad([h[-C:] for h in hist], pad_id, device)
+                out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True,
+                            return_attn=capture)
+            logits_BxV = out.logits[:, -1].float()
+            tokens_B, probs_BxV = sample(logits_BxV, cfg, generator, seen_BxV)
+            if any(done):
+                tokens_B = tokens_B.masked_fill(torch.tensor(done, device=device), pad_id)
+            if seen_BxV is not None:
+                seen_BxV[arange_B, tokens_B] = True
+            attn = [a[:, :, -1] for a in out.attn] if capture else None
+
+        active = [not d for d in done]
+        finish: list[str | None] = [None] * B
+        for b, t in enumerate(tokens_B.tolist()):
+            if done[b]:
+                continue
+            hist[b].append(t)
+            if t == eot_id or (stop_fn is not None and stop_fn(b, t)):
+                finish[b] = "stop"
+            elif i == cfg.max_new_tokens - 1:
+                finish[b] = "length"
+            done[b] = finish[b] is not None
+        yield Step(i, tokens_B, logits_BxV, probs_BxV, active, finish, attn, context)
+        if all(done):
+            return
+
+
+# -- the text side ------------------------------------------------------------------------------------
+@dataclass
+class Completion:
+    prompt: str                 # as given
+    text: str                   # the generated continuation only (prompt + text reads as one text)
+    token_ids: list[int]        # every sampled id, including a final end-of-text id when that stopped it
+    finish_reason: str          # "stop" (end-of-text or a stop string) or "length" (max_new_tokens)
+
+
+class TextTracker:
+    """The decoded continuation of one row, cut at stop strings, for whole texts and for streaming.
+
+    Decoding is incremental (only the last few ids are re-decoded per token, so a step costs the same
+    at token 5 and token 500); a piece that ends in an unfinished UTF-8 character waits for the next
+    id. While the text ends in the beginning of a stop string, `take()` holds that part back, so the
+    streamed pieces always add up to the final `text`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], stop: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids[-4:])  # a little left context so word boundaries decode right
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+        self.stop = [s for s in stop if s]
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> bool:
+        """Add one generated id; True when the text now contains a stop string (and was cut there)."""
+        if self.stopped:
+            return True
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset:self.read_offset])
+        after = decode(self.ids[self.prefix_offset:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.stopped = True
+        return self.stopped
+
+    def take(self, final: bool = False) -> str:
+        """Text not handed out yet; unless `final`, minus a tail that may begin a stop string."""
+        end = len(self.text)
+        if not final:
+            for s in self.stop:
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        end = max(end, self.sent)
+        piece, self.sent = self.text[self.sent:end], end
+        return piece
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt; unknown words are named in one warning; an empty prompt starts at end-of-text."""
+    unknown: list[str] = []
+    for p in prompts:
+        unknown += [w for w in tokenizer.unknown_words(p) if w not in unknown]
+    if unknown:
+        shown = ", ".join(repr(w) for w in unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        warnings.warn(f"{len(unknown)} word(s) not in the model's vocabulary, read as [UNK]: {shown}",
+                      GenerationWarning, stacklevel=3)
+    return [tokenizer.encode(p) or [tokenizer.eot_id] for p in prompts]
+
+
+def text_steps(model: torch.nn.Module, tokenizer: Tokenizer, prompt_ids: Sequence[Sequence[int]],
+               trackers: Sequence[TextTracker], cfg: SamplingConfig, generator: torch.Generator,
+               capture: bool = False) -> Iterator[Step]:
+    """The engine's steps, each new id also pushed to its row's TextTracker (which applies stop strings)."""
+    return generate_steps(model, prompt_ids, cfg, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
+                          generator=generator, stop_fn=lambda b, t: trackers[b].push(t), capture=capture)
+
+
+def check_generative(model: torch.nn.Module, kind: str) -> None:
+    if not (hasattr(model, "new_cache") and hasattr(getattr(model, "cfg", None), "context_length")):
+        raise UserError(f"this is a {kind!r} model, which does not generate text token by token: "
+                        "use a GPT model (kind 'gpt') here")
+
+
+def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequence[str], cfg: SamplingConfig,
+                  n: int = 1) -> list[Completion]:
+    """n completions of each prompt, in order (prompt 0's n, then prompt 1's, ...)."""
+    cfg.validate()
+    if n < 1:
+        raise UserError(f"n must be >= 1 (got {n})")
+    ids = encode_prompts(tokenizer, prompts)
+    rows = [(p, i) for p, i in zip(prompts, ids) for _ in range(n)]
+    generator = make_generator(cfg.seed, model.tok_emb.weight.device)
+    out: list[Completion] = []
+    for start in range(0, len(rows), BATCH_SIZE):
+        chunk = rows[start:start + BATCH_SIZE]
+        token_ids: list[list[int]] = [[] for _ in chunk]
+        reasons = ["length"] * len(chunk)
+        trackers = [TextTracker(tokenizer, i, cfg.stop) for _, i in chunk]
+        for step in text_steps(model, tokenizer, [i for _, i in chunk], trackers, cfg, generator):
+            for b, t in enumerate(step.tokens_B.tolist()):
+                if step.active[b]:
+                    token_ids[b].append(t)
+                if step.finish[b]:
+                    reasons[b] = step.finish[b]
+        out += [Completion(p, tr.text, tids, r) for (p, _), tr, tids, r in zip(chunk, trackers, token_ids, reasons)]
+    return out
+
+
+def stream_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig) -> Iterator[str]:
+    """Pieces of one completion's text as they are generated; they add up to Completion.text."""
+    cfg.validate()
+    ids = encode_prompts(tokenizer, [prompt])
+    generator = make_generator(cfg.seed, model.tok_emb.weight.device)
+    tracker = TextTracker(tokenizer, ids[0], cfg.stop)
+    for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator):
+        piece = tracker.take(final=step.finish[0] is not None)
+        if piece:
+            yield piece

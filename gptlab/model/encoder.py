@@ -1,0 +1,163 @@
+"""The encoder-only transformer (BERT): the GPT's blocks with `causal=False`.
+
+Every token sees every other token of its sentence, left and right, so the model cannot be trained
+to predict the next word; it is pretrained instead by masked-language modelling (predict the words
+hidden behind [MASK]) and then fine-tuned with a small head to classify whole sentences.
+
+Shapes in names: B batch, T tokens, C model width, V vocabulary, K classes, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .gpt import IGNORE_INDEX, token_nll
+from .layers import Block
+
+POOLINGS = ("mean", "cls")
+
+
+def bert_tiny(vocab_size: int = 1000) -> ModelConfig:
+    """For tests: trains in seconds."""
+    return ModelConfig(vocab_size=vocab_size, context_length=64, d_model=32, n_layer=2, n_head=2,
+                       d_ff=64, dropout=0.0, norm="pre", activation="gelu", tie_embeddings=True)
+
+
+def bert_small(vocab_size: int = 10000) -> ModelConfig:
+    """CPU-sized, for wine descriptions (up to 128 tokens)."""
+    return ModelConfig(vocab_size=vocab_size, context_length=128, d_model=128, n_layer=4, n_head=4,
+                       d_ff=512, dropout=0.1, norm="pre", activation="gelu", tie_embeddings=True)
+
+
+def bert_base(vocab_size: int = 30522) -> ModelConfig:
+    """BERT-base's shape (110M with its vocabulary), for GPU users."""
+    return ModelConfig(vocab_size=vocab_size, context_length=512, d_model=768, n_layer=12, n_head=12,
+                       d_ff=3072, dropout=0.1, norm="post", ln_eps=1e-12, activation="gelu",
+                       tie_embeddings=True, final_norm=False)
+
+
+ENCODER_PRESETS = {"tiny": bert_tiny, "small": bert_small, "base": bert_base}
+
+
+@dataclass
+class EncoderOutput:
+    logits: torch.Tensor | None = None   # (B, T, V) masked-LM logits, when asked
+    loss: torch.Tensor | None = None     # mean NLL over the masked positions
+    nll_sum: torch.Tensor | None = None
+    n_tokens: int = 0
+    hidden: torch.Tensor | None = None   # (B, T, C) after the final norm
+    attn: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T, T), when asked
+
+
+@dataclass
+class ClassifierOutput:
+    logits: torch.Tensor                 # (B, K)
+    loss: torch.Tensor | None = None     # mean cross-entropy, when labels are given
+    pooled: torch.Tensor | None = None   # (B, C) the sentence vector the head reads
+    attn: list[torch.Tensor] = field(default_factory=list)
+
+
+def _init_weights(module: nn.Module, n_layer: int) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for name, p in module.named_parameters():
+        if name.endswith(("attn.out.weight", "mlp.down.weight")):
+            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+
+
+class Encoder(nn.Module):
+    """Token + position embeddings, bidirectional blocks, final norm, masked-LM output layer."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        _init_weights(self, cfg.n_layer)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, idx_BxT: torch.Tensor, key_mask_BxT: torch.Tensor | None = None,
+               return_attn: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Contextual vectors (B, T, C) after the final norm; key_mask_BxT True on real tokens."""
+        T = idx_BxT.shape[1]
+        if T > self.cfg.context_length:
+            raise ValueError(f"sequence of {T} tokens exceeds context_length {self.cfg.context_length}")
+        x = self.tok_emb(idx_BxT) + self.pos_emb(torch.arange(T, device=idx_BxT.device))[None]
+        attn = []
+        for block in self.blocks:
+            x, a, _ = block(x, key_mask_BxS=key_mask_BxT, return_attn=return_attn)
+            if return_attn:
+                attn.append(a)
+        return self.ln_f(x), attn
+
+    def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,
+                key_mask_BxT: torch.Tensor | None = None, return_attn: bool = False,
+                return_logits: bool | None = None) -> EncoderOutput:
+        """targets_BxT: the original token at masked positions, IGNORE_INDEX everywhere else."""
+        h_BxTxC, attn = self.encode(idx_BxT, key_mask_BxT, return_attn)
+        out = EncoderOutput(hidden=h_BxTxC, attn=attn)
+        if targets_BxT is not None:
+            keep_BxT = targets_BxT != IGNORE_INDEX
+            out.n_tokens = int(keep_BxT.sum())
+            out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT])
+            out.loss = out.nll_sum / max(out.n_tokens, 1)
+            if not return_logits:
+                return out
+        out.logits = self.lm_head(h_BxTxC)
+        return out
+
+
+def pool(h_BxTxC: torch.Tensor, key_mask_BxT: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """One vector per sentence: the first ([CLS]) position, or the mean over real tokens."""
+    if pooling == "cls":
+        return h_BxTxC[:, 0]
+    if key_mask_BxT is None:
+        return h_BxTxC.mean(dim=1)
+    w_BxTx1 = key_mask_BxT[..., None].to(h_BxTxC.dtype)
+    return (h_BxTxC * w_BxTx1).sum(dim=1) / w_BxTx1.sum(dim=1).clamp_min(1.0)
+
+
+class Classifier(nn.Module):
+    """An Encoder (its weights loadable from a masked-LM checkpoint) + a pooled linear head."""
+
+    def __init__(self, cfg: ModelConfig, n_classes: int, pooling: str = "mean"):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes (got {n_classes})")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS} (got {pooling!r})")
+        self.encoder = Encoder(cfg)
+        self.pooling = pooling
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.d_model, n_classes)
+        nn.init.normal_(self.head.weight, 0.0, 0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.encoder.cfg
+
+    def forward(self, idx_BxT: torch.Tensor, labels_B: torch.Tensor | None = None, *,
+                key_mask_BxT: torch.Tensor | None = None, return_attn: bool = False) -> ClassifierOutput:
+        h_BxTxC, attn = self.encoder.encode(idx_BxT, key_mask_BxT, return_attn)
+        pooled_BxC = pool(h_BxTxC, key_mask_BxT, self.pooling)
+        logits_BxK = self.head(self.drop(pooled_BxC))
+        loss = F.cross_entropy(logits_BxK.float(), labels_B) if labels_B is not None else None
+        return ClassifierOutput(logits=logits_BxK, loss=loss, pooled=pooled_BxC, attn=attn)

@@ -1,0 +1,217 @@
+"""Bounded concurrency, per-request deadlines and a body-size cap for the server.
+
+Generation is CPU-bound torch, so it runs on a fixed pool of worker threads while the event loop
+keeps answering. A request is admitted only while fewer than `workers + queue` are in flight
+(else 429), and it carries a deadline. The deadline is enforced twice: the waiting coroutine gives
+up with a 504, and a forward pre-hook on the model raises inside the worker thread at the next
+forward pass, so an abandoned generation frees its worker instead of running to max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Iterator, TypeVar
+
+import torch
+from starlette.exceptions import HTTPException
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    """Every worker is busy and the queue is full (429)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request ran past its deadline (504)."""
+
+
+class Cancelled(Exception):
+    """The client went away; the worker stops at the next forward pass."""
+
+
+class Job:
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        if time.monotonic() > self.deadline:
+            raise DeadlineExceeded()
+
+    def remaining(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+
+_current = threading.local()  # the Job a worker thread is running, read by the forward hook
+
+
+def _forward_pre_hook(module, args):
+    job = getattr(_current, "job", None)
+    if job is not None:
+        job.check()
+
+
+def install_deadline_hook(model: torch.nn.Module) -> None:
+    """Make every forward pass of `model` check the calling thread's job (no-op outside a job)."""
+    if not getattr(model, "_gptlab_serve_hooked", False):
+        model.register_forward_pre_hook(_forward_pre_hook)
+        model._gptlab_serve_hooked = True
+
+
+class Gate:
+    """Admission (429 past capacity), a thread pool for generation, and deadlines (504)."""
+
+    def __init__(self, workers: int, queue: int, timeout_s: float):
+        self.workers = workers
+        self.capacity = workers + queue
+        self.timeout_s = timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gptlab-serve")
+        self._lock = threading.Lock()
+        self.in_flight = 0  # admitted and not yet finished in its worker thread
+
+    def _admit(self) -> Job:
+        with self._lock:
+            if self.in_flight >= self.capacity:
+                raise Busy()
+            self.in_flight += 1
+        return Job(time.monotonic() + self.timeout_s)
+
+    def _release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _in_worker(self, job: Job, fn: Callable[[], T]) -> T:
+        # The slot is held until the thread is done, not until the client stops waiting, so a
+        # timed-out generation still counts against capacity while it winds down.
+        try:
+            job.check()  # it may have waited in the queue past its deadline
+            _current.job = job
+            with torch.no_grad():
+                return fn()
+        finally:
+            _current.job = None
+            self._release()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run blocking `fn` on a worker; Busy, DeadlineExceeded or fn's own exception."""
+        job = self._admit()
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, self._in_worker, job, fn)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), job.remaining())
+        except asyncio.TimeoutError:
+            job.cancelled.set()
+            raise DeadlineExceeded() from None
+        except asyncio.CancelledError:  # the client disconnected
+            job.cancelled.set()
+            raise
+
+    async def stream(self, make_iter: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+        """Run the blocking iterator from `make_iter` on one worker and yield its items here.
+
+        Admission happens at the first `__anext__`, so Busy (and errors raised before the first
+        item) reach the caller before it has sent any response.
+        """
+        job = self._admit()
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for item in make_iter():
+                    job.check()
+                    loop.call_soon_threadsafe(items.put_nowait, ("item", item))
+                loop.call_soon_threadsafe(items.put_nowait, ("end", None))
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                loop.call_soon_threadsafe(items.put_nowait, ("error", e))
+
+        fut = loop.run_in_executor(self.executor, self._in_worker, job, produce)
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(items.get(), job.remaining())
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded() from None
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            # Normal end, error, timeout or a client that went away: stop the worker either way.
+            job.cancelled.set()
+            if not fut.done():
+                fut.add_done_callback(lambda f: f.exception())  # consumed: no "never retrieved" warning
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive`, inside the app, so the app's HTTPException handler answers 413."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, too_large_message(max_bytes))
+
+
+def too_large_message(max_bytes: int) -> str:
+    return (f"request body is larger than {max_bytes} bytes: send a shorter prompt "
+            "(the server's --max-body-bytes sets the limit)")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, declared or streamed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    return await self._reject(send)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return msg
+
+        async def tracking_send(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send):
+        body = json.dumps({"error": {
+            "message": too_large_message(self.max_bytes),
+            "type": "request_too_large"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

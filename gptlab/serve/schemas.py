@@ -1,0 +1,60 @@
+"""Request bodies of the HTTP API (pydantic), shaped like OpenAI's legacy completions API.
+
+Ranges of the sampling settings are not checked here: `LoadedModel.generate` checks them and its
+UserError becomes a 400 with the model's own message. Fields OpenAI clients send and gptlab does
+not use are accepted (extra="allow") unless they would change the answer; those get a 400.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(None, description="a name from GET /v1/models; may be left out when only one model is served")
+    temperature: float | None = Field(1.0, description="0 is greedy; below 1 sharper, above 1 flatter")
+    top_p: float | None = Field(1.0, description="nucleus: keep the smallest set of tokens whose probability reaches top_p")
+    seed: int | None = Field(None, description="same seed, same settings, same text")
+    # gptlab extras
+    top_k: int | None = Field(0, description="keep only the k most likely tokens (0: all)")
+    min_p: float | None = Field(0.0, description="drop tokens less likely than min_p times the most likely one")
+    repetition_penalty: float | None = Field(1.0, description="above 1 discourages tokens already present")
+
+    def sampling_kwargs(self) -> dict:
+        return {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_k": self.top_k or 0,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "min_p": self.min_p or 0.0,
+            "repetition_penalty": 1.0 if self.repetition_penalty is None else self.repetition_penalty,
+        }
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] = Field(..., description="one prompt or a list (each gets n completions)")
+    max_tokens: int | None = Field(None, ge=0, description="new tokens at most (server default 16, capped by --max-tokens)")
+    n: int | None = Field(1, ge=1, description="completions per prompt")
+    stop: str | list[str] | None = Field(None, description="stop before any of these strings")
+    stream: bool | None = Field(False, description="send text pieces as server-sent events")
+    stream_options: StreamOptions | None = None
+    echo: bool | None = Field(False, description="put the prompt in front of each completion")
+    # OpenAI fields gptlab does not implement: accepted at their neutral value only.
+    logprobs: int | None = None
+    best_of: int | None = None
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    logit_bias: dict | None = None
+    suffix: str | None = None
+    user: str | None = None
+
+
+class ExplainRequest(Sampling):
+    prompt: str = Field(..., description="the text the model continues")
+    steps: int = Field(4, ge=1, description="tokens to generate and trace")
+    top: int = Field(5, ge=1, le=100, description="candidate tokens kept per step")

@@ -1,0 +1,32 @@
+"""Limits of `gptlab serve`: one typed dataclass; the CLI flags map onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class ServeSettings:
+    max_tokens: int = field(default=256, metadata={"help": "most new tokens one completion may ask for"})
+    default_max_tokens: int = field(default=16, metadata={"help": "new tokens when a request names none (OpenAI's default)"})
+    max_prompt_chars: int = field(default=4000, metadata={"help": "longest prompt accepted, in characters"})
+    max_choices: int = field(default=8, metadata={"help": "most completions per request (prompts x n)"})
+    max_explain_steps: int = field(default=32, metadata={"help": "most steps one explanation may trace"})
+    max_body_bytes: int = field(default=64_000, metadata={"help": "largest request body; larger ones get 413"})
+    workers: int = field(default=2, metadata={"help": "generations running at once (threads)"})
+    queue: int = field(default=64, metadata={"help": "requests waiting for a worker; more get 429"})
+    timeout_s: float = field(default=60.0, metadata={"help": "seconds a request may take, queue included; then 504"})
+    max_loaded: int = field(default=8, metadata={"help": "models kept in memory (least recently used is dropped)"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if present, else cpu)"})
+
+    def validate(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < (0 if f.name == "queue" else 1):
+                raise ValueError(f"{f.name} must be >= {0 if f.name == 'queue' else 1} (got {v})")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
+
+    def public(self) -> dict:
+        """The limits a client may want to know (the page sizes its sliders with them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "device"}

@@ -1,0 +1,256 @@
+"""The training loop's invariants and the `gptlab train` command, on tiny models."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gptlab
+from gptlab import trainer
+from gptlab.cli import main
+from gptlab.config import RUN_PRESETS
+from gptlab.data import Corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+COUNTRIES = {"germany": ["mosel", "pfalz", "baden"], "france": ["bordeaux", "alsace"], "us": ["california", "oregon"]}
+
+
+def fixture_lines(n=240):
+    import random
+    rng = random.Random(0)
+    lines = []
+    for i in range(n):
+        c = rng.choice(list(COUNTRIES))
+        p = rng.choice(COUNTRIES[c])
+        words = rng.sample(["crisp", "ripe", "dry", "fresh", "oaky", "long", "bright", "dense", "soft"], 4)
+        lines.append(f"wine review : {c} : {p} : riesling : a {words[0]} , {words[1]} wine with {words[2]} fruit and a {words[3]} finish .")
+    return lines
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text("\n".join(fixture_lines()) + "\n", encoding="utf-8")
+    return p
+
+
+def tiny_cfg(out, **train):
+    cfg = RUN_PRESETS["tiny"]()
+    cfg.model.context_length = 24
+    cfg.model.dropout = 0.0
+    t = cfg.train
+    t.out, t.precision, t.progress, t.tensorboard = str(out), "fp32", False, False
+    t.eval_interval, t.save_interval, t.log_interval, t.sample_prompt = 0, 0, 1, ""
+    t.batch_size, t.max_steps, t.warmup_steps, t.lr = 32, 6, 2, 3e-3
+    for k, v in train.items():
+        setattr(t, k, v)
+    return cfg
+
+
+def corpus():
+    return Corpus(records=fixture_lines(), source="fixture", skipped=0)
+
+
+def losses(result):
+    return [h["loss"] for h in result.history if "loss" in h]
+
+
+def weights(out):
+    return load_file(str(Path(out) / "model.safetensors"))
+
+
+def test_grad_accumulation_4x8_equals_1x32(tmp_path):
+    a = trainer.train(tiny_cfg(tmp_path / "a", grad_accum=1, max_steps=3), corpus())
+    b = trainer.train(tiny_cfg(tmp_path / "b", grad_accum=4, max_steps=3), corpus())
+    assert losses(a) == pytest.approx(losses(b), abs=1e-5)
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = trainer.train(tiny_cfg(tmp_path / "full"), corpus())
+
+    real_lr_at = trainer.lr_at
+
+    def interrupt_at_3(step, progress, t):
+        if step == 3:
+            raise KeyboardInterrupt  # as Ctrl-C would, between two steps
+        return real_lr_at(step, progress, t)
+
+    monkeypatch.setattr(trainer, "lr_at", interrupt_at_3)
+    part = trainer.train(tiny_cfg(tmp_path / "part"), corpus())
+    assert part.interrupted and part.step == 3
+    monkeypatch.setattr(trainer, "lr_at", real_lr_at)
+    rest = trainer.train(tiny_cfg(tmp_path / "part", resume=True), corpus())
+    assert rest.step == 6
+    assert losses(part) + losses(rest) == pytest.approx(losses(full), abs=1e-6)
+    wf, wr = weights(tmp_path / "full"), weights(tmp_path / "part")
+    for k in wf:
+        assert torch.allclose(wf[k], wr[k], atol=1e-6), k
+
+
+def test_ddp_two_processes_equal_one(tmp_path, corpus_file):
+    common = ["--data", str(corpus_file), "--preset", "tiny", "--context-length", "24", "--dropout", "0",
+              "--precision", "fp32", "--no-progress", "--no-tensorboard", "--eval-interval", "0",
+              "--sample-prompt", "", "--max-steps", "3", "--batch-size", "16", "--log-interval", "1",
+              "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "gptlab", "train", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "gptlab", "train", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+    h1 = json.loads((tmp_path / "one" / "train_state.json").read_text())["history"]
+    h2 = json.loads((tmp_path / "two" / "train_state.json").read_text())["history"]
+    assert [h["loss"] for h in h1 if "loss" in h] == pytest.approx([h["loss"] for h in h2 if "loss" in h], abs=1e-5)
+
+
+def test_end_to_end_cli_train_then_load(tmp_path, corpus_file, capsys):
+    out = tmp_path / "model"
+    rc = main(["train", "--data", str(corpus_file), "--preset", "tiny", "--context-length", "24",
+               "--max-steps", "30", "--eval-interval", "15", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_state.json", "train_state.safetensors"):
+        assert (out / name).exists(), name
+    assert list((out / "tb").iterdir()), "TensorBoard events written"
+    assert not list(out.glob("*.tmp")), "no temporary files left"
+    lm = gptlab.load(out, device="cpu")
+    assert lm.kind == "gpt" and lm.config["step"] == 30
+    ids = lm.encode("wine review : germany :")
+    assert lm.tokenizer.unk_id not in ids
+    logits = lm.model(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), lm.tokenizer.vocab_size)
+    err = capsys.readouterr().err
+    assert "val loss" in err and "sample:" in err
+
+
+def test_learns_the_fixture_template(tmp_path):
+    """After a short run the model knows which provinces follow `wine review : germany :`."""
+    res = trainer.train(tiny_cfg(tmp_path / "m", max_steps=300, lr=5e-3, warmup_steps=10), corpus())
+    lm = gptlab.load(tmp_path / "m", device="cpu")
+    ids = lm.encode("wine review : germany :")
+    p = torch.softmax(lm.model(torch.tensor([ids])).logits[0, -1].detach(), -1)
+    german = sum(float(p[lm.tokenizer.token_to_id(w)]) for w in COUNTRIES["germany"])
+    assert german > 0.9, german
+    assert res.val_loss < res.history[0]["loss"]
+
+
+def test_toml_config_and_flag_precedence(tmp_path, corpus_file):
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "tiny"\nmax_steps = 2\n[model]\nd_model = 16\nn_head = 2\n[train]\nbatch_size = 8\n')
+    out = tmp_path / "m"
+    rc = main(["train", "--config", str(toml), "--data", str(corpus_file), "--batch-size", "4", "--out", str(out),
+               "--no-progress", "--no-tensorboard"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["d_model"] == 16 and cfg["train"]["batch_size"] == 4 and cfg["train"]["max_steps"] == 2
+
+
+def test_help_lists_every_field_with_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--d-model", "--n-head", "--batch-size", "--grad-accum", "--batching", "--precision",
+                 "--compile", "--resume", "--data", "--template", "--val-fraction", "--data-seed", "--config"):
+        assert flag in text, flag
+    assert "(default: 32)" in text
+
+
+def run_cli(args):
+    proc = subprocess.run([sys.executable, "-m", "gptlab", *args], capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+BAD = [
+    (["--d-model", "30", "--n-head", "4"], "not divisible"),
+    (["--context-length", "1"], "context_length"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--batching", "zip"], "batching"),
+]
+
+
+@pytest.mark.parametrize("extra, msg", BAD)
+def test_impossible_sizes_get_one_line_errors(tmp_path, corpus_file, extra, msg):
+    rc, _, err = run_cli(["train", "--data", str(corpus_file), "--out", str(tmp_path / "m"), "--preset", "tiny", *extra])
+    assert rc == 2
+    assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m").exists(), "nothing written"
+
+
+def test_bad_corpora_get_one_line_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "latin.txt"
+    binary.write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    csv = tmp_path / "t.csv"
+    csv.write_text("title,body\nA,b\n")
+    cases = [
+        (["--data", str(empty)], "empty"),
+        (["--data", str(tmp_path / "missing.txt")], "no such"),
+        (["--data", str(binary)], "UTF-8"),
+        (["--data", str(csv), "--template", "{title} : {text}"], "text"),
+        (["--data", str(csv)], "country"),
+    ]
+    for extra, msg in cases:
+        rc, _, err = run_cli(["train", *extra, "--out", str(tmp_path / "m"), "--preset", "tiny"])
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert msg.lower() in err.lower(), (extra, err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_out_folder_with_another_model_is_refused_then_resumable(tmp_path, corpus_file):
+    out = tmp_path / "m"
+    base = ["train", "--data", str(corpus_file), "--preset", "tiny", "--out", str(out), "--max-steps", "2",
+            "--no-progress", "--no-tensorboard", "--sample-prompt", ""]
+    assert main(base) == 0
+    rc, _, err = run_cli(base[:] + ["--d-model", "64"])
+    assert rc == 2 and "another config" in err and "--overwrite" in err
+    rc, _, err = run_cli(base)
+    assert rc == 2 and "--resume" in err
+    rc, _, err = run_cli(base + ["--resume", "--d-model", "64"])
+    assert rc == 2 and "another config" in err
+    assert main(base[:-6] + ["--max-steps", "4", "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["step"] == 4
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(tmp_path, corpus_file):
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(corpus_file), "--preset", "tiny", "--out", str(out), "--max-steps", "1",
+                 "--no-progress", "--no-tensorboard"]) == 0
+    w = out / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(gptlab.errors.UserError, match="truncated"):
+        gptlab.load(out)
+    w.write_bytes(b"\x00" * 64)
+    with pytest.raises(gptlab.errors.UserError, match="safetensors"):
+        gptlab.load(out)
+    # A safetensors file of another model.
+    from safetensors.torch import save_file
+    save_file({"foo": torch.zeros(3)}, str(w))
+    with pytest.raises(gptlab.errors.UserError, match="another model"):
+        gptlab.load(out)
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(gptlab.errors.UserError, match="JSON"):
+        gptlab.load(out)
+    with pytest.raises(gptlab.errors.UserError, match="does not exist"):
+        gptlab.load(tmp_path / "nowhere")
+
+
+def test_gptlab_help_runs_as_module():
+    rc, out, _ = run_cli(["--help"])
+    assert rc == 0 and "train" in out
