@@ -207,9 +207,7 @@ class TextTracker:
 
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt; unknown words are named in one warning; an empty prompt starts at end-of-text."""
-    unknown: list[str] = []
-    for p in prompts:
-        unknown += [w for w in tokenizer.unknown_words(p) if w not in unknown]
+    unknown = list(dict.fromkeys(w for p in prompts for w in tokenizer.unknown_words(p)))
     if unknown:
         shown = ", ".join(repr(w) for w in unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
         warnings.warn(f"{len(unknown)} word(s) not in the model's vocabulary, read as [UNK]: {shown}",

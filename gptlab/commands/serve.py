@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import socket
 import sys
+import warnings
 from dataclasses import fields
 
 from ..errors import UserError
@@ -56,12 +57,16 @@ def run(args) -> int:
     try:
         import uvicorn
 
+        from ..generate import GenerationWarning
         from ..serve import ServeSettings, create_app
     except ModuleNotFoundError as e:
         raise UserError(f"gptlab serve needs {e.name}: pip install 'gptlab[serve]'") from None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port: pick one in 1-65535, or 0 for any free one")
     settings = ServeSettings(**{name: getattr(args, name) for name in FLAGS.values()})
+    # Unknown words and cut prompts are the client's business, and "default" warnings are remembered
+    # per distinct message, which would grow without end on a server that sees many prompts.
+    warnings.simplefilter("ignore", GenerationWarning)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

@@ -289,7 +289,7 @@ def _from_lines(text: str, path: Path, cfg: DataConfig) -> Corpus:
 
 
 def _from_table(
-    rows: list[dict], columns: list[str], name: str, fmt: str, cfg: DataConfig
+    rows: Iterable[dict], columns: list[str], name: str, fmt: str, cfg: DataConfig
 ) -> Corpus:
     names = template_fields(cfg.template)
     shown = ", ".join(c if c else "(unnamed)" for c in columns) or "none"
@@ -307,6 +307,8 @@ def _from_table(
             f"{shown}; pass --template naming them, e.g. --template '{{{columns[0] if columns else 'text'}}}'"
         )
     records, used, skipped = apply_template(rows, cfg.template, names, cfg)
+    if not records and not skipped:
+        raise UserError(f"{name} has column names but no records; pass a file with at least one row")
     if not records:
         raise UserError(
             f"{name} has no usable records: all {skipped} rows lack one of the template "
@@ -342,4 +344,4 @@ def _load_hf(spec: str, cfg: DataConfig) -> Corpus:
     parts = [loaded] if split else [loaded[k] for k in loaded]
     columns = list(parts[0].column_names) if parts else []
     rows = itertools.chain.from_iterable(parts)  # each item is a dict of column -> value
-    return _from_table(rows, columns, f"hf:{spec}", "hf", cfg)  # type: ignore[arg-type]
+    return _from_table(rows, columns, f"hf:{spec}", "hf", cfg)

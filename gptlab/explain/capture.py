@@ -26,7 +26,10 @@ def _sig(x: float) -> float:
 
 def token_labels(tokenizer: Tokenizer) -> Callable[[int], str]:
     """id -> display text (a BPE token keeps its leading space; special tokens show by name)."""
-    return lru_cache(maxsize=None)(lambda i: tokenizer.decode([i], skip_special=False))
+    @lru_cache(maxsize=None)
+    def label(i: int) -> str:
+        return tokenizer.decode([i], skip_special=False) or tokenizer.id_to_token(i)  # decode drops [PAD]
+    return label
 
 
 def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import UserError
+from .generation import StreamEnd, stream_choice
 from .limits import BodyLimit, Busy, DeadlineExceeded, Gate, install_deadline_hook
 from .registry import ModelBroken, ModelNotFound, ModelRegistry
 from .schemas import CompletionRequest, ExplainRequest
@@ -221,8 +222,6 @@ def create_app(models_dir, settings: ServeSettings | None = None) -> FastAPI:
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     async def stream_completions(name, prompts, n, seed, kwargs, echo, include_usage, meta):
-        max_new = kwargs["max_new_tokens"]
-
         def events():
             """Blocking, on a worker: ("text", index, piece), ("end", index, finish_reason), ("usage", dict)."""
             lm = registry.get(name)
@@ -234,16 +233,16 @@ def create_app(models_dir, settings: ServeSettings | None = None) -> FastAPI:
                     # Several choices of one prompt would repeat each other under one seed.
                     choice_seed = None if seed is None else seed + j
                     prefix = prompt if echo else ""
-                    count = 0
-                    for piece in lm.stream(prompt, seed=choice_seed, **kwargs):
-                        count += 1
-                        if prefix + piece:
+                    pieces = stream_choice(lm, prompt, dict(kwargs, seed=choice_seed))
+                    for piece in pieces:
+                        if isinstance(piece, StreamEnd):
+                            completion_tokens += piece.n_tokens
+                            if prefix:
+                                yield ("text", index, prefix)
+                            yield ("end", index, piece.finish_reason)
+                        else:
                             yield ("text", index, prefix + piece)
-                        prefix = ""
-                    if prefix:
-                        yield ("text", index, prefix)
-                    completion_tokens += count
-                    yield ("end", index, "length" if count >= max_new else "stop")
+                            prefix = ""
             yield ("usage", {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                              "total_tokens": prompt_tokens + completion_tokens})
 
@@ -299,10 +298,11 @@ def create_app(models_dir, settings: ServeSettings | None = None) -> FastAPI:
         def work():
             trace = registry.get(name).explain(req.prompt, steps=req.steps, top=req.top, seed=req.seed,
                                                **req.sampling_kwargs())
-            return _finite(trace.to_dict())
+            d = _finite(trace.to_dict())
+            d["model"] = {**d.get("model", {}), "path": name}  # the name, not where it lies on the server's disk
+            return d
 
-        trace = await gate.run(work)
-        return JSONResponse({**trace, "model_name": name} if isinstance(trace, dict) else trace)
+        return JSONResponse(await gate.run(work))
 
     # -- the page --------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: null, controller: null, trace: null, step: 0 };
+const state = { limits: null, controller: null, trace: null, step: 0, last: null };
 
 // ---------------------------------------------------------------------------------------------
 // API
@@ -43,14 +43,18 @@ async function* readEvents(resp) {
 
 // ---------------------------------------------------------------------------------------------
 // Controls
-function sampling() {
-  const seed = $("seed").value.trim();
+// Every generation runs with a seed (the one typed, else a fresh random one), so "Step through"
+// can replay the same draws and explain the very text that was just written.
+function sampling(reuseSeed) {
+  const typed = $("seed").value.trim();
+  let seed = typed === "" ? Math.floor(Math.random() * 2 ** 31) : Number(typed);
+  if (typed === "" && reuseSeed && state.last && state.last.prompt === $("prompt").value) seed = state.last.seed;
   return {
     model: $("model").value || undefined,
     temperature: Number($("temperature").value),
     top_k: Number($("top-k").value),
     top_p: Number($("top-p").value),
-    seed: seed === "" ? undefined : Number(seed),
+    seed,
   };
 }
 
@@ -119,9 +123,11 @@ async function generate() {
   const started = performance.now();
   let pieces = 0;
   let finish = null;
+  const settings = sampling(false);
+  state.last = { prompt, seed: settings.seed };
   try {
     const resp = await api("/v1/completions", {
-      ...sampling(), prompt, max_tokens: Number($("max-tokens").value), stream: true,
+      ...settings, prompt, max_tokens: Number($("max-tokens").value), stream: true,
     }, controller.signal);
     for await (const data of readEvents(resp)) {
       if (data === "[DONE]") break;
@@ -134,7 +140,7 @@ async function generate() {
     }
     const secs = (performance.now() - started) / 1000;
     const why = finish === "length" ? "reached max tokens" : finish === "stop" ? "stopped by itself" : "done";
-    $("output-meta").textContent = `${pieces} pieces in ${secs.toFixed(2)} s · ${why}`;
+    $("output-meta").textContent = `${pieces} pieces in ${secs.toFixed(2)} s · ${why} · seed ${settings.seed}`;
   } catch (e) {
     if (e.name === "AbortError") $("output-meta").textContent = "stopped";
     else showError(e.message);
@@ -158,14 +164,14 @@ async function explain() {
   setBusy(true);
   try {
     const steps = Math.max(1, Math.min(Number($("max-tokens").value), state.limits ? state.limits.max_explain_steps : 8, 12));
-    const resp = await api("/v1/explain", { ...sampling(), prompt: $("prompt").value, steps, top: 8 });
+    const resp = await api("/v1/explain", { ...sampling(true), prompt: $("prompt").value, steps, top: 6 });
     state.trace = normaliseTrace(await resp.json());
     if (!state.trace.steps.length) throw new Error("the model produced no steps for this prompt");
     fillHeadSelect(state.trace);
     const slider = $("step-slider");
     slider.max = String(state.trace.steps.length - 1);
     slider.value = "0";
-    $("reweight-temperature").value = String(clampT(state.trace.temperature || 1));
+    $("reweight-temperature").value = String(clampT(state.trace.temperature));
     $("step-view").hidden = false;
     showStep(0);
     $("step-view").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -178,25 +184,27 @@ async function explain() {
 
 function clampT(t) { return Math.min(3, Math.max(0.1, t)); }
 
-// The trace JSON ("gptlab-trace", version 1) -> what the view draws:
-// { temperature, steps: [{ tokens: [{text, generated}], attention: [layer][head][pos], top: [{text, prob, logit}], chosen, entropy }] }
+// The trace JSON (format "gptlab-trace", version 1; see gptlab/explain/trace.py) -> what the view draws.
 function normaliseTrace(raw) {
-  const settings = raw.settings || raw.sampling || {};
-  const steps = (raw.steps || []).map((s) => {
-    const tokens = (s.tokens || s.context || []).map((t, i) => {
-      const text = typeof t === "string" ? t : (t.text ?? t.token ?? "");
-      return { text, generated: i >= (s.n_prompt ?? raw.n_prompt ?? raw.prompt_len ?? Infinity) };
-    });
-    const attention = s.attention || s.attn || [];
-    const top = (s.top || s.top_k || s.candidates || []).map((c) => ({
-      text: c.token ?? c.text ?? String(c.id),
-      prob: c.prob ?? c.p ?? c.probability ?? 0,
-      logit: c.logit ?? c.raw_logit ?? null,
-    }));
-    const chosen = typeof s.chosen === "object" && s.chosen !== null ? (s.chosen.token ?? s.chosen.text) : s.chosen;
-    return { tokens, attention, top, chosen, entropy: s.entropy };
-  });
-  return { temperature: settings.temperature ?? raw.temperature ?? 1, steps, raw };
+  if (raw.format !== "gptlab-trace") throw new Error("the server sent something that is not a gptlab trace");
+  const nPrompt = (raw.prompt_tokens || []).length;
+  const steps = (raw.steps || []).map((s) => ({
+    tokens: s.tokens.map((text, k) => ({ text, generated: s.start + k >= nPrompt })),
+    attention: s.attention,                 // [layer][head][position]
+    candidates: s.candidates,               // best first, with raw logits: {token, id, logit, p, p_sample}
+    chosen: s.chosen,
+    entropy: s.entropy,                     // bits, temperature 1
+    logsumexp: s.logsumexp,
+    finish: s.finish,
+  }));
+  const t = (raw.sampling || {}).temperature;
+  return { temperature: t > 0 ? t : 1, top: raw.top || 5, steps, raw };
+}
+
+function label(text) {
+  // Spaces and newlines inside a token would vanish in a chip: show them.
+  const shown = text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");
+  return shown.trim() === "" ? shown.replace(/ /g, "\u2423") : shown;
 }
 
 function fillHeadSelect(trace) {
@@ -245,7 +253,7 @@ function showStep(i) {
   const chips = step.tokens.map((t, k) => {
     const chip = document.createElement("span");
     chip.className = "tok" + (t.generated ? " generated" : "");
-    chip.textContent = t.text;
+    chip.textContent = label(t.text);
     const w = weights[k] / max; // scaled to the strongest word so the pattern shows at any length
     chip.style.backgroundColor = `rgba(122, 31, 61, ${(0.04 + 0.81 * w).toFixed(3)})`;
     chip.style.color = w > 0.55 ? "#fff" : "";
@@ -255,51 +263,60 @@ function showStep(i) {
   });
   const next = document.createElement("span");
   next.className = "tok next";
-  next.textContent = step.chosen ?? "?";
+  next.textContent = label(step.chosen.token);
   next.title = "the word the model picked at this step";
   box.replaceChildren(...chips, next);
   drawBars();
 }
 
-// softmax(logit / T) over the stored candidates: sharper below 1, flatter above.
-function reweight(top, T) {
-  if (top.some((c) => c.logit === null || c.logit === undefined)) return top.map((c) => c.prob);
-  const z = top.map((c) => c.logit / T);
+// softmax(logit / T) over the stored candidates (the model's top 20): sharper below 1, flatter
+// above. At T = 1 the stored logsumexp gives the exact probabilities over the whole vocabulary,
+// as gptlab's other renderers (TraceStep.reweight) do.
+function reweight(pool, T, logsumexp) {
+  if (T === 1 && typeof logsumexp === "number") return pool.map((c) => Math.exp(c.logit - logsumexp));
+  const z = pool.map((c) => c.logit / T);
   const m = Math.max(...z);
   const e = z.map((v) => Math.exp(v - m));
-  const s = e.reduce((a, b) => a + b, 0);
-  return e.map((v) => v / s);
+  const sum = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / sum);
 }
 
 function drawBars() {
   const step = state.trace.steps[state.step];
   const T = Number($("reweight-temperature").value);
   $("reweight-value").textContent = T.toFixed(2);
-  const probs = reweight(step.top, T);
-  $("bars").replaceChildren(...step.top.map((c, k) => {
+  const pool = step.candidates.slice();
+  if (!pool.some((c) => c.id === step.chosen.id)) pool.push(step.chosen);
+  const probs = reweight(pool, T, step.logsumexp);
+  // The top candidates, plus the drawn token wherever it ranked.
+  const shown = pool.map((c, k) => ({ c, p: probs[k], rank: k }))
+    .filter((x) => x.rank < state.trace.top || x.c.id === step.chosen.id);
+  $("bars").replaceChildren(...shown.map(({ c, p, rank }) => {
+    const isChosen = c.id === step.chosen.id;
     const row = document.createElement("div");
-    row.className = "bar" + (c.text === step.chosen ? " chosen" : "");
+    row.className = "bar" + (isChosen ? " chosen" : "");
     const word = document.createElement("span");
     word.className = "word";
-    word.textContent = c.text;
-    word.title = c.logit === null ? c.text : `${c.text} · logit ${c.logit.toFixed(2)} · model p ${(100 * c.prob).toFixed(1)}%`;
+    word.textContent = (rank >= state.trace.top ? `#${rank + 1} ` : "") + label(c.token);
+    word.title = `${c.token} · logit ${c.logit.toFixed(3)} · p at T=1 ${(100 * c.p).toFixed(2)}%` +
+      ` · p it was drawn with ${(100 * c.p_sample).toFixed(2)}%` + (isChosen ? " · drawn" : "");
     const track = document.createElement("span");
     track.className = "track";
     const fill = document.createElement("span");
     fill.className = "fill";
-    fill.style.width = `${(100 * probs[k]).toFixed(1)}%`;
-    fill.style.display = "block";
+    fill.style.width = `${(100 * p).toFixed(2)}%`;
     track.append(fill);
     const pct = document.createElement("span");
     pct.className = "pct";
-    pct.textContent = `${(100 * probs[k]).toFixed(1)}%`;
-    row.dataset.prob = probs[k].toFixed(5);
+    pct.textContent = `${(100 * p).toFixed(1)}%`;
+    row.dataset.prob = p.toFixed(6);
     row.append(word, track, pct);
     return row;
   }));
-  const h = -probs.reduce((a, p) => a + (p > 0 ? p * Math.log(p) : 0), 0);
-  const parts = [`entropy over these ${probs.length}: ${h.toFixed(2)} nats at T = ${T.toFixed(2)}`];
-  if (typeof step.entropy === "number") parts.push(`model's full entropy at sampling: ${step.entropy.toFixed(2)} nats`);
+  const h = -probs.reduce((a, q) => a + (q > 0 ? q * Math.log2(q) : 0), 0);
+  const parts = [`entropy of these ${probs.length} at T = ${T.toFixed(2)}: ${h.toFixed(2)} bits`];
+  if (typeof step.entropy === "number") parts.push(`model's full distribution (T = 1): ${step.entropy.toFixed(2)} bits`);
+  if (step.finish) parts.push(step.finish === "stop" ? "the text ended here" : "last step");
   $("step-meta").textContent = parts.join(" · ");
 }
 

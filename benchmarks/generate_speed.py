@@ -1,0 +1,134 @@
+"""Generation speed: gptlab (KV cache) vs the notebook's method vs Hugging Face `generate`.
+
+The course notebook's model (`book` preset: 1 post-LN block, 2 heads of 256, vocab 10,000, context 80)
+with random weights samples 80-token texts (a 4-token prompt + 76 new tokens) at batch 1 and 32:
+
+- gptlab:      `gptlab.generate.generate_steps`, KV cache, output layer on the last position only.
+- recompute:   the notebook's loop in PyTorch: re-run the whole model on the growing text every
+               step, logits for every position (as Keras' `model.predict` returns them), same sampler.
+- transformers: `GPT2LMHeadModel.generate(do_sample=True, use_cache=True)` on a GPT-2 of the same
+               size (1 layer, d_model 256, 2 heads, d_ff 256, vocab 10,000, context 80); skipped
+               with a message when `transformers` is not installed.
+
+Each figure is the median of --repeats runs, in new tokens per second (batch x new tokens / time);
+ratios are against the recompute baseline measured in the same run. Last, the cost of an
+explanation (`LoadedModel.explain`: attention and top candidates captured at every step) against
+plain generation (`LoadedModel.generate`) of the same tokens.
+
+    python benchmarks/generate_speed.py [--repeats 7] [--batches 1 32] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gptlab.api import LoadedModel  # noqa: E402
+from gptlab.generate import generate_steps  # noqa: E402
+from gptlab.model import GPT, book  # noqa: E402
+from gptlab.sampling import SamplingConfig, make_generator, sample  # noqa: E402
+from gptlab.tokenizer import Tokenizer  # noqa: E402
+
+PROMPT_LEN, NEW_TOKENS, VOCAB = 4, 76, 10000
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, thread pool, lazy inits
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_gptlab(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
+    cfg = SamplingConfig(max_new_tokens=new_tokens, seed=0)
+    for _ in generate_steps(model, prompts_BxT.tolist(), cfg, eot_id=None):
+        pass
+
+
+@torch.inference_mode()
+def run_recompute(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
+    cfg, g = SamplingConfig(seed=0), make_generator(0)
+    ids_BxT = prompts_BxT
+    for _ in range(new_tokens):
+        logits_BxTxV = model(ids_BxT).logits
+        tokens_B, _ = sample(logits_BxTxV[:, -1], cfg, g)
+        ids_BxT = torch.cat([ids_BxT, tokens_B[:, None]], dim=1)
+
+
+def hf_model(seed: int = 0):
+    try:
+        import transformers
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None, "transformers is not installed (pip install transformers): skipped"
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=80, n_embd=256, n_layer=1, n_head=2, n_inner=256,
+                     activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=2, eos_token_id=2, pad_token_id=0)
+    return GPT2LMHeadModel(cfg).eval(), f"transformers {transformers.__version__}"
+
+
+@torch.inference_mode()
+def run_hf(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
+    model.generate(prompts_BxT, attention_mask=torch.ones_like(prompts_BxT), do_sample=True, top_k=0,
+                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
+
+
+def word_tokenizer(vocab: int) -> Tokenizer:
+    """A word-level tokenizer of exactly `vocab` entries, so LoadedModel can be timed end to end."""
+    words = [f"w{i}" for i in range(vocab - 3)]
+    return Tokenizer.train([" ".join(words)], kind="word", vocab_size=vocab)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = GPT(book(VOCAB)).eval()
+    hf, hf_note = hf_model()
+    print(f"book preset, random weights: {model.num_params():,} parameters; prompt {PROMPT_LEN} + {args.new_tokens} new tokens")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; {hf_note}")
+    print(f"median of {args.repeats} runs, new tokens per second\n")
+    print(f"{'batch':>5}  {'recompute':>10}  {'gptlab':>10}  {'x':>6}  {'transformers':>12}  {'x':>6}")
+    for B in args.batches:
+        prompts = torch.randint(3, VOCAB, (B, PROMPT_LEN), generator=torch.Generator().manual_seed(B))
+        n = B * args.new_tokens
+        base = n / median_time(lambda: run_recompute(model, prompts, args.new_tokens), args.repeats)
+        ours = n / median_time(lambda: run_gptlab(model, prompts, args.new_tokens), args.repeats)
+        row = f"{B:>5}  {base:>10,.0f}  {ours:>10,.0f}  {ours / base:>5.1f}x"
+        if hf is not None:
+            theirs = n / median_time(lambda: run_hf(hf, prompts, args.new_tokens), args.repeats)
+            row += f"  {theirs:>12,.0f}  {theirs / base:>5.1f}x"
+        else:
+            row += f"  {'skipped':>12}"
+        print(row, flush=True)
+
+    lm = LoadedModel(model, word_tokenizer(VOCAB), {"kind": "gpt", "model": model.cfg.to_dict()})
+    prompt = " ".join(f"w{i}" for i in range(PROMPT_LEN))
+    kw = dict(seed=0)
+    plain = median_time(lambda: lm.generate(prompt, max_new_tokens=args.new_tokens, **kw), args.repeats)
+    explained = median_time(lambda: lm.explain(prompt, steps=args.new_tokens, **kw), args.repeats)
+    print(f"\nexplain vs plain generate, batch 1, {args.new_tokens} tokens through LoadedModel: "
+          f"{explained * 1e3:.1f} ms vs {plain * 1e3:.1f} ms = {explained / plain:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

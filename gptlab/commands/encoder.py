@@ -1,0 +1,130 @@
+"""`gptlab encoder pretrain | classify | predict | explain`: the encoder-only family (BERT)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gptlab.commands.seq2seq import FMT, add_fields, fill, read_texts
+
+
+def _data_fields(parser, skip=()):
+    from gptlab.data import DataConfig
+    add_fields(parser, DataConfig(), "data", prefix="data_", skip=skip)
+
+
+def register(sub) -> None:
+    from gptlab.encoder import ClassifyConfig, EncoderTrainConfig
+    from gptlab.model import ModelConfig
+
+    p = sub.add_parser("encoder", help="encoder-only transformer (BERT): masked-LM pretraining, classification, attention",
+                       description="The encoder-only family: the GPT's blocks with bidirectional attention. "
+                                   "Pretrain by masked-language modelling, then fine-tune a classifier.")
+    ss = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    pre = ss.add_parser("pretrain", help="masked-LM pretraining on a corpus (default: the built-in wine reviews)",
+                        formatter_class=FMT,
+                        description="15%% of word tokens are selected; 80%% of those become [MASK], 10%% a random "
+                                    "word, 10%% stay; the model learns to restore them from both sides.")
+    add_fields(pre, EncoderTrainConfig(), "training")
+    add_fields(pre, ModelConfig(), "model (unset flags come from --preset)", prefix="m_", skip=("vocab_size",),
+               default_none=True)
+    _data_fields(pre)
+    pre.set_defaults(func=run_pretrain)
+
+    cl = ss.add_parser("classify", help="fine-tune a classifier on a labelled column (e.g. wine variety or country)",
+                       formatter_class=FMT,
+                       description="Predict --label from --text-field alone. With --model PRETRAINED the encoder "
+                                   "starts from masked-LM weights; without, from scratch.")
+    add_fields(cl, ClassifyConfig(), "training", skip=("mask_prob",))
+    add_fields(cl, ModelConfig(), "model when training from scratch (unset flags come from --preset)",
+               prefix="m_", skip=("vocab_size",), default_none=True)
+    _data_fields(cl, skip=("template",))
+    cl.set_defaults(func=run_classify)
+
+    pr = ss.add_parser("predict", help="label texts with a trained classifier", formatter_class=FMT)
+    pr.add_argument("text", nargs="*", help="texts to classify (default: one per line from stdin)")
+    pr.add_argument("--model", default="runs/classifier", help="classifier folder from `gptlab encoder classify`")
+    pr.add_argument("--top", type=int, default=3, help="labels shown per text")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    pr.set_defaults(func=run_predict)
+
+    ex = ss.add_parser("explain", help="show how one token ([CLS] by default) attends over the whole sentence",
+                       formatter_class=FMT,
+                       description="Bidirectional attention made visible: the chosen token's attention over every "
+                                   "token, left and right. A classifier also shows its prediction; a masked-LM "
+                                   "encoder fills each [MASK] in the text.")
+    ex.add_argument("text", help="the sentence")
+    ex.add_argument("--model", default="runs/classifier", help="encoder or classifier folder")
+    ex.add_argument("--token", default=None, help="position (0 = [CLS]) or word whose attention to show")
+    ex.add_argument("--layer", default="mean", help="layer (0.., -1 = last) or 'mean' over layers")
+    ex.add_argument("--matrix", action="store_true", help="also print every token's attention as a heatmap")
+    ex.add_argument("--html", metavar="FILE", help="write an HTML view (highlight + full heatmap) here")
+    ex.add_argument("--json", metavar="FILE", help="write the trace (format gptlab-trace, version 1) here")
+    ex.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                    help="ANSI colours (default: when stdout is a terminal)")
+    ex.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    ex.set_defaults(func=run_explain)
+
+
+def _data_config(args):
+    from gptlab.data import DataConfig
+    return fill(DataConfig(), args, prefix="data_")
+
+
+def run_pretrain(args) -> int:
+    from gptlab.encoder import EncoderTrainConfig, pretrain
+    from gptlab.model.encoder import ENCODER_PRESETS
+    t = fill(EncoderTrainConfig(), args)
+    t.validate()
+    mcfg = fill(ENCODER_PRESETS[t.preset](), args, prefix="m_")
+    r = pretrain(t, _data_config(args), mcfg)
+    m = r.config["metrics"]
+    print(f"pretrained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
+          f"saved to {t.out}")
+    if "val_loss" in m:
+        print(f"validation masked-LM loss {m['val_loss']:.3f} (train {m['train_loss']:.3f})")
+    return 0
+
+
+def run_classify(args) -> int:
+    from gptlab.encoder import ClassifyConfig, classify
+    from gptlab.model.encoder import ENCODER_PRESETS
+    t = fill(ClassifyConfig(), args)
+    t.validate()
+    mcfg = None if t.model else fill(ENCODER_PRESETS[t.preset](), args, prefix="m_")
+    r = classify(t, _data_config(args), mcfg)
+    m = r.config["metrics"]
+    print(f"fine-tuned on {m['train_rows']} rows ({len(r.config['classifier']['labels'])} labels of "
+          f"{t.label!r}) for {m['steps']} steps in {m['train_seconds']}s; saved to {t.out}")
+    print(f"validation accuracy {m['val_accuracy']:.1%} on {m['val_rows']} rows "
+          f"(always guessing the most common label: {m['val_majority_baseline']:.1%})")
+    return 0
+
+
+def run_predict(args) -> int:
+    from gptlab.encoder import KIND_CLASSIFIER, load_encoder, predict
+    texts = read_texts(args.text)
+    model, tok, cfg = load_encoder(args.model, args.device, kinds=(KIND_CLASSIFIER,))
+    for text, top in zip(texts, predict(model, tok, cfg, texts, top=max(args.top, 1))):
+        print(" | ".join(f"{label} {p:.0%}" for label, p in top) + f"\t{text[:60]}")
+    return 0
+
+
+def run_explain(args) -> int:
+    from gptlab.data import normalize_text
+    from gptlab.encoder import load_encoder
+    from gptlab.explain_families import explain_encoder
+    model, tok, cfg = load_encoder(args.model, args.device)
+    labels = cfg.get("classifier", {}).get("labels")
+    # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.
+    text = normalize_text(args.text).replace("[ mask ]", "[MASK]").strip()
+    trace = explain_encoder(model, tok, text, focus=args.token, layer=args.layer, labels=labels)
+    print(trace.terminal(color=args.color, matrix=args.matrix))
+    if args.html:
+        trace.save_html(args.html)
+        print(f"wrote {args.html}")
+    if args.json:
+        trace.save_json(args.json)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,153 @@
+"""`gptlab seq2seq train | translate | explain`: the encoder-decoder family (translation)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from gptlab.errors import UserError
+
+FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+# -- flags from dataclasses (one way to configure: the dataclass is the source of truth) ------------
+def add_fields(parser: argparse.ArgumentParser, obj, title: str, prefix: str = "", skip=(),
+               default_none: bool = False) -> None:
+    """One --flag per dataclass field, help from its metadata, default shown.
+
+    default_none: keep None in the namespace (for model fields, where a preset fills the rest).
+    """
+    group = parser.add_argument_group(title)
+    for f in fields(obj):
+        if f.name in skip:
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        default = getattr(obj, f.name)
+        dest = f"{prefix}{f.name}"
+        help_text = f.metadata.get("help", "") + (f" (preset default: {default!r})" if default_none else "")
+        typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str)
+        d = None if default_none else default
+        if typ is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=d, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, type=typ, default=d, metavar={int: "N", float: "X"}.get(typ, "S"),
+                               help=help_text)
+
+
+def fill(obj, args: argparse.Namespace, prefix: str = ""):
+    """Copy the flags that hold a value back into a dataclass instance."""
+    for f in fields(obj):
+        v = getattr(args, prefix + f.name, None)
+        if v is not None:
+            setattr(obj, f.name, v)
+    return obj
+
+
+def read_texts(texts: list[str]) -> list[str]:
+    """The texts given, or one per line from stdin when none are."""
+    if texts:
+        return texts
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("no text given: pass it as an argument or pipe lines on stdin")
+    lines = [ln.rstrip("\n") for ln in sys.stdin]
+    if not any(ln.strip() for ln in lines):
+        raise UserError("stdin held no text: pass the text as an argument")
+    return lines
+
+
+def model_overrides(obj, args: argparse.Namespace) -> None:
+    fill(obj, args, prefix="m_")
+
+
+# -- the command ----------------------------------------------------------------------------------
+def register(sub) -> None:
+    from gptlab.model.seq2seq import Seq2SeqConfig
+    from gptlab.seq2seq import Seq2SeqTrainConfig
+
+    p = sub.add_parser("seq2seq", help="encoder-decoder transformer: train a translator, translate, show its cross-attention",
+                       description="The original Transformer family (Vaswani et al.; T5, BART): an encoder reads the "
+                                   "source sentence both ways, a decoder writes the translation with masked "
+                                   "self-attention plus cross-attention to the encoder.")
+    ss = p.add_subparsers(dest="action", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    tr = ss.add_parser("train", help="train on number words (built-in, offline) or a TSV pairs file", formatter_class=FMT,
+                       description="Train a translation model. --data numbers: English number words -> Spanish "
+                                   "(0..9999, test numbers unseen). --data FILE: source<TAB>target lines (the "
+                                   "Tatoeba/Anki spa-eng.txt works as is; extra columns are ignored).")
+    add_fields(tr, Seq2SeqTrainConfig(), "training")
+    add_fields(tr, Seq2SeqConfig(), "model (unset flags come from --preset)", prefix="m_",
+               skip=("vocab_size",), default_none=True)
+    tr.set_defaults(func=run_train)
+
+    t = ss.add_parser("translate", help="translate text with a trained model", formatter_class=FMT)
+    t.add_argument("text", nargs="*", help="sentences to translate (default: one per line from stdin)")
+    t.add_argument("--model", default="runs/seq2seq", help="model folder from `gptlab seq2seq train`")
+    t.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    t.set_defaults(func=run_translate)
+
+    e = ss.add_parser("explain", help="show which source words each generated word attended to", formatter_class=FMT,
+                      description="Translate one sentence and show the decoder's cross-attention (rows: generated "
+                                  "words, columns: source words) in the terminal, and optionally as an HTML heatmap "
+                                  "and a gptlab-trace JSON file.")
+    e.add_argument("text", help="the sentence to translate")
+    e.add_argument("--model", default="runs/seq2seq", help="model folder from `gptlab seq2seq train`")
+    e.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    e.add_argument("--layer", default="mean", help="decoder layer to show (0.., -1 = last) or 'mean' over layers")
+    e.add_argument("--html", metavar="FILE", help="write an HTML heatmap here")
+    e.add_argument("--json", metavar="FILE", help="write the trace (format gptlab-trace, version 1) here")
+    e.add_argument("--values", action="store_true", help="print weights (x100) instead of shades")
+    e.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                   help="ANSI colours (default: when stdout is a terminal)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    e.set_defaults(func=run_explain)
+
+
+def run_train(args) -> int:
+    from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
+    from gptlab.seq2seq import Seq2SeqTrainConfig, evaluate_translation, train
+    t = fill(Seq2SeqTrainConfig(), args)
+    t.validate()
+    mcfg = SEQ2SEQ_PRESETS[t.preset]()
+    model_overrides(mcfg, args)
+    r = train(t, mcfg)
+    m = r.config["metrics"]
+    print(f"trained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
+          f"saved to {t.out}")
+    if "val_loss" in m:
+        print(f"validation: loss {m['val_loss']:.3f}, exact match {m.get('val_exact_match', float('nan')):.1%}"
+              + (f", chrF {m['val_chrf']:.1f}" if m.get("val_chrf") is not None else ""))
+    if r.splits.get("test"):
+        ev = evaluate_translation(r.model, r.tokenizer, r.splits["test"][:500])
+        print(f"test ({ev['n']} held-out pairs): exact match {ev['exact_match']:.1%}"
+              + (f", chrF {ev['chrf']:.1f}" if ev.get("chrf") is not None else ""))
+        for x in ev["examples"][:3]:
+            print(f"  {x['source']}  ->  {x['output']}" + ("" if x["output"] == x["reference"] else f"   (want: {x['reference']})"))
+    return 0
+
+
+def run_translate(args) -> int:
+    from gptlab.seq2seq import load, translate
+    texts = read_texts(args.text)
+    model, tok, _ = load(args.model, args.device)
+    for line in translate(model, tok, texts, beam=args.beam):
+        print(line)
+    return 0
+
+
+def run_explain(args) -> int:
+    from gptlab.explain_families import explain_translation
+    from gptlab.seq2seq import load
+    model, tok, _ = load(args.model, args.device)
+    trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
+    print(trace.terminal(color=args.color, values=args.values))
+    if args.html:
+        trace.save_html(args.html)
+        print(f"wrote {args.html}")
+    if args.json:
+        trace.save_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
