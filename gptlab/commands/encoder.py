@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from gptlab.commands.seq2seq import FMT, add_fields, fill, read_texts
 
 
 def _data_fields(parser, skip=()):
+    """DataConfig's flags as `gptlab train` spells them: --data, --format, ..., --data-seed."""
     from gptlab.data import DataConfig
-    add_fields(parser, DataConfig(), "data", prefix="data_", skip=skip)
+    group = parser.add_argument_group("data")
+    for f in fields(DataConfig):
+        if f.name in skip:
+            continue
+        flag = "--data-seed" if f.name == "seed" else "--" + f.name.replace("_", "-")
+        default = getattr(DataConfig(), f.name)
+        kw = ({"action": argparse.BooleanOptionalAction} if isinstance(default, bool)
+              else {"type": type(default), "metavar": {int: "N", float: "X"}.get(type(default), "S")})
+        group.add_argument(flag, dest=f"data__{f.name}", default=default,
+                           help=f"{f.metadata.get('help', '')} (default: {default!r})", **kw)
 
 
 def register(sub) -> None:
     from gptlab.encoder import ClassifyConfig, EncoderTrainConfig
-    from gptlab.model import ModelConfig
+    from gptlab.model.encoder import ENCODER_PRESETS
 
     p = sub.add_parser("encoder", help="encoder-only transformer (BERT): masked-LM pretraining, classification, attention",
                        description="The encoder-only family: the GPT's blocks with bidirectional attention. "
@@ -23,22 +34,20 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     pre = ss.add_parser("pretrain", help="masked-LM pretraining on a corpus (default: the built-in wine reviews)",
-                        formatter_class=FMT,
                         description="15%% of word tokens are selected; 80%% of those become [MASK], 10%% a random "
                                     "word, 10%% stay; the model learns to restore them from both sides.")
     add_fields(pre, EncoderTrainConfig(), "training")
-    add_fields(pre, ModelConfig(), "model (unset flags come from --preset)", prefix="m_", skip=("vocab_size",),
-               default_none=True)
+    add_fields(pre, ENCODER_PRESETS["small"](), "model (flags not given come from --preset)", dest_prefix="m_",
+               skip=("vocab_size",), default_none=True, shown="small preset")
     _data_fields(pre)
     pre.set_defaults(func=run_pretrain)
 
     cl = ss.add_parser("classify", help="fine-tune a classifier on a labelled column (e.g. wine variety or country)",
-                       formatter_class=FMT,
                        description="Predict --label from --text-field alone. With --model PRETRAINED the encoder "
                                    "starts from masked-LM weights; without, from scratch.")
     add_fields(cl, ClassifyConfig(), "training", skip=("mask_prob",))
-    add_fields(cl, ModelConfig(), "model when training from scratch (unset flags come from --preset)",
-               prefix="m_", skip=("vocab_size",), default_none=True)
+    add_fields(cl, ENCODER_PRESETS["small"](), "model when training from scratch (flags not given come from --preset)",
+               dest_prefix="m_", skip=("vocab_size",), default_none=True, shown="small preset")
     _data_fields(cl, skip=("template",))
     cl.set_defaults(func=run_classify)
 
@@ -69,7 +78,7 @@ def register(sub) -> None:
 
 def _data_config(args):
     from gptlab.data import DataConfig
-    return fill(DataConfig(), args, prefix="data_")
+    return fill(DataConfig(), args, prefix="data__")
 
 
 def run_pretrain(args) -> int:

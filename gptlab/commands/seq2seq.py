@@ -12,27 +12,26 @@ FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 # -- flags from dataclasses (one way to configure: the dataclass is the source of truth) ------------
-def add_fields(parser: argparse.ArgumentParser, obj, title: str, prefix: str = "", skip=(),
-               default_none: bool = False) -> None:
-    """One --flag per dataclass field, help from its metadata, default shown.
+def add_fields(parser: argparse.ArgumentParser, obj, title: str, dest_prefix: str = "", skip=(),
+               default_none: bool = False, shown: str = "default") -> None:
+    """One --flag per dataclass field, help from its metadata, the default shown.
 
-    default_none: keep None in the namespace (for model fields, where a preset fills the rest).
+    default_none: keep None in the namespace so only flags typed override (model fields, where the
+    preset `obj` supplies the rest; `shown` names where the shown default comes from).
     """
     group = parser.add_argument_group(title)
     for f in fields(obj):
         if f.name in skip:
             continue
-        flag = "--" + (prefix + f.name).replace("_", "-")
         default = getattr(obj, f.name)
-        dest = f"{prefix}{f.name}"
-        help_text = f.metadata.get("help", "") + (f" (preset default: {default!r})" if default_none else "")
-        typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, str)
-        d = None if default_none else default
-        if typ is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=d, help=help_text)
+        help_text = f"{f.metadata.get('help', '')} ({shown}: {default!r})"
+        kw = dict(dest=dest_prefix + f.name, default=None if default_none else default, help=help_text)
+        if isinstance(default, bool):
+            group.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, **kw)
         else:
-            group.add_argument(flag, dest=dest, type=typ, default=d, metavar={int: "N", float: "X"}.get(typ, "S"),
-                               help=help_text)
+            typ = type(default)
+            group.add_argument("--" + f.name.replace("_", "-"), type=typ,
+                               metavar={int: "N", float: "X"}.get(typ, "S"), **kw)
 
 
 def fill(obj, args: argparse.Namespace, prefix: str = ""):
@@ -56,13 +55,9 @@ def read_texts(texts: list[str]) -> list[str]:
     return lines
 
 
-def model_overrides(obj, args: argparse.Namespace) -> None:
-    fill(obj, args, prefix="m_")
-
-
 # -- the command ----------------------------------------------------------------------------------
 def register(sub) -> None:
-    from gptlab.model.seq2seq import Seq2SeqConfig
+    from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
     from gptlab.seq2seq import Seq2SeqTrainConfig
 
     p = sub.add_parser("seq2seq", help="encoder-decoder transformer: train a translator, translate, show its cross-attention",
@@ -72,13 +67,13 @@ def register(sub) -> None:
     ss = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    tr = ss.add_parser("train", help="train on number words (built-in, offline) or a TSV pairs file", formatter_class=FMT,
+    tr = ss.add_parser("train", help="train on number words (built-in, offline) or a TSV pairs file",
                        description="Train a translation model. --data numbers: English number words -> Spanish "
                                    "(0..9999, test numbers unseen). --data FILE: source<TAB>target lines (the "
                                    "Tatoeba/Anki spa-eng.txt works as is; extra columns are ignored).")
     add_fields(tr, Seq2SeqTrainConfig(), "training")
-    add_fields(tr, Seq2SeqConfig(), "model (unset flags come from --preset)", prefix="m_",
-               skip=("vocab_size",), default_none=True)
+    add_fields(tr, SEQ2SEQ_PRESETS["small"](), "model (flags not given come from --preset)", dest_prefix="m_",
+               skip=("vocab_size",), default_none=True, shown="small preset")
     tr.set_defaults(func=run_train)
 
     t = ss.add_parser("translate", help="translate text with a trained model", formatter_class=FMT)
@@ -111,7 +106,7 @@ def run_train(args) -> int:
     t = fill(Seq2SeqTrainConfig(), args)
     t.validate()
     mcfg = SEQ2SEQ_PRESETS[t.preset]()
-    model_overrides(mcfg, args)
+    fill(mcfg, args, prefix="m_")
     r = train(t, mcfg)
     m = r.config["metrics"]
     print(f"trained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "

@@ -247,6 +247,8 @@ def _json_rows(text: str, path: Path) -> tuple[list[str], list[dict]]:
             f"{path}: expected a JSON array of objects like [{{\"description\": ...}}, ...]; "
             "for one object per line pass --format jsonl"
         )
+    if not data:
+        raise UserError(f"{path} holds an empty JSON array: no records; pass a file with at least one")
     return _columns_of(data), data
 
 

@@ -171,7 +171,7 @@ PROFILES: dict[str, GrapeProfile] = {
                     body=1, acid=3, oak=0.1, blend_of=("Chardonnay", "Pinot Noir", "Pinot Meunier")),
     "sparkling rose": _p("sparkling", "strawberry, raspberry, red cherry, red currant, blood orange",
                          "brioche, toast, rose petal, chalk, biscuit, spice", body=1, acid=3, oak=0.1),
-    "prosecco": _p("sparkling", "pear, green apple, peach, honeydew, lemon",
+    "prosecco": _p("sparkling", "pear, green apple, peach, honeydew, lemon, white peach, lime, melon",
                    "white flower, wisteria, acacia, sage", body=1, acid=2, oak=0.0),
     "sweet": _p("sweet", "apricot, orange marmalade, peach, quince paste, candied orange, dried apricot, pineapple",
                 "honey, caramel, saffron, ginger, vanilla, beeswax, botrytis spice", body=3, acid=3, sweet=2, oak=0.2),

@@ -44,7 +44,7 @@ QUALITY = (
     ("elegant", "polished", "well-balanced", "generous", "expressive", "vibrant", "refined", "stylish",
      "savory", "layered"),
     ("superb", "profound", "complex", "stunning", "gorgeous", "age-worthy", "magnificent",
-     "beautifully crafted", "impressive", "compelling"),
+     "finely crafted", "impressive", "compelling"),
 )
 FINISH = (
     ("short", "brief", "quick", "slightly bitter", "hot", "abrupt", "dilute"),
@@ -85,7 +85,7 @@ FRUIT_MODS = {"red": ("ripe", "juicy", "crushed", "baked", "tart", "fresh", "dri
               "sparkling": ("fresh", "ripe", "crisp"),
               "sweet": ("candied", "ripe", "baked", "poached", "dried"),
               "fortified": ("stewed", "candied", "ripe", "baked")}
-NO_MOD = {"raisin", "prune", "date", "fig", "citrus", "cassis"}
+NO_MOD = {"raisin", "prune", "date", "fig", "citrus", "cassis", "quince paste", "orange marmalade"}
 ALREADY_MODIFIED = {"dried", "candied", "baked", "sour", "stewed", "tart", "ripe", "fresh", "juicy"}
 # Notes any wine of a style may show, drawn now and then beside the grape's own, as tasters do.
 SHARED_NOTES = {
@@ -100,8 +100,7 @@ SHARED_NOTES = {
     "other": ("orange zest", "rose petal", "herbal tea", "white pepper", "ginger", "honeycomb", "almond",
               "spice cake", "cinnamon", "smoke", "sea salt", "toffee", "vanilla bean", "mineral"),
 }
-NOTE_MODS = ("savory", "lifted", "delicate", "pronounced", "faint", "bright", "warm", "smoky",
-             "gentle", "sweet", "earthy", "fragrant")
+NOTE_MODS = ("savory", "lifted", "delicate", "pronounced", "faint", "warm", "gentle", "sweet", "fragrant")
 HINTS = ("a touch of", "a hint of", "a whisper of", "a suggestion of", "a dash of", "a note of", "a trace of",
          "a streak of", "a kiss of", "a lick of", "a wisp of", "a thread of")
 ADVERBS = (("rather", "somewhat", "fairly", "a little"),
@@ -133,7 +132,7 @@ FLAWS = {"red": ("a bit rustic", "somewhat astringent", "a touch green", "slight
          "white": ("a bit flat", "slightly bitter", "rather dilute", "somewhat soft", "one-dimensional",
                    "a little sharp"),
          "other": ("a bit simple", "somewhat dilute", "one-dimensional", "slightly sweet for its style")}
-SWEETNESS = {0: ("dry", "bone dry", "crisp and dry"), 1: ("off-dry", "just off-dry", "medium-dry", "slightly sweet"),
+SWEETNESS = {0: ("dry", "bone dry", "fully dry"), 1: ("off-dry", "just off-dry", "medium-dry", "slightly sweet"),
              2: ("sweet", "lusciously sweet", "richly sweet", "honeyed and sweet")}
 
 # --- sentence grammar -----------------------------------------------------------------------------
@@ -159,7 +158,7 @@ OPENINGS = (
     "Sourced from {vines} in {place}, this {noun} leads with {notes2}.",
     "Inviting aromas of {notes3} set the stage.",
     "From {place} comes this {qual} {noun}, scented with {notes2}.",
-    "{producer}'s {noun} opens with notes of {notes2}.",
+    "{producer_pos} {noun} opens with notes of {notes2}.",
     "Brimming with {notes2}, this {qual} {noun} makes a strong first impression.",
     "There's {hint} {note} on the nose of this {qual} {noun}, along with {notes2}.",
     "Fragrant and {fresh}, it offers {notes3} on the nose.",
@@ -249,7 +248,7 @@ UNOAKED = {
             "Whole-cluster fermentation adds {hint} {note}."),
     "sparkling": ("It spent {months} months on its lees, adding a {texture} texture.",
                   "The base wines come from {vines}.",
-                  "Made in the traditional method, it shows the character of {place}."),
+                  "It shows the character of {place}, in a {fresh} style."),
     "rose": ("Fermented in stainless steel, it preserves the fruit's freshness.",
              "The grapes come from {vines}.",
              "It was made by direct pressing, for a pale color and {fresh} fruit."),
@@ -331,7 +330,11 @@ class _Review:
     def _note_from(self, pool: tuple[str, ...], kind: str) -> str:
         """A note not yet used in this review; fruit and other notes sometimes get a qualifier."""
         used = self.used
-        fresh = [n for n in pool if n not in used] or pool
+        fresh = [n for n in pool if n not in used]
+        if not fresh:  # the pool is spent: a fruit gives way to another note, others repeat
+            if kind == "fruit":
+                return self.other()
+            fresh = pool
         note = fresh[int(self.random() * len(fresh))]
         used.add(note)
         if kind == "fruit":
@@ -421,6 +424,7 @@ _SLOTS = {
     "color": lambda r: r.pick(COLOR[r.style]),
     "vines": lambda r: r.pick(VINES),
     "producer": lambda r: r.producer,
+    "producer_pos": lambda r: r.producer + ("'" if r.producer.endswith("s") else "'s"),
     "pct": lambda r: r.pick(("100", "100", "95", "90", "85", "78")),
     "months": lambda r: str(r.pick((6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 30))),
     "oak": lambda r: r.pick(OAK_TYPES),
@@ -569,7 +573,8 @@ def _describe(r: _Review, price: int) -> str:
     if r.tier >= 2 and r.noun == r.variety and rng.random() < 0.12:
         parts.append((r.fill(r.pick(TYPICITY)), True))
     if rng.random() < 0.6:
-        ages = style in ("red", "fortified", "sweet") or (p.acid == 3 and r.tier >= 2)
+        # Reds, sweet and fortified wines age; of the rest only high-acid whites (Riesling, Chenin).
+        ages = style in ("red", "fortified", "sweet") or (style == "white" and p.acid == 3 and r.tier >= 2)
         pool = VERDICTS[r.tier] if ages or r.tier == 0 else YOUNG_VERDICTS
         parts.append((r.fill(r.pick(pool)), True))
     if price <= 15 and r.points >= 87 and rng.random() < 0.6:

@@ -1,0 +1,48 @@
+"""Export parity: the Hugging Face GPT-2 built from an export gives gptlab's logits and greedy tokens."""
+
+import pytest
+import torch
+
+from gptlab.checkpoint import save_model
+from gptlab.cli import main
+from gptlab.model import GPT, book, tiny
+from gptlab.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+LINES = ["wine review : germany : mosel : riesling : crisp , dry and long .",
+         "wine review : us : california : zinfandel : jammy , ripe and bold ."] * 4
+
+
+def make_model(tmp_path, cfg_fn):
+    torch.manual_seed(0)
+    tok = Tokenizer.train(LINES, vocab_size=64)
+    model = GPT(cfg_fn(tok.vocab_size)).eval()
+    save_model(tmp_path / "m", model, tok, {"kind": "gpt", "model": model.cfg.to_dict()})
+    return model, tok
+
+
+def test_export_parity_with_transformers(tmp_path):
+    model, tok = make_model(tmp_path, tiny)
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    ids = torch.tensor([tok.encode(LINES[0])[:12]])
+    with torch.no_grad():
+        ours = model(ids).logits
+        theirs = hf(ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    greedy_hf = hf.generate(ids[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_id)[0, 4:]
+    x = ids[:, :4]
+    for _ in range(8):
+        x = torch.cat([x, model(x).logits[:, -1:].argmax(-1)], 1)
+    assert x[0, 4:4 + len(greedy_hf)].tolist() == greedy_hf.tolist()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok(LINES[0])["input_ids"] == tok.encode(LINES[0])
+
+
+def test_book_preset_is_refused_with_a_reason(tmp_path, capsys):
+    make_model(tmp_path, book)
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "not GPT-2 shaped" in err and "post" in err
+    assert not (tmp_path / "hf").exists()
