@@ -370,8 +370,8 @@ def load_encoder(path: str | Path, device: str = "cpu", kinds=(KIND_ENCODER, KIN
     """(model, tokenizer, config) from an encoder or classifier folder; other kinds are refused."""
     cfg = read_config(path)
     if cfg.get("kind") not in kinds:
-        want = " or ".join(kinds)
-        raise UserError(f"{path} holds a {cfg.get('kind')!r} model, not an {want}: make one with "
+        want = " or ".join(repr(k) for k in kinds)
+        raise UserError(f"{path} holds a {cfg.get('kind')!r} model where {want} is needed: make one with "
                         "`gptlab encoder pretrain` / `gptlab encoder classify`")
     return load_checkpoint(path, device)
 

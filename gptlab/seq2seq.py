@@ -411,35 +411,50 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} already holds a model: pass --overwrite to replace it, or another --out")
 
 
+def same_length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None):
+    """Batches of row indices whose sources all have the same length (one pass; shuffled with rng).
+
+    No source padding means no source mask in training. That is exact, and it sidesteps
+    `layers.build_mask` letting query t see key t even when that key is padding (right for
+    self-attention, where it keeps padded rows finite; wrong for cross-attention, where decoder
+    position t would read padded source position t and learn the source length from it, which
+    greedy decoding, one query at a time, never shows it).
+    """
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths.tolist()):
+        groups.setdefault(n, []).append(i)
+    batches = []
+    for rows in groups.values():
+        rows = np.asarray(rows)
+        if rng is not None:
+            rows = rows[rng.permutation(len(rows))]
+        batches += [rows[j:j + batch_size] for j in range(0, len(rows), batch_size)]
+    if rng is not None:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
+def _endless(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
+    while True:
+        yield from same_length_batches(lengths, batch_size, rng)
+
+
 @torch.no_grad()
 def validation_loss(model: Seq2Seq, data: EncodedPairs, pad_id: int, device, amp, batch_size: int = 256,
                     limit: int = 2000) -> float:
+    """Teacher-forced NLL per target token over (up to `limit`) validation pairs."""
     from .trainer import autocast
     model.eval()
     n = min(len(data.src), limit)
     total, count = 0.0, 0
-    for i in range(0, n, batch_size):
-        b = collate_pairs(data, range(i, min(i + batch_size, n)), pad_id).to(device)
+    for rows in same_length_batches(np.array([len(s) for s in data.src[:n]]), batch_size):
+        b = collate_pairs(data, rows, pad_id).to(device)
         with autocast(device, amp):
-            out = model(b.src_BxS, b.tgt_in_BxT, b.targets_BxT, src_mask_BxS=b.src_mask_BxS)
+            out = model(b.src_BxS, b.tgt_in_BxT, b.targets_BxT)
         total += float(out.nll_sum)
         count += out.n_tokens
     model.train()
     return total / max(count, 1)
-
-
-def _batches(n: int, batch_size: int, lengths: np.ndarray, rng: np.random.Generator):
-    """Endless batches of similar source length (little padding), in random order."""
-    while True:
-        order = rng.permutation(n)
-        chunk = 50 * batch_size
-        batches = []
-        for i in range(0, n, chunk):
-            part = order[i:i + chunk]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
-        for j in rng.permutation(len(batches)):
-            yield batches[j]
 
 
 def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
@@ -482,7 +497,7 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
     opt = build_optimizer(model, t, device)
     rng = np.random.default_rng(t.seed)
     lengths = np.array([len(s) for s in train_data.src])
-    batches = _batches(len(train_data.src), min(t.batch_size, len(train_data.src)), lengths, rng)
+    batches = _endless(lengths, t.batch_size, rng)
     history: list[dict] = []
     total = t.steps if t.steps > 0 else 10**9
     start = time.perf_counter()
@@ -503,8 +518,8 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
         for g in opt.param_groups:
             g["lr"] = lr
         b = collate_pairs(train_data, next(batches), tok.pad_id).to(device)
-        with autocast(device, amp):
-            out = model(b.src_BxS, b.tgt_in_BxT, b.targets_BxT, src_mask_BxS=b.src_mask_BxS)
+        with autocast(device, amp):  # same-length sources: no source mask needed
+            out = model(b.src_BxS, b.tgt_in_BxT, b.targets_BxT)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if t.grad_clip:

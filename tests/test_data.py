@@ -9,6 +9,7 @@ import json
 import re
 import string
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,30 @@ def test_error_hf_without_datasets(monkeypatch):
     assert "pip install 'gptlab[hf]'" in message and "Kaggle" in message
 
 
+class _FakeSplit(list):
+    column_names = ["country", "description", "province", "variety"]
+
+
+def test_hf_dataset_all_splits_in_order(monkeypatch):
+    # No network here: a stand-in for `datasets` checks the code path around load_dataset.
+    rows = [{"country": "US", "description": "Tart.", "province": "Oregon", "variety": "Pinot Gris"},
+            {"country": "Italy", "description": "Ripe.", "province": None, "variety": "Nebbiolo"}]
+    calls = []
+
+    def load_dataset(name, split=None):
+        calls.append((name, split))
+        splits = {"train": _FakeSplit(rows[:1]), "validation": _FakeSplit(rows[1:])}
+        return splits[split] if split else splits
+
+    monkeypatch.setitem(sys.modules, "datasets", type(sys)("datasets"))
+    monkeypatch.setattr(sys.modules["datasets"], "load_dataset", load_dataset, raising=False)
+    corpus = load_corpus(DataConfig(data="hf:GroNLP/ik-nlp-22_winemag"))
+    assert corpus.records == ["wine review : us : oregon : pinot gris : tart . "] and corpus.skipped == 1
+    assert "Kaggle wine layout" in corpus.source
+    assert len(load_corpus(DataConfig(data="hf:GroNLP/ik-nlp-22_winemag:train")).records) == 1
+    assert calls == [("GroNLP/ik-nlp-22_winemag", None), ("GroNLP/ik-nlp-22_winemag", "train")]
+
+
 @pytest.mark.parametrize("kw", [{"val_fraction": 1.0}, {"max_records": -1}, {"builtin_size": 0}, {"data": " "}])
 def test_error_bad_config_values(kw):
     user_error(DataConfig(**kw))
@@ -382,6 +407,12 @@ def test_synthetic_is_deterministic_by_seed():
     assert a == synthetic_reviews(300, seed=1)
     assert a != synthetic_reviews(300, seed=2)
     assert synthetic_reviews(120, seed=1) == a[:120]  # one generator, drawn in order
+
+
+def test_synthetic_generation_is_fast():
+    start = time.process_time()  # CPU time: the wall clock is noisy on a shared machine
+    synthetic_reviews(5000, seed=0)
+    assert time.process_time() - start < 2.5  # ~0.25 s here; 20k reviews must stay well under 2 s
 
 
 def test_synthetic_fields(reviews):

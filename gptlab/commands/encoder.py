@@ -20,7 +20,7 @@ def _data_fields(parser, skip=()):
         kw = ({"action": argparse.BooleanOptionalAction} if isinstance(default, bool)
               else {"type": type(default), "metavar": {int: "N", float: "X"}.get(type(default), "S")})
         group.add_argument(flag, dest=f"data__{f.name}", default=default,
-                           help=f"{f.metadata.get('help', '')} (default: {default!r})", **kw)
+                           help=f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%"), **kw)
 
 
 def register(sub) -> None:
@@ -34,8 +34,8 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     pre = ss.add_parser("pretrain", help="masked-LM pretraining on a corpus (default: the built-in wine reviews)",
-                        description="15%% of word tokens are selected; 80%% of those become [MASK], 10%% a random "
-                                    "word, 10%% stay; the model learns to restore them from both sides.")
+                        description="15% of word tokens are selected; 80% of those become [MASK], 10% a random "
+                                    "word, 10% stay; the model learns to restore them from both sides.")
     add_fields(pre, EncoderTrainConfig(), "training")
     add_fields(pre, ENCODER_PRESETS["small"](), "model (flags not given come from --preset)", dest_prefix="m_",
                skip=("vocab_size",), default_none=True, shown="small preset")

@@ -5,9 +5,11 @@ standalone HTML page; `--json` saves the trace and `--trace` renders a saved one
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import UserError
 from ..explain.trace import Trace
+from ..generate import check_generative
 from .generate import add_model_args, add_sampling_args, load_model, sampling_from_args, warnings_to_stderr
 
 
@@ -45,10 +47,14 @@ def _pick(value: str | None, n: int, what: str) -> int | str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for path in (args.out, args.json):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UserError(f"cannot write {path}: its folder does not exist; create it or pick another path")
     if args.trace:
         if args.model or args.prompt is not None:
             raise UserError("give either MODEL PROMPT or --trace FILE, not both")
         trace = Trace.load(args.trace)
+        n_layer, n_head = trace.n_layer, trace.n_head
     else:
         if not args.model:
             raise UserError("give a MODEL folder and a PROMPT (or --trace FILE to render a saved trace)")
@@ -58,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--top must be >= 1 (got {args.top})")
         cfg = sampling_from_args(args, max_new_tokens=args.steps)
         model = load_model(args)
+        check_generative(model.model, model.kind)
+        n_layer, n_head = model.model.cfg.n_layer, model.model.cfg.n_head
+    layer = _pick(args.layer, n_layer, "layer")
+    head = _pick(args.head, n_head, "head")
+    if not args.trace:
         kwargs = {k: v for k, v in cfg.to_dict().items() if k != "max_new_tokens"}
         with warnings_to_stderr("explain"):
             trace = model.explain(args.prompt or "", steps=args.steps, top=args.top, **kwargs)
-    layer = _pick(args.layer, trace.n_layer, "layer")
-    head = _pick(args.head, trace.n_head, "head")
     if args.json:
         trace.save(args.json)
         print(f"wrote {args.json}")

@@ -24,7 +24,7 @@ def add_fields(parser: argparse.ArgumentParser, obj, title: str, dest_prefix: st
         if f.name in skip:
             continue
         default = getattr(obj, f.name)
-        help_text = f"{f.metadata.get('help', '')} ({shown}: {default!r})"
+        help_text = f"{f.metadata.get('help', '')} ({shown}: {default!r})".replace("%", "%%")
         kw = dict(dest=dest_prefix + f.name, default=None if default_none else default, help=help_text)
         if isinstance(default, bool):
             group.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, **kw)

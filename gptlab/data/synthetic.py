@@ -196,7 +196,7 @@ STRUCTURES = {
         "The tannins are {tannin_adj}, the acidity {acid_adj}.",
         "{texture} and {body}, it's held together by {tannin}.",
         "This is a {body} wine with {tannin} and {acid}.",
-        "{tannin} frame the fruit, while {acid} keeps it lively.",
+        "{tannin} frame the fruit, while {acid} keeps it {fresh}.",
         "There's a {texture} texture here, supported by {tannin}.",
     ),
     "white": (
@@ -341,7 +341,8 @@ class _Review:
             if note not in NO_MOD and note.split()[0] not in ALREADY_MODIFIED and self.random() < 0.35:
                 return f"{self.pick(FRUIT_MODS[self.style])} {note}"
         elif kind == "other" and self.random() < 0.2:
-            return f"{self.pick(NOTE_MODS)} {note}"
+            mod = self.pick(NOTE_MODS)
+            return note if note.startswith(mod) else f"{mod} {note}"
         return note
 
     def fruit(self) -> str:
@@ -586,6 +587,8 @@ def _describe(r: _Review, price: int) -> str:
     while words > MAX_WORDS and any(opt for _, opt in parts):
         i = max(i for i, (_, opt) in enumerate(parts) if opt)
         words -= len(parts.pop(i)[0].split())
+    while words > MAX_WORDS and len(parts) > 2:  # rare: long core sentences; keep the first two
+        words -= len(parts.pop()[0].split())
     fillers = (FINISHES, STRUCTURES[style], PALATES)
     k = 0
     while words < MIN_WORDS:  # too short: add core sentences before the verdicts

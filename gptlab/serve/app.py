@@ -123,6 +123,9 @@ def create_app(models_dir, settings: ServeSettings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError):
         parts, param = [], None
         for e in exc.errors():
+            if e.get("type") == "json_invalid":
+                return error_response(422, f"the request body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')}): "
+                                           "send a JSON object", "invalid_request_error")
             loc = [str(x) for x in e.get("loc", ()) if x != "body"]
             param = param or (loc[0] if loc else None)
             parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")

@@ -16,7 +16,7 @@ class Sampling(BaseModel):
     model: str | None = Field(None, description="a name from GET /v1/models; may be left out when only one model is served")
     temperature: float | None = Field(1.0, description="0 is greedy; below 1 sharper, above 1 flatter")
     top_p: float | None = Field(1.0, description="nucleus: keep the smallest set of tokens whose probability reaches top_p")
-    seed: int | None = Field(None, description="same seed, same settings, same text")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="same seed, same settings, same text")
     # gptlab extras
     top_k: int | None = Field(0, description="keep only the k most likely tokens (0: all)")
     min_p: float | None = Field(0.0, description="drop tokens less likely than min_p times the most likely one")

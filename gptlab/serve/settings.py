@@ -22,7 +22,10 @@ class ServeSettings:
     def validate(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < (0 if f.name == "queue" else 1):
+            if f.name == "timeout_s":
+                if not v > 0:
+                    raise ValueError(f"timeout_s must be > 0 (got {v})")
+            elif isinstance(v, int) and not isinstance(v, bool) and v < (0 if f.name == "queue" else 1):
                 raise ValueError(f"{f.name} must be >= {0 if f.name == 'queue' else 1} (got {v})")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")

@@ -269,11 +269,10 @@ function showStep(i) {
   drawBars();
 }
 
-// softmax(logit / T) over the stored candidates (the model's top 20): sharper below 1, flatter
-// above. At T = 1 the stored logsumexp gives the exact probabilities over the whole vocabulary,
-// as gptlab's other renderers (TraceStep.reweight) do.
-function reweight(pool, T, logsumexp) {
-  if (T === 1 && typeof logsumexp === "number") return pool.map((c) => Math.exp(c.logit - logsumexp));
+// softmax(logit / T) over the stored candidates (the model's top 20 by logit, plus the drawn
+// token): sharper below 1, flatter above. Renormalised over those at every T, T = 1 included, so
+// the bars move smoothly with the slider; the exact whole-vocabulary p at T = 1 is in each tooltip.
+function reweight(pool, T) {
   const z = pool.map((c) => c.logit / T);
   const m = Math.max(...z);
   const e = z.map((v) => Math.exp(v - m));
@@ -287,7 +286,7 @@ function drawBars() {
   $("reweight-value").textContent = T.toFixed(2);
   const pool = step.candidates.slice();
   if (!pool.some((c) => c.id === step.chosen.id)) pool.push(step.chosen);
-  const probs = reweight(pool, T, step.logsumexp);
+  const probs = reweight(pool, T);
   // The top candidates, plus the drawn token wherever it ranked.
   const shown = pool.map((c, k) => ({ c, p: probs[k], rank: k }))
     .filter((x) => x.rank < state.trace.top || x.c.id === step.chosen.id);

@@ -1,0 +1,232 @@
+"""Load test of `gptlab serve` on loopback: latency, throughput, memory, and behaviour past capacity.
+
+    python benchmarks/serve_load.py                      # a random `small`-preset model, made here
+    python benchmarks/serve_load.py --model runs/demo    # a trained model folder
+
+Phases, all against one `gptlab serve` subprocess on 127.0.0.1 (a free port):
+  1. warm-up: --warmup requests, then the server's RSS is read from /proc;
+  2. load: --requests completions from --clients concurrent clients (every --stream-every-th one
+     streamed); counts statuses, p50/p95 latency, generated tokens per second, and RSS growth;
+  3. flood: --flood requests at once, more than workers + queue: the excess must get 429, none a
+     5xx, and the server must still answer afterwards.
+Exits 1 when a check fails (any 5xx or transport error, RSS growth >= 10%, no 429 in the flood).
+Every request has a timeout and the number of requests is fixed, so the run ends by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+LINES = [
+    "wine review : germany : mosel : riesling : a crisp , dry wine with lemon and green apple .",
+    "wine review : france : bordeaux : red blend : dark berries , oak and a long finish .",
+    "wine review : us : california : zinfandel : ripe cherry , pepper and a soft finish .",
+    "wine review : italy : tuscany : sangiovese : bright cherry , herbs and firm tannins .",
+]
+PROMPTS = ["wine review : germany", "wine review : france : bordeaux", "wine review : us : california : zinfandel :",
+           "wine review : italy", "a crisp , dry wine with", "dark berries , oak and"]
+
+
+def make_model(folder: Path, preset: str) -> Path:
+    import torch
+
+    from gptlab.checkpoint import save_model
+    from gptlab.model import GPT
+    from gptlab.model.config import PRESETS
+    from gptlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(LINES * 3)
+    torch.manual_seed(0)
+    cfg = PRESETS[preset](tok.vocab_size)
+    save_model(folder, GPT(cfg), tok, {"kind": "gpt", "model": cfg.to_dict()})
+    return folder
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(models: Path, args) -> tuple[subprocess.Popen, str, Path]:
+    log = Path(tempfile.mkstemp(prefix="gptlab-serve-load-", suffix=".log")[1])
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "gptlab", "serve", "--models", str(models), "--port", "0", "--log-level", "warning",
+           "--workers", str(args.workers), "--queue", str(args.queue), "--max-tokens", str(max(args.max_tokens, 16))]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        m = re.search(r"at (http://[\d.]+:\d+)/", log.read_text(errors="replace"))
+        if m:
+            return proc, m.group(1), log
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit(f"gptlab serve did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
+async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, stream: bool, rng: random.Random) -> dict:
+    body = {"model": model, "prompt": rng.choice(PROMPTS), "max_tokens": max_tokens,
+            "temperature": rng.choice([0.0, 0.7, 1.0, 1.3]), "seed": rng.randrange(1 << 30)}
+    t0 = time.perf_counter()
+    try:
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+            tokens, status, done = 0, None, False
+            async with client.stream("POST", "/v1/completions", json=body) as r:
+                status = r.status_code
+                async for line in r.aiter_lines():
+                    if line == "data: [DONE]":
+                        done = True
+                    elif line.startswith("data: "):
+                        chunk = json.loads(line[6:])
+                        if "error" in chunk:
+                            status = 599  # an error inside a 200 stream counts as a server failure
+                        elif chunk.get("usage"):
+                            tokens = chunk["usage"]["completion_tokens"]
+            if status == 200 and not done:
+                status = 598  # stream cut short
+        else:
+            r = await client.post("/v1/completions", json=body)
+            status = r.status_code
+            tokens = r.json()["usage"]["completion_tokens"] if status == 200 else 0
+    except httpx.HTTPError as e:
+        return {"status": None, "error": f"{type(e).__name__}: {e}", "latency": time.perf_counter() - t0, "tokens": 0}
+    return {"status": status, "latency": time.perf_counter() - t0, "tokens": tokens}
+
+
+async def run_clients(url: str, model: str, n_requests: int, n_clients: int, max_tokens: int,
+                      stream_every: int, seed: int) -> tuple[list[dict], float]:
+    rng = random.Random(seed)
+    todo = list(range(n_requests))
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker():
+            while todo:
+                i = todo.pop()
+                stream = stream_every > 0 and i % stream_every == 0
+                results.append(await one_request(client, model, max_tokens, stream, rng))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(n_clients)))
+        return results, time.perf_counter() - t0
+
+
+async def flood(url: str, model: str, n: int, max_tokens: int) -> list[dict]:
+    rng = random.Random(1)
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        return await asyncio.gather(*(one_request(client, model, max_tokens, False, rng) for _ in range(n)))
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def summarize(name: str, results: list[dict]) -> dict:
+    statuses: dict = {}
+    for r in results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    failures = sum(1 for r in results if r["status"] is None or r["status"] >= 500)
+    print(f"{name}: {len(results)} requests, statuses {dict(sorted(statuses.items(), key=lambda kv: str(kv[0])))}, "
+          f"5xx or transport errors: {failures}")
+    errors = [r["error"] for r in results if r.get("error")]
+    if errors:
+        print(f"  first transport error: {errors[0]}")
+    return {"statuses": statuses, "failures": failures}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="a trained model folder (default: a random model of --preset, made here)")
+    ap.add_argument("--preset", default="small", help="preset of the random model (tiny, small, book)")
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--stream-every", type=int, default=5, help="every n-th request streams (0: none)")
+    ap.add_argument("--warmup", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--queue", type=int, default=64)
+    ap.add_argument("--flood", type=int, default=300, help="requests sent at once in the flood phase")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gptlab-serve-load-"))
+    if args.model:
+        models, name = Path(args.model).resolve(), Path(args.model).resolve().name
+    else:
+        name = f"random-{args.preset}"
+        models = make_model(tmp / name, args.preset)
+    proc, url, log = start_server(models, args)
+    ok = True
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for _ in range(100):
+                try:
+                    if c.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+        print(f"server {url}, pid {proc.pid}, model {name}, workers {args.workers}, queue {args.queue}, "
+              f"max_tokens {args.max_tokens}, {os.cpu_count()} CPU cores")
+
+        warm, _ = asyncio.run(run_clients(url, name, args.warmup, args.clients, args.max_tokens, args.stream_every, 0))
+        ok &= summarize("warm-up", warm)["failures"] == 0
+        rss0 = rss_mib(proc.pid)
+
+        results, wall = asyncio.run(run_clients(url, name, args.requests, args.clients, args.max_tokens,
+                                                args.stream_every, 1))
+        rss1 = rss_mib(proc.pid)
+        s = summarize("load", results)
+        ok &= s["failures"] == 0
+        good = [r for r in results if r["status"] == 200]
+        lat = [r["latency"] for r in good]
+        tokens = sum(r["tokens"] for r in good)
+        growth = (rss1 - rss0) / rss0
+        if lat:
+            print(f"  latency p50 {pct(lat, 50) * 1000:.0f} ms, p95 {pct(lat, 95) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
+                  f"{len(good) / wall:.1f} requests/s, {tokens / wall:.0f} generated tokens/s ({tokens} tokens in {wall:.1f} s)")
+        print(f"  server RSS after warm-up {rss0:.1f} MiB, after load {rss1:.1f} MiB: growth {100 * growth:+.1f}% (limit +10%)")
+        ok &= growth < 0.10 and len(good) == args.requests
+
+        flooded = asyncio.run(flood(url, name, args.flood, args.max_tokens))
+        f = summarize(f"flood ({args.flood} at once, capacity {args.workers + args.queue})", flooded)
+        n429 = f["statuses"].get(429, 0)
+        ok &= f["failures"] == 0 and n429 > 0
+        with httpx.Client(base_url=url, timeout=60) as c:
+            alive = c.get("/healthz").json()
+            after = c.post("/v1/completions", json={"model": name, "prompt": "wine review", "max_tokens": 4})
+        print(f"  after the flood: /healthz {alive['status']}, in flight {alive['in_flight']}, "
+              f"a completion -> {after.status_code}; server RSS {rss_mib(proc.pid):.1f} MiB")
+        ok &= after.status_code == 200 and proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if not ok:
+            print("server log (tail):\n" + log.read_text(errors="replace")[-3000:])
+        log.unlink(missing_ok=True)
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

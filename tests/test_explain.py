@@ -1,0 +1,177 @@
+"""Explanation traces: what they record, the JSON round trip, and the HTML / terminal / notebook views."""
+
+from __future__ import annotations
+
+import ast
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.errors import UserError
+from gptlab.explain import Trace, render_html, render_terminal, use_color
+from gptlab.generate import GenerationWarning
+from test_generate import tiny_model
+
+EXPLAIN_DIR = Path(__file__).resolve().parents[1] / "gptlab" / "explain"
+PROMPT = "wine review : germany"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def trace(lm):
+    return lm.explain(PROMPT, steps=4, top=5, seed=1)
+
+
+def test_model_attention_is_causal_and_normalised(lm):
+    x = torch.tensor([lm.encode(PROMPT + " : mosel : riesling")])
+    with torch.inference_mode():
+        attn = lm.model(x, return_attn=True).attn
+    for a in attn:  # (1, H, T, T)
+        torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)))
+        assert torch.all(a.triu(diagonal=1) == 0)
+
+
+def test_trace_records_every_step(lm, trace):
+    n_prompt = len(lm.encode(PROMPT))
+    cfg = lm.model.cfg
+    assert len(trace.steps) == 4 and trace.top == 5
+    assert trace.model["n_layer"] == cfg.n_layer and trace.model["n_head"] == cfg.n_head and trace.model["kind"] == "gpt"
+    assert trace.sampling["seed"] == 1 and trace.sampling["max_new_tokens"] == 4
+    for i, step in enumerate(trace.steps):
+        assert len(step.tokens) == n_prompt + i and step.start == 0
+        assert step.tokens[:n_prompt] == ["wine", "review", ":", "germany"]
+        assert len(step.attention) == cfg.n_layer and all(len(h) == cfg.n_head for h in step.attention)
+        for heads in step.attention:
+            for row in heads:
+                assert len(row) == len(step.tokens) and math.isclose(sum(row), 1.0, abs_tol=1e-4)
+                assert min(row) >= 0
+        ps = [c.p for c in step.candidates]
+        assert len(step.candidates) >= 20 and ps == sorted(ps, reverse=True)
+        assert all(math.isclose(c.p, math.exp(c.logit - step.logsumexp), rel_tol=1e-4) for c in step.candidates)
+        assert step.entropy > 0 and math.isclose(step.entropy_sample, step.entropy, rel_tol=1e-4)  # T=1, no filter
+        if i:
+            assert step.token_ids[-1] == trace.steps[i - 1].chosen.id
+    assert trace.steps[-1].finish == "length" and trace.finish_reason == "length"
+
+
+def test_explain_samples_what_generate_samples(lm, trace):
+    gen = lm.generate(PROMPT, max_new_tokens=4, seed=1)[0]
+    assert [s.chosen.id for s in trace.steps] == gen.token_ids and trace.completion == gen.text
+
+
+def test_probabilities_after_temperature_and_top_k(lm):
+    t = lm.explain(PROMPT, steps=2, temperature=0.5, top_k=3, seed=0)
+    for step in t.steps:
+        assert sum(c.p_sample > 0 for c in step.candidates) == 3
+        assert math.isclose(sum(c.p_sample for c in step.candidates[:3]), 1.0, abs_tol=1e-4)
+        assert step.candidates[0].p_sample > step.candidates[0].p  # T < 1 sharpens
+        assert step.entropy_sample < step.entropy
+        assert math.isclose(step.reweight(1.0)[0], step.candidates[0].p, rel_tol=1e-4)
+
+
+def test_window_slides_in_a_long_explanation(lm):
+    C = lm.model.cfg.context_length
+    t = lm.explain(PROMPT, steps=C, seed=2, temperature=0)
+    last = t.steps[-1]
+    assert len(last.tokens) == C and last.start > 0
+    assert all(math.isclose(sum(r), 1.0, abs_tol=1e-4) for heads in last.attention for r in heads)
+
+
+def test_json_round_trip(trace, tmp_path):
+    assert Trace.from_dict(json.loads(trace.to_json())) == trace
+    d = trace.to_dict()
+    assert d["format"] == "gptlab-trace" and d["version"] == 1
+    path = tmp_path / "trace.json"
+    trace.save(path)
+    again = Trace.load(path)
+    assert again == trace and again.to_dict() == d
+    assert render_html(again).count('class="step"') == 4
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d.update(format="other"), "not a gptlab trace"),
+    (lambda d: d.update(version=99), "newer"),
+    (lambda d: d.pop("steps"), "incomplete"),
+    (lambda d: d["steps"][0].pop("attention"), "incomplete"),
+])
+def test_bad_traces_are_user_errors(trace, mutate, match):
+    d = json.loads(trace.to_json())
+    mutate(d)
+    with pytest.raises(UserError, match=match):
+        Trace.from_dict(d)
+
+
+def test_bad_trace_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        Trace.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        Trace.load(tmp_path / "bad.json")
+
+
+def test_html_is_standalone_highlighted_and_escaped(lm, trace):
+    page = render_html(trace)
+    assert page.startswith("<!DOCTYPE html>") and "</html>" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "http://" not in page and "https://" not in page and "@import" not in page
+    for word in ["wine", "review", "germany"]:
+        assert re.search(r'<span class="t"[^>]*rgba\(135,206,250,[0-9.]+\)[^>]*>' + word + "</span>", page)
+    for c in trace.steps[0].candidates[:5]:
+        assert f'<td class="w">{html.escape(c.token)}</td>' in page
+    assert page.count('<select class="layer">') == 1 and page.count('class="step"') == 4
+    with pytest.warns(GenerationWarning, match="vocabulary"):
+        nasty = lm.explain("wine <script>alert(1)</script> review", steps=1, seed=0)
+    nasty_page = render_html(nasty)
+    assert "<script>alert(1)" not in nasty_page and "&lt;script&gt;" in nasty_page
+    fragment = trace._repr_html_()
+    assert "<html" not in fragment and 'class="gptlab-trace"' in fragment
+
+
+def test_html_layer_and_head_choice(trace):
+    head0 = render_html(trace, layer=0, head=0)
+    assert '<option value="0" selected>layer 1</option>' in head0 and '<option value="0" selected>head 1</option>' in head0
+    row = trace.steps[0].attention_row(0, 0)
+    m = max(row)
+    assert f"rgba(135,206,250,{row[0] / m:.3f})" in head0
+
+
+def test_terminal_view(trace, monkeypatch):
+    plain = render_terminal(trace, color=False)
+    assert "\x1b[" not in plain and "step 4" in plain and trace.steps[0].chosen.token in plain
+    assert re.search("[\u2588-\u258f]", plain)  # unicode bars
+    coloured = render_terminal(trace, color=True)
+    assert "\x1b[38;2;0;0;0;48;2;" in coloured
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    class Tty:
+        def isatty(self):
+            return True
+    assert not use_color(Tty())
+    monkeypatch.delenv("NO_COLOR")
+    assert use_color(Tty()) and not use_color(open(__file__))
+
+
+def test_show_prints_the_terminal_view_outside_jupyter(trace, capsys):
+    trace.show()
+    assert "step 1" in capsys.readouterr().out
+
+
+def test_renderers_never_import_torch():
+    for name in ["render_html.py", "render_term.py", "trace.py", "__init__.py"]:
+        tree = ast.parse((EXPLAIN_DIR / name).read_text())
+        top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        mods = [a.name for n in top_level if isinstance(n, ast.Import) for a in n.names]
+        mods += [n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)]
+        assert not any(m == "torch" or m.startswith("torch.") or m.endswith("capture") for m in mods), (name, mods)
+        every = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert not any("torch" in (getattr(n, "module", None) or "") or any("torch" in a.name for a in n.names)
+                       for n in every), name

@@ -1,0 +1,183 @@
+"""Generation: KV cache == full recompute (single, ragged batch, past the context), stops, streaming,
+warnings, determinism. Tiny random models; the other generation test files import the helpers."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from gptlab.api import LoadedModel
+from gptlab.checkpoint import save_model
+from gptlab.generate import GenerationWarning, TextTracker, generate_steps
+from gptlab.model import GPT, tiny
+from gptlab.sampling import SamplingConfig, apply_repetition_penalty, process_logits
+from gptlab.tokenizer import Tokenizer
+
+LINES = [
+    "wine review : germany : mosel : riesling : while demure in color , this off - dry riesling is bright and juicy",
+    "wine review : us : california : pinot noir : ripe cherry and cola flavors with a touch of oak",
+    "wine review : france : alsace : riesling : crisp apple and lime , steely and dry",
+    "wine review : germany : pfalz : riesling : honeyed peach with a racy acidity",
+    "wine review : italy : tuscany : sangiovese : firm tannins , sour cherry and dried herbs",
+    "wine review : us : washington : merlot : plush plum and mocha , soft and round",
+]
+
+
+def tiny_model(seed: int = 0, **cfg_overrides) -> LoadedModel:
+    """A random tiny GPT (context 32) with a word-level tokenizer trained on LINES."""
+    tok = Tokenizer.train(LINES, vocab_size=200)
+    torch.manual_seed(seed)
+    cfg = tiny(tok.vocab_size)
+    for k, v in cfg_overrides.items():
+        setattr(cfg, k, v)
+    model = GPT(cfg).eval()
+    return LoadedModel(model, tok, {"kind": "gpt", "model": cfg.to_dict()})
+
+
+def tiny_model_dir(path, seed: int = 0):
+    lm = tiny_model(seed)
+    save_model(path, lm.model, lm.tokenizer, lm.config)
+    return path
+
+
+def run_engine(model, prompts, cfg, **kw):
+    """(tokens per row, [(row logits per step)]) from the engine."""
+    tokens = [[] for _ in prompts]
+    logits = [[] for _ in prompts]
+    for step in generate_steps(model, prompts, cfg, **kw):
+        for b, t in enumerate(step.tokens_B.tolist()):
+            if step.active[b]:
+                tokens[b].append(t)
+                logits[b].append(step.logits_BxV[b].clone())
+    return tokens, logits
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_kv_cache_equals_full_recompute(lm, temperature):
+    prompt = lm.encode("wine review : germany : mosel")
+    cfg = SamplingConfig(temperature=temperature, max_new_tokens=12, seed=3)
+    cached = run_engine(lm.model, [prompt], cfg)
+    full = run_engine(lm.model, [prompt], cfg, use_cache=False)
+    assert cached[0] == full[0] and len(cached[0][0]) == 12
+    for a, b in zip(cached[1][0], full[1][0]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_ragged_batch_equals_each_prompt_alone(lm):
+    prompts = [lm.encode(p) for p in ["wine review", "wine review : us : california : pinot noir", "wine review : italy :"]]
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=10)
+    batched = run_engine(lm.model, prompts, cfg)
+    for b, p in enumerate(prompts):
+        alone = run_engine(lm.model, [p], cfg, use_cache=False)
+        assert batched[0][b] == alone[0][0]
+        for x, y in zip(batched[1][b], alone[1][0]):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
+def test_ragged_batch_sampled_matches_recompute(lm):
+    prompts = [lm.encode(p) for p in ["wine review", "wine review : us : california : pinot noir :"]]
+    cfg = SamplingConfig(temperature=1.0, top_k=20, max_new_tokens=8, seed=11)
+    cached, full = run_engine(lm.model, prompts, cfg), run_engine(lm.model, prompts, cfg, use_cache=False)
+    assert cached[0] == full[0]
+
+
+def test_window_slides_past_the_context(lm):
+    C = lm.model.cfg.context_length
+    prompt = lm.encode(LINES[0])[:C - 3]
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=10)
+    cached = run_engine(lm.model, [prompt], cfg)
+    full = run_engine(lm.model, [prompt], cfg, use_cache=False)
+    assert cached[0] == full[0] and len(cached[0][0]) == 10
+    # After the slide, each step sees exactly the last C tokens.
+    seq = prompt + cached[0][0]
+    with torch.inference_mode():
+        expect = lm.model(torch.tensor([seq[-1 - C:-1]])).logits[0, -1]
+    torch.testing.assert_close(cached[1][0][-1], expect, atol=1e-5, rtol=0)
+
+
+def test_prompt_longer_than_context_warns_once(lm):
+    C = lm.model.cfg.context_length
+    long_prompt = " ".join(LINES)  # > 32 tokens
+    assert len(lm.encode(long_prompt)) > C
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = lm.generate(long_prompt, max_new_tokens=5, temperature=0)
+    cut = [w for w in caught if issubclass(w.category, GenerationWarning) and "longer than" in str(w.message)]
+    assert len(cut) == 1 and f"last {C}" in str(cut[0].message)
+    assert len(out[0].token_ids) == 5
+
+
+def test_unknown_words_are_listed_in_one_warning(lm):
+    with pytest.warns(GenerationWarning, match="zinfandelx.*qwerty|qwerty.*zinfandelx") as rec:
+        lm.generate("wine review : zinfandelx : qwerty", max_new_tokens=2, seed=0)
+    assert len([w for w in rec if "vocabulary" in str(w.message)]) == 1
+
+
+def test_stops_at_end_of_text(lm):
+    prompt = lm.encode("wine review : us")
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=6)
+    first = run_engine(lm.model, [prompt], cfg)[0][0][0]
+    steps = list(generate_steps(lm.model, [prompt], cfg, eot_id=first))
+    assert len(steps) == 1 and steps[0].finish == ["stop"]
+
+
+def test_stop_strings_cut_the_text_and_stream_agrees(lm):
+    full = lm.generate("wine review : us", max_new_tokens=12, temperature=0)[0]
+    words = full.text.split()
+    stop = words[3]
+    cut = lm.generate("wine review : us", max_new_tokens=12, temperature=0, stop=[stop])[0]
+    assert cut.finish_reason == "stop" and stop not in cut.text
+    assert full.text.startswith(cut.text) and len(cut.token_ids) <= len(full.token_ids)
+    assert "".join(lm.stream("wine review : us", max_new_tokens=12, temperature=0, stop=[stop])) == cut.text
+
+
+def test_stream_pieces_add_up_to_the_completion(lm):
+    kw = dict(max_new_tokens=15, temperature=1.0, seed=5)
+    pieces = list(lm.stream("wine review : france", **kw))
+    assert len(pieces) > 1 and "".join(pieces) == lm.generate("wine review : france", **kw)[0].text
+
+
+def test_text_tracker_holds_back_a_possible_stop_string(lm):
+    tr = TextTracker(lm.tokenizer, lm.encode("wine review"), stop=["cherry and cola"])
+    for w in ["ripe", "cherry", "and"]:
+        assert not tr.push(lm.tokenizer.token_to_id(w))
+    assert tr.take() == " ripe "  # "cherry and" may be the start of the stop string
+    assert tr.push(lm.tokenizer.token_to_id("cola"))
+    assert tr.text == " ripe " and tr.take(final=True) == ""
+
+
+def test_completions_in_order_with_reasons_and_determinism(lm):
+    prompts = ["wine review : us", "wine review : italy"]
+    a = lm.generate(prompts, n=2, max_new_tokens=6, seed=7)
+    assert [c.prompt for c in a] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert all(c.finish_reason in ("stop", "length") and len(c.token_ids) <= 6 for c in a)
+    assert all(c.finish_reason == "length" for c in a if c.token_ids[-1] != lm.tokenizer.eot_id)
+    assert a == lm.generate(prompts, n=2, max_new_tokens=6, seed=7)
+    assert [c.text for c in a] != [c.text for c in lm.generate(prompts, n=2, max_new_tokens=6, seed=8)]
+    assert lm.generate("wine review", max_new_tokens=0) == [lm.generate("wine review", max_new_tokens=0)[0]]
+    assert lm.generate("wine review", max_new_tokens=0)[0].text == ""
+
+
+def test_empty_prompt_starts_from_end_of_text(lm):
+    out = lm.generate("", max_new_tokens=4, seed=0)[0]
+    assert len(out.token_ids) >= 1 and out.prompt == ""
+
+
+def test_repetition_penalty_sees_prompt_and_generated_tokens(lm):
+    prompt = lm.encode("wine review : riesling riesling")
+    cfg = SamplingConfig(temperature=1.0, repetition_penalty=3.0, max_new_tokens=5, seed=1)
+    seen = set(prompt)
+    for step in generate_steps(lm.model, [prompt], cfg):
+        mask_1xV = torch.zeros(1, step.logits_BxV.shape[-1], dtype=torch.bool)
+        mask_1xV[0, sorted(seen)] = True
+        expect = process_logits(apply_repetition_penalty(step.logits_BxV, mask_1xV, 3.0),
+                                SamplingConfig(temperature=1.0)).softmax(-1)
+        torch.testing.assert_close(step.probs_BxV, expect)
+        seen.add(int(step.tokens_B[0]))
