@@ -124,16 +124,18 @@ def process_logits(logits_BxV: torch.Tensor, cfg: SamplingConfig,
 
 
 def draw(probs_BxV: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from probabilities (B, V) -> (B,).
+    """One token per row from probabilities (B, V) -> (B,): inverse-CDF sampling, one uniform number per row.
 
-    Inverse-CDF sampling: one uniform number per row. `torch.multinomial` draws V random numbers
-    per row on a CPU, which costs more than the whole forward pass of a small model.
+    Same distribution as `torch.multinomial`, which on a CPU draws V random numbers per row and
+    costs more than the forward pass of a small model. The target is kept below the total mass, so
+    float rounding cannot land on a zero-probability (filtered) token at the end of the vocabulary;
+    searchsorted(right=True) skips those elsewhere.
     """
     cdf_BxV = probs_BxV.cumsum(dim=-1)
-    u_Bx1 = torch.rand(probs_BxV.shape[0], 1, generator=generator, device=probs_BxV.device,
-                       dtype=cdf_BxV.dtype) * cdf_BxV[:, -1:]
-    idx_Bx1 = torch.searchsorted(cdf_BxV, u_Bx1, right=True)
-    return idx_Bx1.clamp_(max=probs_BxV.shape[-1] - 1).squeeze(-1)
+    total_Bx1 = cdf_BxV[:, -1:]
+    u_Bx1 = torch.rand(total_Bx1.shape, generator=generator, device=probs_BxV.device, dtype=cdf_BxV.dtype)
+    target_Bx1 = torch.minimum(u_Bx1 * total_Bx1, torch.nextafter(total_Bx1, torch.zeros_like(total_Bx1)))
+    return torch.searchsorted(cdf_BxV, target_Bx1, right=True).squeeze(-1)
 
 
 def sample(logits_BxV: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None,

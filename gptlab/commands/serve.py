@@ -66,15 +66,16 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port: pick one in 1-65535, or 0 for any free one")
     settings = ServeSettings(**{name: getattr(args, name) for name in FLAGS.values()})
-    # Unknown words and cut prompts are the client's business, and "default" warnings are remembered
-    # per distinct message, which would grow without end on a server that sees many prompts.
-    warnings.simplefilter("ignore", GenerationWarning)
-    # Small models gain nothing from intra-op threads, and workers x torch's default threads
-    # oversubscribe the cores: on a busy 2-core machine a 60-token completion took 5 s instead of 0.1 s.
+    try:
+        settings.validate()
+    except ValueError as e:
+        flag = next((f for f, n in FLAGS.items() if str(e).startswith(n)), None)
+        raise UserError(f"{flag or 'bad setting'}: {e}") from None
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (got {args.threads}): 0 picks one from the cores and workers")
     import torch
     if settings.device and settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {settings.device}: this torch sees no CUDA GPU; leave --device out to use the CPU")
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // settings.workers))
     app = create_app(args.models, settings)
     names = app.state.registry.names()
     if not names:
@@ -96,6 +97,13 @@ def run(args) -> int:
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"gptlab serve: {len(names)} model(s) from {args.models} at http://{shown}:{port}/ "
           f"(API: http://{shown}:{port}/v1, schema: /openapi.json)", flush=True)
+    # Unknown words and cut prompts are the client's business, and "default" warnings are remembered
+    # per distinct message, which would grow without end on a server that sees many prompts.
+    warnings.simplefilter("ignore", GenerationWarning)
+    # Small models gain nothing from intra-op threads, and workers x torch's default threads
+    # oversubscribe the cores: on a busy 2-core machine a 60-token completion took 5 s instead of 0.1 s.
+    # Set only now, when this process is about to become the server.
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // settings.workers))
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

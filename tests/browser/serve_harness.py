@@ -75,7 +75,7 @@ def live_server(models_dir: Path, *args: str, timeout: float = 90.0):
                         break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gptlab serve never answered /healthz:\n{log.read_text(errors='replace')}")
+                    raise RuntimeError(f"gptlab serve never answered /healthz:\n{log.read_text(errors='replace')}") from None
                 time.sleep(0.1)
         yield LiveServer(url, proc, log)
     finally:
