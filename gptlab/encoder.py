@@ -7,12 +7,9 @@ Registers the checkpoint kinds "encoder" (masked LM) and "classifier". Models li
 
 from __future__ import annotations
 
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +19,7 @@ from .data import DataConfig, load_corpus, normalize_text, split_records
 from .errors import UserError
 from .model import IGNORE_INDEX, ModelConfig
 from .model.encoder import ENCODER_PRESETS, POOLINGS, Classifier, Encoder
-from .seq2seq import check_out_dir, pad_batch
+from .seq2seq import check_out_dir, fit, pad_batch
 from .tokenizer import SPECIALS, Tokenizer
 
 CLS, MASK = "[CLS]", "[MASK]"
@@ -214,52 +211,6 @@ def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
             yield batches[j]
 
 
-def _fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], torch.Tensor],
-         evaluate: Callable[[], dict] | None, desc: str, device) -> tuple[list[dict], dict]:
-    """AdamW + warmup/cosine + clipping (the GPT trainer's builders) for `total_steps` steps or
-    t.time_budget seconds; loss_of(step) returns the loss of one batch. Returns (history, stats)."""
-    from .trainer import build_optimizer, lr_at
-    opt = build_optimizer(model, t, device)
-    history: list[dict] = []
-    bar = None
-    if t.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
-    start = time.perf_counter()
-    model.train()
-    step, ema = 0, None
-    while step < total_steps:
-        elapsed = time.perf_counter() - start
-        if t.time_budget and elapsed >= t.time_budget:
-            break
-        progress = step / total_steps if not t.time_budget else max(step / total_steps, elapsed / t.time_budget)
-        lr = lr_at(step, progress, t)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = loss_of(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        step += 1
-        v = loss.item()
-        ema = v if ema is None else 0.95 * ema + 0.05 * v
-        if evaluate is not None and t.eval_interval and step % t.eval_interval == 0 and step < total_steps:
-            ev = evaluate()
-            model.train()
-            history.append({"step": step, "train_loss": ema, **ev})
-            if bar is not None:
-                bar.write(f"step {step}: train loss {ema:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}")
-    if bar is not None:
-        bar.close()
-    model.eval()
-    return history, {"steps": step, "train_seconds": round(time.perf_counter() - start, 1), "train_loss": ema}
-
-
 def _setup(t):
     from .trainer import autocast, resolve_device, resolve_precision
     t.validate()
@@ -335,7 +286,7 @@ def pretrain(t: EncoderTrainConfig, dcfg: DataConfig | None = None, model_cfg: M
 
     evaluate = (lambda: {"val_loss": mlm_loss(model, val_seqs, tok, device, amp, t.mask_prob)}) if val_seqs else None
     total = t.steps if t.steps > 0 else 10**9
-    history, stats = _fit(model, t, total, loss_of, evaluate, "encoder pretrain", device)
+    history, stats = fit(model, t, total, loss_of, evaluate, "encoder pretrain", device)
     if val_seqs:
         stats["val_loss"] = mlm_loss(model, val_seqs, tok, device, amp, t.mask_prob)
     config = {"kind": KIND_ENCODER, "model": mcfg.to_dict(),
@@ -421,7 +372,7 @@ def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: Model
 
     evaluate = (lambda: {"val_accuracy": accuracy(model, va_seqs, va_y, tok.pad_id)}) if va_seqs else None
     total = t.steps if t.steps > 0 else max(1, round(t.epochs * len(tr_seqs) / bs))
-    history, stats = _fit(model, t, total, loss_of, evaluate, f"classify {t.label}", device)
+    history, stats = fit(model, t, total, loss_of, evaluate, f"classify {t.label}", device)
     majority = Counter(tr_y.tolist()).most_common(1)[0][0]
     stats.update({"val_accuracy": accuracy(model, va_seqs, va_y, tok.pad_id),
                   "val_majority_baseline": (sum(y == majority for y in va_y) / len(va_y)) if va_y else float("nan"),

@@ -101,10 +101,11 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
         if cache_steps > 0:
             cache = model.new_cache(B, max_len=min(C, L_max + cfg.max_new_tokens - 1))
             ids_BxT, pos_BxT, key_mask_BxS = _left_pad(hist, pad_id, device)
+            # Positions and key mask for every later step, sliced per step below (cheaper than
+            # building them each step; positions differ by row when prompts are left-padded).
+            lengths_Bx1 = torch.tensor([[len(h)] for h in hist], device=device)
+            next_pos_BxN = lengths_Bx1 - 1 + torch.arange(cache.max_len - L_max + 1, device=device)[None]
             if key_mask_BxS is not None:
-                # Positions and key mask for every future step, sliced per step below.
-                lengths_Bx1 = torch.tensor([[len(h)] for h in hist], device=device)
-                next_pos_BxN = lengths_Bx1 - 1 + torch.arange(cache.max_len, device=device)[None]
                 key_mask_BxS = torch.cat([key_mask_BxS, key_mask_BxS.new_ones(B, cache.max_len - L_max)], dim=1)
 
     for i in range(cfg.max_new_tokens):
@@ -112,9 +113,7 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
             context = [h[-C:] for h in hist] if capture else None
             if i < cache_steps:
                 if i > 0:
-                    ids_BxT = tokens_B[:, None]
-                    if key_mask_BxS is not None:
-                        pos_BxT = next_pos_BxN[:, i:i + 1]
+                    ids_BxT, pos_BxT = tokens_B[:, None], next_pos_BxN[:, i:i + 1]
                 S = L_max + i
                 out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,
                             key_mask_BxS=None if key_mask_BxS is None else key_mask_BxS[:, :S])

@@ -128,8 +128,8 @@ def draw(probs_BxV: torch.Tensor, generator: torch.Generator | None = None) -> t
 
     Same distribution as `torch.multinomial`, which on a CPU draws V random numbers per row and
     costs more than the forward pass of a small model. The target is kept below the total mass, so
-    float rounding cannot land on a zero-probability (filtered) token at the end of the vocabulary;
-    searchsorted(right=True) skips those elsewhere.
+    float rounding cannot land on zero-probability (filtered) tokens at the end of the vocabulary;
+    searchsorted(right=True) skips them elsewhere.
     """
     cdf_BxV = probs_BxV.cumsum(dim=-1)
     total_Bx1 = cdf_BxV[:, -1:]
@@ -158,8 +158,10 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 
 def entropy_bits(probs_V: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in bits over the last dimension (0 log 0 = 0)."""
-    p = probs_V.double()
-    return -(p * torch.where(p > 0, p.log2(), torch.zeros_like(p))).sum(dim=-1)
+    # 0 * log(tiny) = 0 gives 0 log 0 = 0 (faster than xlogy on a CPU); "0.0 -" rather than a
+    # unary minus, so a certain outcome shows 0.000, not -0.000.
+    logp_V = probs_V.clamp_min(torch.finfo(probs_V.dtype).tiny).log()
+    return 0.0 - (probs_V * logp_V).sum(dim=-1) / math.log(2)
 
 
 # -- the temperature table (the course's slide, and `gptlab temperature`) -------------------------

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -457,6 +458,55 @@ def validation_loss(model: Seq2Seq, data: EncodedPairs, pad_id: int, device, amp
     return total / max(count, 1)
 
 
+def fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], torch.Tensor],
+        evaluate: Callable[[], dict] | None, desc: str, device) -> tuple[list[dict], dict]:
+    """The loop both families share: the GPT trainer's AdamW and warmup/cosine schedule, gradient
+    clipping, a tqdm bar, for `total_steps` steps or t.time_budget seconds (the schedule is then
+    planned for the budget). loss_of(step) returns one batch's loss; evaluate() a dict of metrics
+    every t.eval_interval steps. Returns (history, stats)."""
+    from .trainer import build_optimizer, lr_at
+    opt = build_optimizer(model, t, device)
+    history: list[dict] = []
+    bar = None
+    if t.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps if total_steps < 10**9 else None, desc=desc, unit="step",
+                   dynamic_ncols=True, file=sys.stderr)
+    start = time.perf_counter()
+    model.train()
+    step, ema = 0, None
+    while step < total_steps:
+        elapsed = time.perf_counter() - start
+        if t.time_budget and elapsed >= t.time_budget:
+            break
+        progress = step / total_steps if not t.time_budget else max(step / total_steps, elapsed / t.time_budget)
+        lr = lr_at(step, progress, t)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = loss_of(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        step += 1
+        v = loss.item()
+        ema = v if ema is None else 0.95 * ema + 0.05 * v
+        if evaluate is not None and t.eval_interval and step % t.eval_interval == 0 and step < total_steps:
+            ev = evaluate()
+            model.train()
+            history.append({"step": step, "train_loss": ema, "lr": lr, **ev})
+            if bar is not None:
+                bar.write(f"step {step}: train loss {ema:.3f}, " + ", ".join(f"{k} {x:.3f}" for k, x in ev.items()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return history, {"steps": step, "train_seconds": round(time.perf_counter() - start, 1), "train_loss": ema}
+
+
 def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
           splits: dict[str, list[tuple[str, str]]] | None = None, save: bool = True) -> Seq2SeqResult:
     """Train a translation model and (unless save=False) write it to t.out.
@@ -464,8 +514,7 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
     model_cfg: None = the preset's; its vocab_size is set from the tokenizer.
     splits: {"train", "val", "test"} pair lists; None = read t.data.
     """
-    # The GPT trainer's optimizer, schedule and precision handling, so both families train alike.
-    from .trainer import autocast, build_optimizer, lr_at, resolve_device, resolve_precision
+    from .trainer import autocast, resolve_device, resolve_precision
     t.validate()
     out_dir = Path(t.out)
     if save:
@@ -494,53 +543,15 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
 
     torch.manual_seed(t.seed)
     model = Seq2Seq(mcfg).to(device)
-    opt = build_optimizer(model, t, device)
-    rng = np.random.default_rng(t.seed)
-    lengths = np.array([len(s) for s in train_data.src])
-    batches = _endless(lengths, t.batch_size, rng)
-    history: list[dict] = []
-    total = t.steps if t.steps > 0 else 10**9
-    start = time.perf_counter()
-    bar = None
-    if t.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total if t.steps > 0 else None, desc="seq2seq train", unit="step",
-                   dynamic_ncols=True, file=sys.stderr)
-    model.train()
-    step = 0
-    loss_ema = None
-    while step < total:
-        elapsed = time.perf_counter() - start
-        if t.time_budget and elapsed >= t.time_budget:
-            break
-        progress = step / total if not t.time_budget else max(step / total, elapsed / t.time_budget)
-        lr = lr_at(step, progress, t)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    batches = _endless(np.array([len(s) for s in train_data.src]), t.batch_size, np.random.default_rng(t.seed))
+
+    def loss_of(step: int) -> torch.Tensor:
         b = collate_pairs(train_data, next(batches), tok.pad_id).to(device)
         with autocast(device, amp):  # same-length sources: no source mask needed
-            out = model(b.src_BxS, b.tgt_in_BxT, b.targets_BxT)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        step += 1
-        loss = out.loss.item()
-        loss_ema = loss if loss_ema is None else 0.95 * loss_ema + 0.05 * loss
-        if t.eval_interval and step % t.eval_interval == 0 and val_data.src:
-            vl = validation_loss(model, val_data, tok.pad_id, device, amp)
-            history.append({"step": step, "train_loss": loss_ema, "val_loss": vl, "lr": lr})
-            if bar is not None:
-                bar.write(f"step {step}: train loss {loss_ema:.3f}, val loss {vl:.3f}")
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}")
-    if bar is not None:
-        bar.close()
-    model.eval()
-    metrics: dict = {"steps": step, "train_seconds": round(time.perf_counter() - start, 1),
-                     "train_loss": loss_ema}
+            return model(b.src_BxS, b.tgt_in_BxT, b.targets_BxT).loss
+
+    evaluate = (lambda: {"val_loss": validation_loss(model, val_data, tok.pad_id, device, amp)}) if val_data.src else None
+    history, metrics = fit(model, t, t.steps if t.steps > 0 else 10**9, loss_of, evaluate, "seq2seq train", device)
     if val_data.src:
         metrics["val_loss"] = validation_loss(model, val_data, tok.pad_id, device, amp)
         if t.eval_pairs:

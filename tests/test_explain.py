@@ -175,3 +175,9 @@ def test_renderers_never_import_torch():
         every = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
         assert not any("torch" in (getattr(n, "module", None) or "") or any("torch" in a.name for a in n.names)
                        for n in every), name
+
+
+def test_an_unseeded_trace_records_the_seed_that_reproduces_it(lm):
+    t = lm.explain(PROMPT, steps=3)
+    again = lm.explain(PROMPT, steps=3, seed=t.sampling["seed"])
+    assert [s.chosen.id for s in again.steps] == [s.chosen.id for s in t.steps]

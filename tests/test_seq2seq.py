@@ -87,14 +87,12 @@ def test_cross_attention_shapes_and_source_padding():
         assert float(a[1, :, 0, 3:].abs().max()) == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="gptlab.model.layers.build_mask lets query t see key t even when key t is "
-                                       "padding; right for self-attention, wrong for cross-attention (decoder "
-                                       "position t then reads padded source position t)")
 def test_cross_attention_never_reads_padded_source():
     model = tiny_model()
     src = torch.randint(3, 50, (1, 6))
     mask = torch.tensor([[True, True, False, False, False, False]])
-    out = model(src, torch.randint(3, 50, (1, 5)), src_mask_BxS=mask, return_attn=True)
+    with torch.no_grad():
+        out = model(src, torch.randint(3, 50, (1, 5)), src_mask_BxS=mask, return_attn=True)
     for a in out.cross_attn:
         assert float(a[0, :, :, 2:].abs().max()) == 0.0
 

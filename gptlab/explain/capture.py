@@ -6,6 +6,7 @@ produced the logits, so explaining costs little more than generating.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Callable
 
@@ -19,9 +20,17 @@ from .trace import Candidate, Trace, TraceStep
 N_LOGITS = 20  # candidates stored per step (with logits), so a renderer can re-weight by temperature
 
 
-def _sig(x: float) -> float:
-    """6 significant digits: enough for display and re-weighting, and the JSON stays readable."""
-    return float(f"{x:.6g}")
+def _round_sig(x: torch.Tensor, digits: int = 6) -> list:
+    """Values rounded to `digits` significant digits, as Python floats with short decimal reprs.
+
+    Dividing an integer by a power of ten (both exact in float64) gives the double nearest the
+    decimal, so the JSON reads 0.123457, not 0.12345699965953827. Done on the tensor: formatting
+    numbers one by one in Python would cost more than the rest of the capture.
+    """
+    x = x.double()
+    exp10 = (digits - 1 - x.abs().clamp(min=1e-300).log10().floor()).clamp(-300, 300)
+    scale = torch.pow(10.0, exp10.abs())
+    return torch.where(exp10 >= 0, (x * scale).round() / scale, (x / scale).round() * scale).tolist()
 
 
 def token_labels(tokenizer: Tokenizer) -> Callable[[int], str]:
@@ -37,25 +46,26 @@ def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
     """One row of an engine Step (run with capture=True) as plain data."""
     context = step.context[row]
     S = len(context)
-    # Real tokens are the last S keys (prompts are left-padded); round to keep the JSON small.
+    # Real tokens are the last S keys (prompts are left-padded); 5 decimals keep the JSON small.
     attention = [(torch.round(a[row, :, -S:].double() * 1e5) / 1e5).tolist() for a in step.attn]
     logits_V = step.logits_BxV[row]
     probs_V = step.probs_BxV[row]
-    lse = torch.logsumexp(logits_V.double(), dim=-1)
-    top_logits, top_ids = logits_V.topk(min(n_logits, logits_V.shape[-1]))
-
-    def candidate(i: int, logit: float) -> Candidate:
-        return Candidate(token=label(i), id=i, logit=_sig(logit), p=_sig(float((logit - lse).exp())),
-                         p_sample=_sig(float(probs_V[i])))
-
-    chosen = int(step.tokens_B[row])
+    lse = logits_V.logsumexp(dim=-1)
+    logp_V = logits_V - lse
+    ids_K = torch.cat([logits_V.topk(min(n_logits, logits_V.shape[-1])).indices, step.tokens_B[row:row + 1]])
+    K = len(ids_K)
+    numbers = _round_sig(torch.cat([
+        logits_V[ids_K], logp_V[ids_K].exp(), probs_V[ids_K],
+        -(logp_V.exp() * logp_V).sum(dim=-1, keepdim=True) / math.log(2),  # entropy, from the log-probs at hand
+        entropy_bits(probs_V)[None], lse[None]]))
+    logits, ps, p_samples = numbers[:K], numbers[K:2 * K], numbers[2 * K:3 * K]
+    entropy, entropy_sample, lse = numbers[3 * K:]
+    candidates = [Candidate(token=label(i), id=i, logit=lg, p=p, p_sample=q)
+                  for i, lg, p, q in zip(ids_K.tolist(), logits, ps, p_samples)]
     return TraceStep(
         tokens=[label(i) for i in context], token_ids=list(context), start=start, attention=attention,
-        candidates=[candidate(i, lg) for i, lg in zip(top_ids.tolist(), top_logits.tolist())],
-        chosen=candidate(chosen, float(logits_V[chosen])),
-        entropy=_sig(float(entropy_bits(logits_V.double().softmax(-1)))),
-        entropy_sample=_sig(float(entropy_bits(probs_V))),
-        logsumexp=_sig(float(lse)), finish=step.finish[row],
+        candidates=candidates[:-1], chosen=candidates[-1], entropy=entropy, entropy_sample=entropy_sample,
+        logsumexp=lse, finish=step.finish[row],
     )
 
 
@@ -82,5 +92,7 @@ def explain(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, cfg: Samp
     return Trace(
         prompt=prompt, prompt_tokens=[label(i) for i in ids[0]], completion=tracker.text,
         finish_reason=steps[-1].finish if steps else None,
-        model=info or model_info(model, tokenizer), sampling=cfg.to_dict(), top=top, steps=steps,
+        model=info or model_info(model, tokenizer), top=top, steps=steps,
+        # The seed actually used, so an unseeded explanation can still be reproduced.
+        sampling={**cfg.to_dict(), "seed": generator.initial_seed()},
     )

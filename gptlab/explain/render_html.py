@@ -28,11 +28,11 @@ CSS = """
 .gptlab-trace .ctx{font-family:ui-monospace,Menlo,Consolas,monospace;line-height:1.9;white-space:pre-wrap}
 .gptlab-trace .t{border-radius:3px;padding:1px 0}
 .gptlab-trace .next{font-weight:700;color:#0b5394}
-.gptlab-trace table.top{border-collapse:collapse;font-size:.85em;margin-top:.3em}
+.gptlab-trace table.top{border-collapse:collapse;font-size:.85em;margin-top:.3em;table-layout:fixed;width:44em}
+.gptlab-trace table.top col.w{width:12em}.gptlab-trace table.top col.bar{width:16em}.gptlab-trace table.top col.num{width:5.3em}
 .gptlab-trace table.top td,.gptlab-trace table.top th{padding:1px 6px;text-align:left}
 .gptlab-trace table.top th{color:#777;font-weight:400}
-.gptlab-trace td.w{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre}
-.gptlab-trace td.bar{width:16em}
+.gptlab-trace td.w{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;overflow:hidden;text-overflow:ellipsis}
 .gptlab-trace td.bar div{background:rgb(135,206,250);height:.9em;border-radius:2px}
 .gptlab-trace td.num{text-align:right;font-variant-numeric:tabular-nums}
 .gptlab-trace tr.chosen td.w{font-weight:700}
@@ -95,8 +95,9 @@ def _top_html(step: TraceStep, top: int) -> str:
                     f'<td class="bar"><div style="width:{min(100.0, 100 * c.p_sample):.1f}%"></div></td>'
                     f'<td class="num">{_pct(c.p_sample)}</td><td class="num">{_pct(c.p)}</td>'
                     f'<td class="num">{c.logit:.2f}</td></tr>')
-    return ('<table class="top"><tr><th>next token</th><th>probability it was drawn with</th><th></th>'
-            '<th>model (T=1)</th><th>logit</th></tr>' + "".join(rows) + "</table>")
+    return ('<table class="top"><colgroup><col class="w"><col class="bar"><col class="num"><col class="num"><col class="num">'
+            '</colgroup><tr><th>next token</th><th colspan="2">probability, as drawn</th><th>at T=1</th>'
+            '<th>logit</th></tr>' + "".join(rows) + "</table>")
 
 
 def _settings(trace: Trace) -> str:

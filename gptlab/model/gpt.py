@@ -20,24 +20,96 @@ class ModelOutput:
     logits: torch.Tensor | None = None      # (B, T, V), or (B, 1, V) with last_only
     loss: torch.Tensor | None = None        # mean NLL over target tokens that are not IGNORE_INDEX
     nll_sum: torch.Tensor | None = None     # summed NLL: exact gradient accumulation divides by the global count
-    n_tokens: int = 0                       # target tokens counted in nll_sum
+    n_tokens: int | torch.Tensor = 0        # target tokens counted in nll_sum (a 0-d tensor off the CPU: no host sync)
     attn: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T, S), when asked
     hidden: torch.Tensor | None = None      # (B, T, C) after the final norm, when asked
 
 
-def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor,
-              chunk: int = 8192) -> torch.Tensor:
-    """Summed cross-entropy of the output layer over N rows, computed in row chunks.
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast gives matmuls on this device type, or None when autocast is off."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
-    Chunking keeps the (N, V) logits from existing all at once, which matters at large batch
-    on a GPU (82k rows x 10k vocab is 3.3 GB in fp32); gradient checkpointing each chunk would
-    save more but costs a recompute, so it is not done here.
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Output layer + summed cross-entropy, with the gradient computed during the forward pass.
+
+    Row chunk by row chunk: logits (in the compute dtype), their log-sum-exp and softmax in fp32,
+    the loss, and at once the gradients of the summed loss w.r.t. the hidden rows, the weight and
+    the bias. The (N, V) logits never exist whole, in any dtype, and are read a few times while
+    they sit in cache instead of going through separate log_softmax / nll / backward passes over
+    memory. Backward only scales the stored gradients by the incoming scalar.
     """
-    total = hidden_NxC.new_zeros((), dtype=torch.float32)
-    for i in range(0, hidden_NxC.shape[0], chunk):
-        logits = head(hidden_NxC[i:i + chunk])
-        total = total + F.cross_entropy(logits.float(), targets_N[i:i + chunk], reduction="sum")
-    return total
+
+    @staticmethod
+    def forward(ctx, hidden_NxC, weight_VxC, bias_V, targets_N, chunk: int, dtype: torch.dtype,
+                masked: bool, ignore_index: int):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        w_VxC = weight_VxC.to(dtype)
+        b_V = bias_V.to(dtype) if bias_V is not None else None
+        total = hidden_NxC.new_zeros((), dtype=torch.float32)
+        grad_h = torch.empty_like(hidden_NxC) if need_h else None
+        grad_w = torch.zeros_like(weight_VxC, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if need_b else None
+        for i in range(0, hidden_NxC.shape[0], chunk):
+            h_nxC = hidden_NxC[i:i + chunk].to(dtype)
+            t_n = targets_N[i:i + chunk]
+            if masked:  # rows to ignore stay in (no host sync to drop them) and get zero loss and gradient
+                valid_n = t_n != ignore_index
+                t_n = torch.where(valid_n, t_n, torch.zeros_like(t_n))
+            logits_nxV = F.linear(h_nxC, w_VxC, b_V).float()
+            lse_n = torch.logsumexp(logits_nxV, dim=-1)
+            nll_n = lse_n - logits_nxV.gather(1, t_n[:, None])[:, 0]
+            total += (nll_n * valid_n).sum() if masked else nll_n.sum()
+            if not (need_h or need_w or need_b):
+                continue
+            # d(sum of NLL)/d(logits) = softmax - one_hot(target), made in place over the logits.
+            g_nxV = logits_nxV.sub_(lse_n[:, None]).exp_()
+            g_nxV.scatter_add_(1, t_n[:, None], torch.full_like(t_n[:, None], -1, dtype=g_nxV.dtype))
+            if masked:
+                g_nxV.mul_(valid_n[:, None])
+            if need_b:
+                grad_b += g_nxV.sum(0)
+            g_nxV = g_nxV.to(dtype)
+            if need_h:
+                grad_h[i:i + chunk] = g_nxV @ w_VxC
+            if need_w:
+                if dtype == torch.float32:
+                    grad_w.addmm_(g_nxV.t(), h_nxC)
+                else:
+                    grad_w += (g_nxV.t() @ h_nxC).float()
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
+        ctx.has = (need_h, need_w, need_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * grad_total if need else None for need in ctx.has]
+        return (*grads, None, None, None, None, None)
+
+
+def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor,
+              chunk: int = 0, ignore_index: int | None = None) -> torch.Tensor:
+    """Summed cross-entropy of the output layer over N rows (fp32), fused and computed in row chunks.
+
+    `ignore_index`: rows whose target equals it count nothing (for callers that keep padding rows
+    to avoid a host sync on the GPU; on the CPU select the rows first, it saves their compute).
+    Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as
+    `F.cross_entropy(head(h).float(), t)` would; the result equals that up to float rounding.
+    Chunking keeps the (N, V) logits from existing all at once: 82k rows x 10k vocab would be
+    3.3 GB in fp32 on a GPU at batch 1024; on a CPU a smaller chunk stays in cache.
+    """
+    dev = hidden_NxC.device.type
+    dtype = _autocast_dtype(dev) or hidden_NxC.dtype
+    if not chunk:
+        chunk = 8192 if dev == "cuda" else max(256, 2 ** 21 // head.out_features)
+    with torch.autocast(dev, enabled=False):
+        return _LinearCrossEntropy.apply(hidden_NxC, head.weight, head.bias, targets_N, chunk, dtype,
+                                         ignore_index is not None, IGNORE_INDEX if ignore_index is None else ignore_index)
 
 
 class GPT(nn.Module):
@@ -113,9 +185,19 @@ class GPT(nn.Module):
             out.hidden = h_BxTxC
         if targets_BxT is not None:
             keep_BxT = targets_BxT != IGNORE_INDEX
-            out.n_tokens = int(keep_BxT.sum())
-            out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT])
-            out.loss = out.nll_sum / max(out.n_tokens, 1)
+            if h_BxTxC.device.type == "cpu":
+                # Drop padding rows before the output layer: no compute on them.
+                out.n_tokens = int(keep_BxT.sum())
+                out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT])
+                out.loss = out.nll_sum / max(out.n_tokens, 1)
+            else:
+                # On an accelerator, counting or selecting rows would wait for the device (a host
+                # sync every step); padding rows stay in and are ignored, and the count is a tensor.
+                n_tokens = keep_BxT.sum()
+                out.n_tokens = n_tokens
+                out.nll_sum = token_nll(h_BxTxC.flatten(0, 1), self.lm_head, targets_BxT.flatten(),
+                                        ignore_index=IGNORE_INDEX)
+                out.loss = out.nll_sum / n_tokens.clamp(min=1)
             if not return_logits:
                 return out
         if last_only:

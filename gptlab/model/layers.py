@@ -53,11 +53,14 @@ class KVCache:
 
 
 def build_mask(T: int, S: int, *, causal: bool, offset: int = 0,
-               key_mask_BxS: torch.Tensor | None = None, device=None) -> torch.Tensor | None:
+               key_mask_BxS: torch.Tensor | None = None, device=None,
+               self_attention: bool = True) -> torch.Tensor | None:
     """Boolean attention mask (B or 1, 1, T, S), True = may attend, or None when nothing is masked.
 
     Query i sits at absolute position offset + i; with `causal` it sees keys j <= offset + i.
-    A query may always see itself, so a padded query row never becomes all-masked (NaN).
+    In self-attention a query may always see itself, so a padded query row never becomes
+    all-masked (NaN). Cross-attention keys are another sequence: there key i is no "self", and
+    a padded source position must stay hidden (every source has at least one real token).
     """
     if not causal and key_mask_BxS is None:
         return None
@@ -66,8 +69,9 @@ def build_mask(T: int, S: int, *, causal: bool, offset: int = 0,
     mask_TxS = (k_1S <= q_T1) if causal else torch.ones(T, S, dtype=torch.bool, device=device)
     mask = mask_TxS[None, None]
     if key_mask_BxS is not None:
-        diag_TxS = k_1S == q_T1
-        mask = (mask & key_mask_BxS[:, None, None, :].bool()) | diag_TxS[None, None]
+        mask = mask & key_mask_BxS[:, None, None, :].bool()
+        if self_attention:
+            mask = mask | (k_1S == q_T1)[None, None]
     return mask
 
 
@@ -115,7 +119,8 @@ class Attention(nn.Module):
         drop = self.dropout if self.training else 0.0
 
         if return_attn:
-            mask = build_mask(T, S, causal=causal, offset=offset, key_mask_BxS=key_mask_BxS, device=x_BxTxC.device)
+            mask = build_mask(T, S, causal=causal, offset=offset, key_mask_BxS=key_mask_BxS,
+                              device=x_BxTxC.device, self_attention=not self.cross)
             scores_BxHxTxS = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
                 scores_BxHxTxS = scores_BxHxTxS.masked_fill(~mask, float("-inf"))
@@ -127,8 +132,8 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
             else:
                 # One new query with a cache sees every stored key: no causal mask needed.
-                mask = build_mask(T, S, causal=causal and T > 1, offset=offset,
-                                  key_mask_BxS=key_mask_BxS, device=x_BxTxC.device)
+                mask = build_mask(T, S, causal=causal and T > 1, offset=offset, key_mask_BxS=key_mask_BxS,
+                                  device=x_BxTxC.device, self_attention=not self.cross)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         y_BxTxI = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.out(y_BxTxI), attn_BxHxTxS
