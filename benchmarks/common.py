@@ -138,21 +138,41 @@ def keras_notebook_model(keras, vocab_size: int = 10000, ctx: int = CTX, embed_d
 
 
 class StepTimer:
-    """Keras callback: wall time of each training batch."""
+    """Keras callback: wall and process CPU time of each training batch."""
 
     def __new__(cls, keras):
         class _Timer(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
                 self.times: list[float] = []
-                self._t = 0.0
+                self.cpu_times: list[float] = []
+                self._t = self._c = 0.0
 
             def on_train_batch_begin(self, batch, logs=None):
-                self._t = time.perf_counter()
+                self._t, self._c = time.perf_counter(), time.process_time()
 
             def on_train_batch_end(self, batch, logs=None):
                 self.times.append(time.perf_counter() - self._t)
+                self.cpu_times.append(time.process_time() - self._c)
         return _Timer()
+
+
+def set_threads(n: int, tensorflow: bool = True) -> None:
+    """Use n CPU threads in both frameworks (0 = their defaults); call before either computes."""
+    if not n:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    import torch
+    torch.set_num_threads(n)
+    if not tensorflow:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except (ImportError, RuntimeError):
+        pass
 
 
 def keras_nll(model, seqs: list[np.ndarray], batch_size: int = 256) -> tuple[float, float]:

@@ -9,6 +9,8 @@ with random weights samples 80-token texts (a 4-token prompt + 76 new tokens) at
 - transformers: `GPT2LMHeadModel.generate(do_sample=True, use_cache=True)` on a GPT-2 of the same
                size (1 layer, d_model 256, 2 heads, d_ff 256, vocab 10,000, context 80); skipped
                with a message when `transformers` is not installed.
+- forward only: the same cached forward passes with no sampling at all: the ceiling for any
+               sampler on gptlab's model code, to show what the generation loop itself costs.
 
 Each figure is the median of --repeats runs, in new tokens per second (batch x new tokens / time);
 ratios are against the recompute baseline measured in the same run. Last, the cost of an
@@ -58,6 +60,16 @@ def run_gptlab(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
     cfg = SamplingConfig(max_new_tokens=new_tokens, seed=0)
     for _ in generate_steps(model, prompts_BxT.tolist(), cfg, eot_id=None):
         pass
+
+
+@torch.inference_mode()
+def run_forward_only(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
+    """The ceiling for any sampler on this model code: the cached forward passes alone."""
+    cache = model.new_cache(prompts_BxT.shape[0])
+    model(prompts_BxT, cache=cache, last_only=True)
+    tokens_Bx1 = prompts_BxT[:, -1:]
+    for _ in range(new_tokens - 1):
+        model(tokens_Bx1, cache=cache, last_only=True)
 
 
 @torch.inference_mode()
@@ -121,7 +133,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"median of {args.repeats} runs, new tokens per second, {args.clock} clock; "
           f"load average {load:.1f} on {os.cpu_count()} CPUs at start\n")
-    print(f"{'batch':>5}  {'recompute':>10}  {'gptlab':>10}  {'x':>6}  {'transformers':>12}  {'x':>6}")
+    print(f"{'batch':>5}  {'recompute':>10}  {'gptlab':>10}  {'x':>6}  {'transformers':>12}  {'x':>6}  {'forward only':>12}  {'x':>6}")
     for B in args.batches:
         prompts = torch.randint(3, VOCAB, (B, PROMPT_LEN), generator=torch.Generator().manual_seed(B))
         n = B * args.new_tokens
@@ -132,7 +144,9 @@ def main() -> None:
             theirs = n / median_time(lambda: run_hf(hf, prompts, args.new_tokens), args.repeats)
             row += f"  {theirs:>12,.0f}  {theirs / base:>5.1f}x"
         else:
-            row += f"  {'skipped':>12}"
+            row += f"  {'skipped':>12}  {'':>6}"
+        ceiling = n / median_time(lambda: run_forward_only(model, prompts, args.new_tokens), args.repeats)
+        row += f"  {ceiling:>12,.0f}  {ceiling / base:>5.1f}x"
         print(row, flush=True)
 
     lm = LoadedModel(model, word_tokenizer(VOCAB), {"kind": "gpt", "model": model.cfg.to_dict()})

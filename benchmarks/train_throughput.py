@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (WINE_CSV, StepTimer, cpu_name, import_keras, keras_notebook_model, load_note,  # noqa: E402
-                    load_wine, median, padded)
+                    load_wine, median, padded, set_threads)
 
 
 def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precision="fp32", batch_size=32,
-                      compile=False, device="cpu", threads=0, steps=30, warmup=3, extra=None):
+                      compile=False, device="cpu", threads=0, steps=30, warmup=3, clock="wall", extra=None):
     """A function running one measured repeat through gptlab's trainer -> (non-pad tokens/s, ms/step)."""
     from gptlab import trainer
     from gptlab.config import RUN_PRESETS
@@ -49,14 +48,14 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
             setattr(getattr(cfg, section), field, v)
         res = trainer.train(cfg, corpus)
         recs = [h for h in res.history if "loss" in h]
-        times = np.diff([h["train_time"] for h in recs])[warmup - 1:]
+        times = np.diff([h["train_time" if clock == "wall" else "train_cpu_time"] for h in recs])[warmup - 1:]
         tokens = np.diff([h["tokens"] for h in recs])[warmup - 1:]
         return float(tokens.sum() / times.sum()), 1000 * float(np.median(times))
     run.label = name
     return run
 
 
-def keras_contestant(name: str, keras, data, *, batch_size=32, steps=30, warmup=3, bf16=False):
+def keras_contestant(name: str, keras, data, *, batch_size=32, steps=30, warmup=3, clock="wall", bf16=False):
     import tensorflow as tf
     from gptlab.batches import BatchPlan
     if bf16:
@@ -76,7 +75,7 @@ def keras_contestant(name: str, keras, data, *, batch_size=32, steps=30, warmup=
     def run() -> tuple[float, float]:
         timer = StepTimer(keras)
         model.fit(ds.skip(warmup), epochs=1, verbose=0, callbacks=[timer])
-        times = np.array(timer.times)
+        times = np.array(timer.times if clock == "wall" else timer.cpu_times)
         return float(nonpad[warmup:warmup + len(times)].sum() / times.sum()), 1000 * float(np.median(times))
     run.label = name
     return run
@@ -91,26 +90,24 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both frameworks (0 = their default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or the process's CPU time (steadier on a shared machine; use with --threads 1)")
     p.add_argument("--no-keras", action="store_true")
     p.add_argument("--keras-bf16", action="store_true", help="also Keras with the mixed_bfloat16 policy")
     p.add_argument("--compile", action="store_true", help="also gptlab with torch.compile")
     p.add_argument("--only", default="", help="comma-separated contestant names to run")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    set_threads(args.threads, tensorflow=not args.no_keras)
 
-    print(f"{cpu_name()}; {load_note()}; batch {args.batch_size} x 80; {args.steps} steps x {args.repeats} repeats", flush=True)
+    print(f"{cpu_name()}; {load_note()}; batch {args.batch_size} x 80; {args.steps} steps x {args.repeats} repeats; "
+          f"threads {args.threads or 'default'}; {args.clock} clock", flush=True)
     data = load_wine(args.data)
-    common = dict(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
+    common = dict(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, clock=args.clock)
     g = dict(common, device=args.device, threads=args.threads)
     runs = []
     keras = None if args.no_keras else import_keras()
     if keras is not None:
-        import tensorflow as tf
-        if args.threads:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
         runs.append(keras_contestant("keras-tf fp32 (the notebook)", keras, data, **common))
         if args.keras_bf16:
             runs.append(keras_contestant("keras-tf mixed_bfloat16", keras, data, bf16=True, **common))

@@ -1,14 +1,29 @@
-"""gptlab: a workbench for small generative transformers."""
+"""gptlab: a workbench for small generative transformers.
+
+`import gptlab` is light: torch is imported only when a model is loaded or trained, so the
+data package and the renderers work without it.
+"""
 
 __version__ = "0.1.0"
 
-from .api import LoadedModel, load  # noqa: E402
+
+def load(path, device=None):
+    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json) -> LoadedModel."""
+    from .api import load as _load
+    return _load(path, device)
 
 
 def train(cfg, corpus=None):
     """Train a GPT from a `gptlab.config.RunConfig` (the CLI's config objects); returns a TrainResult."""
     from .trainer import train as _train
     return _train(cfg, corpus)
+
+
+def __getattr__(name):
+    if name == "LoadedModel":
+        from .api import LoadedModel
+        return LoadedModel
+    raise AttributeError(f"module 'gptlab' has no attribute {name!r}")
 
 
 __all__ = ["load", "train", "LoadedModel", "__version__"]

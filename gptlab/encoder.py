@@ -338,7 +338,11 @@ def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: Model
     if t.model:
         encoder, tok, pre_cfg = load_encoder(t.model, "cpu", kinds=(KIND_ENCODER,))
         mcfg = ModelConfig.from_dict(pre_cfg["model"])
-        mcfg.dropout = (model_cfg or mcfg).dropout
+        pre_data = pre_cfg.get("data", {})
+        if any(pre_data.get(k) != getattr(dcfg, k) for k in ("data", "seed", "val_fraction")):
+            import sys
+            print("encoder classify: warning: the encoder was pretrained with another --data/--data-seed/"
+                  "--val-fraction, so some validation rows may have been pretraining text", file=sys.stderr)
     data = data or labelled_rows(dcfg, t.label, t.text_field, t.top)
     if not data.train:
         raise UserError(f"no training rows carry one of the labels of {t.label!r}")

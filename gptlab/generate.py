@@ -111,12 +111,9 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
     for i in range(cfg.max_new_tokens):
         with torch.inference_mode():
             context = [h[-C:] for h in hist] if capture else None
-            if i < cache_steps:
-                if i > 0:
-                    ids_BxT, pos_BxT = tokens_B[:, None], next_pos_BxN[:, i:i + 1]
-                S = L_max + i
+            if i < cache_steps:  # ids_BxT: the prompts, then the last new tokens (set at the end of the step)
                 out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,
-                            key_mask_BxS=None if key_mask_BxS is None else key_mask_BxS[:, :S])
+                            key_mask_BxS=None if key_mask_BxS is None else key_mask_BxS[:, :L_max + i])
             else:
                 window_ids, window_pos, window_mask = _left_pad([h[-C:] for h in hist], pad_id, device)
                 out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True,
@@ -128,6 +125,8 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
             if seen_BxV is not None:
                 seen_BxV[arange_B, tokens_B] = True
             attn = [a[:, :, -1] for a in out.attn] if capture else None
+            if i + 1 < cache_steps:
+                ids_BxT, pos_BxT = tokens_B[:, None], next_pos_BxN[:, i + 1:i + 2]
 
         active = [not d for d in done]
         finish: list[str | None] = [None] * B

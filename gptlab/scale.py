@@ -73,7 +73,7 @@ class RunSpec:
     n_params_total: int
     tokens: int           # trained on: steps x batch_size x context_length
     dataset_tokens: int   # distinct training tokens available to the run
-    keep: list[int] | None = None  # training records of a data-sweep run (indices into the corpus)
+    keep: list[int] | None = None  # a data-sweep run's training records (positions in the training split)
     cost: float = 0.0     # FLOPs estimate for the progress bar (includes the output layer and evals)
 
 
@@ -120,6 +120,9 @@ def check_scale_config(base: RunConfig, sc: ScaleConfig) -> None:
                             "use larger dataset sizes")
     if sc.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0 (got {sc.bootstrap})")
+    from .trainer import check_config
+    for d in sizes:  # every other setting, before the first run rather than at the tenth
+        check_config(size_config(base, d))
 
 
 def plan_runs(base: RunConfig, sc: ScaleConfig, n_train_tokens_per_record: list[int], vocab_size: int,

@@ -401,7 +401,8 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
         bar = tqdm(total=total_steps if total_steps < 10**12 else None, initial=step, unit="step",
                    dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
     t0 = time.perf_counter()
-    side_time = 0.0  # evaluation, samples and checkpoints: not training time
+    c0 = time.process_time()  # CPU time of this process: steadier than wall time on a shared machine
+    side_time = side_cpu = 0.0  # evaluation, samples and checkpoints: not training time
     tokens_seen = 0
     loss_acc = torch.zeros((), device=device)
     last_train_loss = float("nan")
@@ -467,7 +468,7 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
                 # tokens_per_s counts target tokens (never padding) per second of training proper.
                 rec = {"step": step, "loss": last_train_loss, "lr": lr, "tokens": tokens_seen,
                        "tokens_per_s": tokens_seen / max(el - side_time, 1e-9), "time": el,
-                       "train_time": el - side_time}
+                       "train_time": el - side_time, "train_cpu_time": time.process_time() - c0 - side_cpu}
                 history.append(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_train_loss:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
@@ -479,19 +480,21 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
                 bar.update(1)
             stop = False
             if (t.eval_interval and step % t.eval_interval == 0) and not last and dist.main:
-                s0 = time.perf_counter()
+                s0, sc = time.perf_counter(), time.process_time()
                 val_loss, val_pad = _eval_and_sample(model, tok, val_seqs, t, ctx, device, amp, step, writer, history, dist)
                 side_time += time.perf_counter() - s0
-                stop = _report_eval(history, on_eval, t0, side_time)
+                side_cpu += time.process_time() - sc
+                stop = _report_eval(history, on_eval, t0, side_time, c0, side_cpu)
             if on_eval is not None and dist.world > 1 and t.eval_interval and step % t.eval_interval == 0 and not last:
                 import torch.distributed as tdist
                 flag = torch.tensor([float(stop)], device=device)
                 tdist.broadcast(flag, 0)  # every rank stops with the main one
                 stop = bool(flag.item())
             if t.save_interval and step % t.save_interval == 0 and not last:
-                s0 = time.perf_counter()
+                s0, sc = time.perf_counter(), time.process_time()
                 checkpoint(step)
                 side_time += time.perf_counter() - s0
+                side_cpu += time.process_time() - sc
             if stop:
                 break
     except KeyboardInterrupt:
@@ -504,8 +507,11 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
             bar.close()
     if dist.main and val_seqs and not interrupted and not (history and history[-1].get("step") == step
                                                             and "val_loss" in history[-1]):
+        s0, sc = time.perf_counter(), time.process_time()
         val_loss, val_pad = _eval_and_sample(model, tok, val_seqs, t, ctx, device, amp, step, writer, history, dist)
-        _report_eval(history, on_eval, t0, side_time)
+        side_time += time.perf_counter() - s0
+        side_cpu += time.process_time() - sc
+        _report_eval(history, on_eval, t0, side_time, c0, side_cpu)
     checkpoint(step, final=True)
     if writer:
         writer.close()
@@ -520,7 +526,7 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _report_eval(history: list[dict], on_eval, t0: float, side_time: float) -> bool:
+def _report_eval(history: list[dict], on_eval, t0: float, side_time: float, c0: float, side_cpu: float) -> bool:
     """Stamp the newest validation record with the times and hand it to on_eval; True = stop."""
     rec = history[-1] if history and "val_loss" in history[-1] else None
     if rec is None:
@@ -528,6 +534,7 @@ def _report_eval(history: list[dict], on_eval, t0: float, side_time: float) -> b
     # Training time up to this evaluation; the evaluation itself is in side_time already.
     rec["time"] = time.perf_counter() - t0
     rec["train_time"] = rec["time"] - side_time
+    rec["train_cpu_time"] = time.process_time() - c0 - side_cpu
     return bool(on_eval(dict(rec))) if on_eval else False
 
 

@@ -181,3 +181,15 @@ def test_an_unseeded_trace_records_the_seed_that_reproduces_it(lm):
     t = lm.explain(PROMPT, steps=3)
     again = lm.explain(PROMPT, steps=3, seed=t.sampling["seed"])
     assert [s.chosen.id for s in again.steps] == [s.chosen.id for s in t.steps]
+
+
+def test_captured_rows_of_a_ragged_batch_ignore_the_padding(lm):
+    from gptlab.generate import generate_steps
+    from gptlab.sampling import SamplingConfig
+    prompts = [lm.encode("wine review"), lm.encode("wine review : us : california : pinot noir")]
+    for step in generate_steps(lm.model, prompts, SamplingConfig(temperature=0, max_new_tokens=3), capture=True):
+        short = len(step.context[0])
+        assert short == len(prompts[0]) + step.index
+        for a in step.attn:  # (B, H, S): row 0 has S - short padding keys in front
+            torch.testing.assert_close(a[0, :, -short:].sum(-1), torch.ones(a.shape[1]))
+            assert torch.all(a[0, :, :-short] == 0)

@@ -37,50 +37,64 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 class _LinearCrossEntropy(torch.autograd.Function):
     """Output layer + summed cross-entropy, with the gradient computed during the forward pass.
 
-    Row chunk by row chunk: logits (in the compute dtype), their log-sum-exp and softmax in fp32,
-    the loss, and at once the gradients of the summed loss w.r.t. the hidden rows, the weight and
-    the bias. The (N, V) logits never exist whole, in any dtype, and are read a few times while
-    they sit in cache instead of going through separate log_softmax / nll / backward passes over
-    memory. Backward only scales the stored gradients by the incoming scalar.
+    Row chunk by row chunk: logits in the compute dtype, softmax and loss in fp32, and at once the
+    gradient of the summed loss w.r.t. the logits (softmax - one_hot, in the compute dtype), from
+    which the gradients of the hidden rows, weight and bias follow. The fp32 (N, V) logits never
+    exist whole, and the separate log_softmax / nll / backward passes over them are gone; backward
+    only scales the stored gradients by the incoming scalar. On the CPU the weight gradient is one
+    matmul over all rows at the end (one fp32 conversion instead of one per chunk); on a GPU it is
+    accumulated per chunk so the (N, V) gradient never exists whole either.
     """
 
     @staticmethod
     def forward(ctx, hidden_NxC, weight_VxC, bias_V, targets_N, chunk: int, dtype: torch.dtype,
                 masked: bool, ignore_index: int):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_grad = need_h or need_w or need_b
+        N, V = hidden_NxC.shape[0], weight_VxC.shape[0]
         w_VxC = weight_VxC.to(dtype)
         b_V = bias_V.to(dtype) if bias_V is not None else None
+        h_NxC = hidden_NxC.to(dtype)
+        per_chunk_w = hidden_NxC.device.type != "cpu"
         total = hidden_NxC.new_zeros((), dtype=torch.float32)
         grad_h = torch.empty_like(hidden_NxC) if need_h else None
-        grad_w = torch.zeros_like(weight_VxC, dtype=torch.float32) if need_w else None
+        grad_w = torch.zeros_like(weight_VxC, dtype=torch.float32) if need_w and per_chunk_w else None
         grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if need_b else None
-        for i in range(0, hidden_NxC.shape[0], chunk):
-            h_nxC = hidden_NxC[i:i + chunk].to(dtype)
+        g_NxV = h_NxC.new_empty((N, V)) if need_w and not per_chunk_w else None
+        for i in range(0, N, chunk):
+            h_nxC = h_NxC[i:i + chunk]
             t_n = targets_N[i:i + chunk]
             if masked:  # rows to ignore stay in (no host sync to drop them) and get zero loss and gradient
                 valid_n = t_n != ignore_index
                 t_n = torch.where(valid_n, t_n, torch.zeros_like(t_n))
-            logits_nxV = F.linear(h_nxC, w_VxC, b_V).float()
-            lse_n = torch.logsumexp(logits_nxV, dim=-1)
-            nll_n = lse_n - logits_nxV.gather(1, t_n[:, None])[:, 0]
+            x_nxV = F.linear(h_nxC, w_VxC, b_V).float()
+            x_t_n1 = x_nxV.gather(1, t_n[:, None])
+            m_n1 = x_nxV.amax(dim=-1, keepdim=True)
+            e_nxV = x_nxV.sub_(m_n1).exp_()  # in place: the fp32 chunk is the only big buffer
+            sum_n1 = e_nxV.sum(dim=-1, keepdim=True)
+            nll_n = (m_n1 + sum_n1.log() - x_t_n1)[:, 0]
             total += (nll_n * valid_n).sum() if masked else nll_n.sum()
-            if not (need_h or need_w or need_b):
+            if not need_grad:
                 continue
-            # d(sum of NLL)/d(logits) = softmax - one_hot(target), made in place over the logits.
-            g_nxV = logits_nxV.sub_(lse_n[:, None]).exp_()
-            g_nxV.scatter_add_(1, t_n[:, None], torch.full_like(t_n[:, None], -1, dtype=g_nxV.dtype))
+            # d(sum of NLL)/d(logits) = softmax - one_hot(target) = (e - sum * one_hot) / sum, made
+            # in fp32 and normalised, masked and cast to the compute dtype in one pass.
+            e_nxV.scatter_add_(1, t_n[:, None], -sum_n1)
+            scale_n1 = sum_n1.reciprocal_()
             if masked:
-                g_nxV.mul_(valid_n[:, None])
+                scale_n1 *= valid_n[:, None]
+            g_nxV = g_NxV[i:i + chunk] if g_NxV is not None else h_nxC.new_empty(e_nxV.shape)
+            torch.mul(e_nxV, scale_n1, out=g_nxV)
             if need_b:
-                grad_b += g_nxV.sum(0)
-            g_nxV = g_nxV.to(dtype)
+                grad_b += g_nxV.sum(0, dtype=torch.float32)
             if need_h:
                 grad_h[i:i + chunk] = g_nxV @ w_VxC
-            if need_w:
+            if grad_w is not None:
                 if dtype == torch.float32:
                     grad_w.addmm_(g_nxV.t(), h_nxC)
                 else:
                     grad_w += (g_nxV.t() @ h_nxC).float()
+        if need_w and g_NxV is not None:
+            grad_w = (g_NxV.t() @ h_NxC).to(weight_VxC.dtype)
         ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
         ctx.has = (need_h, need_w, need_b)
         return total
