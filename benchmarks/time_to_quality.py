@@ -89,6 +89,8 @@ def gptlab_config(args, out: Path):
         t.warmup_steps = args.warmup
     if args.dropout is not None:
         cfg.model.dropout = args.dropout
+    if args.preset == "book" and not hasattr(cfg.model, "attn_dropout"):
+        cfg.model.attn_dropout = 0.0  # the notebook's MultiHeadAttention has no attention dropout
     for kv in args.set:
         section, _, rest = kv.partition(".")
         name, _, value = rest.partition("=")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import math
 import os
@@ -231,11 +232,22 @@ def subset_corpus(corpus: Corpus, train_idx: list[int], val_idx: list[int], keep
     return Corpus(records, f"{corpus.source} ({len(keep):,} training records)", corpus.skipped), val_fraction
 
 
+def corpus_fingerprint(corpus: Corpus) -> str:
+    """sha256 of the records: a finished run is only reused on the very same text (the built-in
+    generator or a file may change between two invocations of a sweep)."""
+    h = hashlib.sha256()
+    for r in corpus.records:
+        h.update(r.encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
 def _comparable(cfg_dict: dict) -> dict:
     return {s: {k: v for k, v in vals.items() if k not in _IRRELEVANT.get(s, ())} for s, vals in cfg_dict.items()}
 
 
-def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, overwrite: bool) -> dict:
+def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, overwrite: bool,
+            fingerprint: str = "") -> dict:
     """Train one rung (resuming its checkpoint if an earlier sweep was interrupted) and write result.json."""
     from . import trainer
 
@@ -269,7 +281,7 @@ def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, o
         "steps": res.step, "val_loss": res.val_loss, "best_val_loss": min(vals),
         "best_step": next(h["step"] for h in res.history if h.get("val_loss") == min(vals)),
         "train_loss": res.train_loss, "wall_s": round(wall, 2), "vocab_size": tok.vocab_size,
-        "gptlab_version": __version__, "config": _comparable(spec.cfg.to_dict()),
+        "gptlab_version": __version__, "corpus_sha256": fingerprint, "config": _comparable(spec.cfg.to_dict()),
     }
     atomic_write_json(run_dir / RESULT, record)
     return record
@@ -310,9 +322,10 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
             spec.keep = [order[k] for k in spec.keep]
     out.mkdir(parents=True, exist_ok=True)
     tok.save(out / "tokenizer.json")
+    fingerprint = corpus_fingerprint(corpus)
     done: dict[str, dict] = {}
     for spec in runs if not sc.overwrite else []:
-        rec = _read_result(out / spec.name, spec)
+        rec = _read_result(out / spec.name, spec, fingerprint)
         if rec is not None:
             done[spec.name] = rec
     epochs = runs[0].tokens / sum(lengths)
@@ -321,14 +334,15 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
          f"tokens ({runs[0].cfg.train.max_steps} steps){f' = {epochs:.1f} epochs: data repeats' if epochs > 1 else ''}")
     total = sum(s.cost for s in runs)
     bar = tqdm(total=total, initial=sum(s.cost for s in runs if s.name in done), file=sys.stderr,
-               dynamic_ncols=True, bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+               dynamic_ncols=True, bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+               desc=f"scale: {len(done)}/{len(runs)} runs done")
     trained = []
     try:
         for i, spec in enumerate(runs):
             if spec.name in done:
                 continue
             bar.set_description(f"scale: run {i + 1}/{len(runs)} {spec.name} ({len(done)} done)")
-            rec = run_one(spec, corpus, tok, train_idx, val_idx, out, sc.overwrite)
+            rec = run_one(spec, corpus, tok, train_idx, val_idx, out, sc.overwrite, fingerprint)
             done[spec.name] = rec
             trained.append(spec.name)
             bar.update(spec.cost)
@@ -357,7 +371,7 @@ def _duration(s: float) -> str:
     return f"{s:.0f}s" if s < 60 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def _read_result(run_dir: Path, spec: RunSpec) -> dict | None:
+def _read_result(run_dir: Path, spec: RunSpec, fingerprint: str) -> dict | None:
     """The result of a finished run, or None; refuses one trained with other settings."""
     import json
     path = run_dir / RESULT
@@ -367,6 +381,9 @@ def _read_result(run_dir: Path, spec: RunSpec) -> dict | None:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # half a file cannot happen (atomic writes); anything unreadable is retrained
+    if rec.get("corpus_sha256", fingerprint) != fingerprint:
+        raise UserError(f"{run_dir} was trained on another version of the corpus: use another --out, "
+                        "or --overwrite to retrain every run")
     want = _comparable(spec.cfg.to_dict())
     if rec.get("config") != want or rec.get("dataset_tokens") != spec.dataset_tokens:
         diff = sorted(f"{s}.{k}" for s in want for k in want[s] if rec.get("config", {}).get(s, {}).get(k) != want[s][k])
@@ -543,7 +560,7 @@ def plot_scaling(points: list[dict], fits: dict[str, PowerLawFit], stem: Path, t
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
     panels = [(s, k, lab, sym) for s, k, lab, sym in (
         ("params", "n_params", "Parameters\nnon-embedding", "N"),
@@ -559,14 +576,22 @@ def plot_scaling(points: list[dict], fits: dict[str, PowerLawFit], stem: Path, t
         if f is not None:
             xs = np.geomspace(x.min() / 1.3, x.max() * 1.3, 100)
             ax.plot(xs, f.predict(xs), "--", color="tab:orange", lw=2, label=_law_label(f, sym))
+            if f.irreducible:
+                ax.axhline(f.E, color="gray", ls=":", lw=1, label=f"floor E = {f.E:.2f}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.legend(fontsize=8, loc="upper right", frameon=False)
         ax.grid(True, which="both", alpha=0.2)
-    axes[0][0].set_ylabel("Test Loss (nats/token)")
     ax0 = axes[0][0]
-    ax0.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)))
+    ax0.set_ylabel("Test Loss (nats/token)")
+    # Losses span well under a decade: label round values inside the range, not just powers of ten.
+    lo, hi = ax0.get_ylim()
+    for step in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0):
+        ticks = [round(k * step, 2) for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+        if len(ticks) <= 7:
+            break
+    ax0.yaxis.set_major_locator(FixedLocator(ticks))
     ax0.yaxis.set_major_formatter(ScalarFormatter())
     ax0.yaxis.set_minor_formatter(NullFormatter())
     if title:

@@ -415,11 +415,9 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 def same_length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None):
     """Batches of row indices whose sources all have the same length (one pass; shuffled with rng).
 
-    No source padding means no source mask in training. That is exact, and it sidesteps
-    `layers.build_mask` letting query t see key t even when that key is padding (right for
-    self-attention, where it keeps padded rows finite; wrong for cross-attention, where decoder
-    position t would read padded source position t and learn the source length from it, which
-    greedy decoding, one query at a time, never shows it).
+    No source padding: no compute spent on it and no source mask to build. (It also kept training
+    exact while `layers.build_mask` still let cross-attention query t read padded source key t;
+    the tests pin that it no longer does.) Targets are still padded: causality hides that.
     """
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths.tolist()):

@@ -148,6 +148,11 @@ def test_tiny_ladder_end_to_end_then_resume(corpus_file, tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert "train.lr" in err and "--overwrite" in err and "\n" not in err
 
+    # ... and so is another version of the corpus under the same name.
+    corpus_file.write_text("\n".join(fixture_lines()[::-1]) + "\n", encoding="utf-8")
+    assert main(tiny_args(corpus_file, out)) == 2
+    assert "another version of the corpus" in capsys.readouterr().err
+
 
 def test_help():
     with pytest.raises(SystemExit) as e:

@@ -125,6 +125,8 @@ def test_beam_size_one_is_greedy_and_beams_are_consistent():
     greedy = s2s.greedy_decode(model, srcs, bos_id=3, eos_id=2, max_len=12)
     beam1 = s2s.beam_search(model, srcs, bos_id=3, eos_id=2, beam_size=1, max_len=12)
     assert greedy == beam1
+    # Padding a source in a batch changes nothing: each sentence decodes as it does alone.
+    assert greedy == [s2s.greedy_decode(model, [s], bos_id=3, eos_id=2, max_len=12)[0] for s in srcs]
     # Batched beam search gives each sentence what it gets alone.
     batched = s2s.beam_search(model, srcs, bos_id=3, eos_id=2, beam_size=3, max_len=12)
     alone = [s2s.beam_search(model, [s], bos_id=3, eos_id=2, beam_size=3, max_len=12)[0] for s in srcs]

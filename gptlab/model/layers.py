@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 
+# Train attention through explicit matmuls + softmax on the CPU in bf16 (see Attention.forward);
+# a switch so benchmarks/step_profile.py can measure the fused kernel instead.
+CPU_LOW_PRECISION_EXPLICIT = True
+
+
 class KVCache:
     """Keys and values of past positions, preallocated, for incremental decoding.
 
@@ -90,7 +95,9 @@ class Attention(nn.Module):
             # One matmul for q, k and v: faster, and the same layout as GPT-2's c_attn.
             self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=cfg.bias)
         self.out = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
-        self.dropout = cfg.dropout
+        # Dropout on the attention weights: GPT-2 has it; Keras's MultiHeadAttention (the notebook)
+        # has none by default. (`attn_dropout` is read only if the config has that field.)
+        self.dropout = getattr(cfg, "attn_dropout", cfg.dropout)
 
     def _heads(self, x_BxTxI: torch.Tensor) -> torch.Tensor:
         B, T, _ = x_BxTxI.shape
@@ -118,7 +125,12 @@ class Attention(nn.Module):
         S = k.shape[2]
         drop = self.dropout if self.training else 0.0
 
-        if return_attn:
+        # On the CPU in bf16, scaled_dot_product_attention's fused kernel trains (forward + backward)
+        # ~2x slower than plain matmuls + softmax at these sizes (measured for T 80-256, head widths
+        # 64 and 256): train through the explicit path there.
+        explicit = return_attn or (CPU_LOW_PRECISION_EXPLICIT and q.device.type == "cpu"
+                                   and q.dtype != torch.float32 and torch.is_grad_enabled())
+        if explicit:
             mask = build_mask(T, S, causal=causal, offset=offset, key_mask_BxS=key_mask_BxS,
                               device=x_BxTxC.device, self_attention=not self.cross)
             scores_BxHxTxS = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
@@ -126,6 +138,8 @@ class Attention(nn.Module):
                 scores_BxHxTxS = scores_BxHxTxS.masked_fill(~mask, float("-inf"))
             attn_BxHxTxS = scores_BxHxTxS.float().softmax(dim=-1).to(q.dtype)
             y = F.dropout(attn_BxHxTxS, drop, self.training) @ v
+            if not return_attn:
+                attn_BxHxTxS = None
         else:
             attn_BxHxTxS = None
             if causal and key_mask_BxS is None and offset == 0 and T == S:

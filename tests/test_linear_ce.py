@@ -1,0 +1,60 @@
+"""The fused output layer + cross-entropy equals the plain expression, loss and gradients."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab.model import IGNORE_INDEX, token_nll
+from gptlab.model import linear_ce
+
+
+def reference(h, head, t):
+    return F.cross_entropy(head(h).float(), t, reduction="sum", ignore_index=IGNORE_INDEX)
+
+
+def grads_of(loss, tensors):
+    return torch.autograd.grad(loss * 0.37, tensors)  # a scale, as the trainer's 1/token-count is
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("whole", [True, False])  # False: weight gradient per chunk, as on a GPU
+def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole, monkeypatch):
+    if not whole:
+        monkeypatch.setattr(linear_ce, "_MAX_WORKSPACE", 0)
+    torch.manual_seed(0)
+    head = nn.Linear(24, 97, bias=bias)
+    h = torch.randn(70, 24, requires_grad=True)
+    t = torch.randint(0, 97, (70,))
+    if ignore:
+        t[::5] = IGNORE_INDEX
+    params = [h, head.weight] + ([head.bias] if bias else [])
+    ref = reference(h, head, t)
+    # With ignore_index the rows stay in and are masked (the GPU path); without, all rows count.
+    fused = token_nll(h, head, t, chunk=16, ignore_index=IGNORE_INDEX if ignore else None)
+    assert torch.allclose(fused, ref, rtol=1e-5)
+    for a, b in zip(grads_of(fused, params), grads_of(ref, params)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_bf16_autocast_matches_plain_within_bf16_rounding():
+    torch.manual_seed(1)
+    head = nn.Linear(32, 200)
+    h = torch.randn(50, 32, requires_grad=True)
+    t = torch.randint(0, 200, (50,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = reference(h, head, t)
+        fused = token_nll(h, head, t, chunk=16)
+    assert fused.dtype == torch.float32
+    assert torch.allclose(fused, ref, rtol=1e-4)
+    for a, b in zip(grads_of(fused, [h, head.weight, head.bias]), grads_of(ref, [h, head.weight, head.bias])):
+        assert (a - b).abs().max() <= 1e-2 * b.abs().max()
+
+
+def test_no_grad_gives_the_loss_alone():
+    torch.manual_seed(2)
+    head = nn.Linear(8, 30)
+    h, t = torch.randn(20, 8), torch.randint(0, 30, (20,))
+    with torch.no_grad():
+        assert torch.allclose(token_nll(h, head, t), reference(h, head, t), rtol=1e-5)
