@@ -82,7 +82,7 @@ def import_keras():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import keras
-        import tensorflow  # noqa: F401
+        import tensorflow  # noqa: F401  (the backend must be importable)
     except ImportError:
         print("keras/tensorflow not installed: skipping the Keras comparison "
               "(pip install 'gptlab[bench]' or pip install tensorflow-cpu keras)")

@@ -127,7 +127,8 @@ def main(argv=None) -> int:
         gptlab_contestant("gptlab book bucket auto", data, batching="bucket", precision="auto", **g),
     ]
     if args.compile:
-        runs.append(gptlab_contestant("gptlab book bucket auto compile", data, batching="bucket", precision="auto",
+        # Padded batches: one shape, one compilation (buckets would recompile per length).
+        runs.append(gptlab_contestant("gptlab book pad auto compile", data, batching="pad", precision="auto",
                                       compile=True, **g))
     if args.only:
         keep = [s.strip() for s in args.only.split(",")]

@@ -221,8 +221,10 @@ def beam_search(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id: i
                 length_penalty: float = 1.0) -> list[list[int]]:
     """Batched beam search: N sentences x K beams share one decoder pass per step.
 
-    Hypotheses are ranked by log-probability / length**length_penalty. A sentence stops as soon as
-    K hypotheses have ended (Hugging Face's early_stopping=True), so beam_size=1 is exactly greedy.
+    Hypotheses are ranked by log-probability / length**length_penalty. A sentence stops when K
+    hypotheses have ended and the best live beam scores no better than the K-th of them; stopping
+    at the first K endings instead lets weak beams that end early crowd out the good one. With
+    beam_size=1 the single ending is the greedy one and nothing live beats it: exactly greedy.
     The decoder's self-attention cache and the cached cross-attention K/V follow their beams
     through `cache.select(rows)`.
     """
@@ -265,8 +267,14 @@ def beam_search(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id: i
                     live.append((s, k, v))
                     if len(live) == K:
                         break
-                if len(finished[n]) >= K or not live:
+                if not live:
                     done[n] = True
+                elif len(finished[n]) >= K:
+                    # Done once no live beam can beat the K-th best ending (exact for
+                    # length_penalty=0, where scores only fall; Hugging Face's heuristic otherwise).
+                    kth = sorted((f[0] for f in finished[n]), reverse=True)[K - 1]
+                    hyp_len = len(beams[n][live[0][1]]) + 1
+                    done[n] = live[0][0] / hyp_len ** length_penalty <= kth
             if done[n]:
                 live = []
             live += [(-math.inf, 0, eos_id)] * (K - len(live))  # dead rows keep the batch square

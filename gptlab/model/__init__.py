@@ -2,9 +2,13 @@
 
 from .config import PRESETS, ModelConfig, book, gpt2, small, tiny
 from .gpt import GPT, IGNORE_INDEX, ModelOutput, token_nll
+from .encoder import ENCODER_PRESETS, Classifier, ClassifierOutput, Encoder, EncoderOutput
 from .layers import MLP, Attention, Block, KVCache, build_mask
+from .seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig, Seq2SeqOutput
 
 __all__ = [
     "PRESETS", "ModelConfig", "book", "small", "tiny", "gpt2", "GPT", "IGNORE_INDEX", "ModelOutput",
     "token_nll", "Attention", "Block", "MLP", "KVCache", "build_mask",
+    "ENCODER_PRESETS", "Classifier", "ClassifierOutput", "Encoder", "EncoderOutput",
+    "SEQ2SEQ_PRESETS", "Seq2Seq", "Seq2SeqConfig", "Seq2SeqOutput",
 ]
