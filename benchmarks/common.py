@@ -199,6 +199,7 @@ class Quality:
     distinct2: float        # of the samples
     distinct2_real: float   # of as many real validation reviews
     samples: list[str]
+    invalid: list[str]      # the samples that broke the template
 
 
 def quality_report(next_probs, sample_fn, data: WineData, n: int = 200, seed: int = 0) -> Quality:
@@ -210,10 +211,11 @@ def quality_report(next_probs, sample_fn, data: WineData, n: int = 200, seed: in
     firsts = {tok.encode(prov)[0] for prov in data.provinces.get("germany", ())}
     german = float(sum(p[i] for i in firsts if i != tok.unk_id))
     samples = ["wine review : " + s.strip() for s in sample_fn(n, seed)]
-    ok = sum(template_valid(s, data.provinces, data.varieties) for s in samples) / max(len(samples), 1)
+    invalid = [s for s in samples if not template_valid(s, data.provinces, data.varieties)]
+    ok = 1 - len(invalid) / max(len(samples), 1)
     rng = np.random.default_rng(seed)
     real = [data.val_recs[i].strip() for i in rng.choice(len(data.val_recs), min(n, len(data.val_recs)), replace=False)]
-    return Quality(ok, german, distinct_n(samples, 2), distinct_n(real, 2), samples)
+    return Quality(ok, german, distinct_n(samples, 2), distinct_n(real, 2), samples, invalid)
 
 
 def gptlab_sampler(model, tok: Tokenizer, prompt: str = "wine review :", temperature: float = 1.0, batch: int = 50):

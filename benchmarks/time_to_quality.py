@@ -69,7 +69,8 @@ def run_keras(data, epochs: float, seed: int) -> dict:
             "val_loss": log[-1]["val_loss"], "val_loss_with_padding": log[-1]["val_loss_with_padding"],
             "time": clock["wall"], "cpu_time": clock["cpu"], "log": log,
             "quality": {"template_ok": q.template_ok, "germany_mass": q.germany_mass, "distinct2": q.distinct2,
-                        "distinct2_real": q.distinct2_real, "samples": q.samples[:5]}}
+                        "distinct2_real": q.distinct2_real, "samples": q.samples[:5],
+                        "invalid": q.invalid[:20]}}
 
 
 def gptlab_config(args, out: Path):
@@ -130,7 +131,8 @@ def run_gptlab(args, data, target: float | None) -> dict:
             "val_loss": hist[-1]["val_loss"] if hist else None,
             "reached": reached, "log": hist,
             "quality": {"template_ok": q.template_ok, "germany_mass": q.germany_mass, "distinct2": q.distinct2,
-                        "distinct2_real": q.distinct2_real, "samples": q.samples[:5]},
+                        "distinct2_real": q.distinct2_real, "samples": q.samples[:5],
+                        "invalid": q.invalid[:20]},
             "torch": torch.__version__}
 
 

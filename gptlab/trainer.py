@@ -312,8 +312,9 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
     """Train a GPT as `cfg` says; `corpus` (a gptlab.data.Corpus) overrides cfg.data's source.
 
     on_eval(record) -> bool, if given, is called after each validation with the history record
-    (step, val_loss, val_loss_with_padding, time, train_time); returning True stops training there
-    (the benchmarks stop once a target loss is reached).
+    (step, val_loss, val_loss_with_padding, time, and train_time / train_cpu_time: wall and process
+    CPU seconds without evaluation and checkpoints); returning True stops training there (the
+    benchmarks stop once a target loss is reached).
     """
     t = cfg.train
     check_config(cfg)
