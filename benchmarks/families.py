@@ -85,7 +85,7 @@ def bench_numbers(quick: bool, threads: int) -> dict:
     return out
 
 
-def bench_wine(quick: bool, threads: int, csv: Path) -> dict:
+def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "") -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     dcfg = DataConfig(data=str(csv), format="csv", val_fraction=0.15, seed=42,
@@ -126,23 +126,30 @@ def bench_wine(quick: bool, threads: int, csv: Path) -> dict:
     pt = enc.EncoderTrainConfig(out="", preset="small", text_field="description", vocab_size=12000,
                                 steps=100000, time_budget=pre_budget, batch_size=64, lr=1e-3, warmup_steps=200,
                                 **common)
-    t0 = time.perf_counter()
-    pre = enc.pretrain(pt, dcfg, mcfg, save=False)
-    out["pretrain"] = {"seconds": round(time.perf_counter() - t0, 1), **pre.config["metrics"],
-                       "params": pre.model.num_params()}
-    tmp = Path(__import__("tempfile").mkdtemp()) / "mlm"
-    from gptlab.checkpoint import save_model
-    save_model(tmp, pre.model, pre.tokenizer, pre.config)
+    if pretrained:  # an encoder this benchmark pretrained before (its config records how)
+        cfg = json.loads((Path(pretrained) / "config.json").read_text())
+        out["pretrain"] = {"reused": pretrained, **cfg["metrics"], "params": None}
+        tmp = Path(pretrained)
+    else:
+        t0 = time.perf_counter()
+        pre = enc.pretrain(pt, dcfg, mcfg, save=False)
+        out["pretrain"] = {"seconds": round(time.perf_counter() - t0, 1), **pre.config["metrics"],
+                           "params": pre.model.num_params()}
+        tmp = Path(__import__("tempfile").mkdtemp()) / "mlm"
+        from gptlab.checkpoint import save_model
+        save_model(tmp, pre.model, pre.tokenizer, pre.config)
+        print(f"pretrained encoder saved in {tmp} (reuse with --pretrained)", file=sys.stderr, flush=True)
 
     def fine_tune(model_dir: str, lr: float) -> dict:
         ct = enc.ClassifyConfig(out="", model=model_dir, label="variety", text_field="description", top=20,
                                 preset="small", vocab_size=12000, epochs=100.0, time_budget=ft_budget,
                                 batch_size=32, lr=lr, min_lr=lr / 20, warmup_steps=200, pooling="mean",
-                                **common)
+                                **{**common, "eval_interval": 300})  # 10% of the training rows pick the best step
         t1 = time.perf_counter()
         r = enc.classify(ct, dcfg, None if model_dir else ENCODER_PRESETS["small"](), save=False, data=data)
-        return {"accuracy": r.config["metrics"]["val_accuracy"], "steps": r.config["metrics"]["steps"],
-                "seconds": round(time.perf_counter() - t1, 1), "lr": lr}
+        m = r.config["metrics"]
+        return {"accuracy": m["val_accuracy"], "steps": m["steps"], "best_step": m.get("best_step"),
+                "dev_accuracy": m.get("best_dev_accuracy"), "seconds": round(time.perf_counter() - t1, 1), "lr": lr}
 
     out["results"]["encoder, masked-LM pretrained + fine-tuned"] = fine_tune(str(tmp), 5e-4)
     out["results"]["encoder, fine-tuned from scratch (no pretraining)"] = fine_tune("", 1e-3)
@@ -169,7 +176,7 @@ def markdown(res: dict) -> str:
         p = w["pretrain"]
         lines += [f"### Encoder-only: {w['task']}", "",
                   f"{w['train_rows']} training rows, {w['test_rows']} test rows. Masked-LM pretraining: "
-                  f"{p['steps']} steps in {p['seconds']} s, validation MLM loss {p.get('val_loss', float('nan')):.2f}.",
+                  f"{p['steps']} steps in {p.get('seconds', p.get('train_seconds'))} s, validation MLM loss {p.get('val_loss', float('nan')):.2f}.",
                   "", "| system | test accuracy | notes |", "|---|---|---|"]
         for k, v in w["results"].items():
             notes = ", ".join(f"{a} {b}" for a, b in v.items() if a != "accuracy")
@@ -185,6 +192,7 @@ def main() -> int:
     ap.add_argument("--csv", default=str(WINE), help="wine reviews CSV (Kaggle layout)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--pretrained", default="", help="wine: reuse a masked-LM encoder saved by an earlier run (skips pretraining)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     res = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor() or ''} "
@@ -197,7 +205,7 @@ def main() -> int:
         if not Path(args.csv).exists():
             print(f"skipping wine: {args.csv} not found", file=sys.stderr)
         else:
-            res["wine"] = bench_wine(args.quick, args.threads, Path(args.csv))
+            res["wine"] = bench_wine(args.quick, args.threads, Path(args.csv), args.pretrained)
     print(markdown(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="gptlab's weights (as `gptlab generate --dtype`); recompute uses the same model, transformers stays fp32")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time, with --threads 1 a fairer figure on a machine shared "
                          "with other jobs (wall time there measures the queue, not the code)")
@@ -126,9 +128,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = GPT(book(VOCAB)).eval()
+    model = GPT(book(VOCAB)).eval().to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     hf, hf_note = hf_model()
-    print(f"book preset, random weights: {model.num_params():,} parameters; prompt {PROMPT_LEN} + {args.new_tokens} new tokens")
+    print(f"book preset, random weights, {args.dtype}: {model.num_params():,} parameters; prompt {PROMPT_LEN} + {args.new_tokens} new tokens")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; {hf_note}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"median of {args.repeats} runs, new tokens per second, {args.clock} clock; "

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     print(f"{cpu_name()}; {load_note()}; {args.threads} thread(s); {args.precision}; {args.batching} batches of 32", flush=True)
     step = 0
     for rep in range(args.repeats):
-        for name in names:
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotated: no variant always first
             m, opt = models[name]
             flags = VARIANTS[name]
             gpt_mod.token_nll = plain_nll if "plain-ce" in flags else fused_nll
@@ -96,13 +96,13 @@ def main(argv=None) -> int:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 c4 = time.process_time()
-                if rep or i >= 2:  # the first steps warm allocators and kernels up
+                if i >= 2:  # the first steps after switching variant warm caches and allocators up
                     for k, v in zip(parts, (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
                         times[name][k].append(v)
                     tokens[name] += b.n_tokens
                 step += 1
     gpt_mod.token_nll, layers_mod.CPU_LOW_PRECISION_EXPLICIT = fused_nll, True
-    print(f"\nCPU ms per step (medians; {args.steps * args.repeats - 2} steps each):")
+    print(f"\nCPU ms per step (medians; {(args.steps - 2) * args.repeats} steps each):")
     print(f"  {'variant':10s} " + " ".join(f"{k:>20s}" for k in parts) + f" {'total':>8s} {'non-pad tok/s':>14s}")
     for name in names:
         med = [1000 * statistics.median(times[name][k]) for k in parts]

@@ -3,7 +3,7 @@ epochs; gptlab then trains until its held-out loss (per non-padding token, on th
 real reviews with the same token ids) is at least as low, and the wall-clock times are compared.
 
     python benchmarks/time_to_quality.py            # full: all 37.7k template rows, Keras 5 epochs (~20 min)
-    python benchmarks/time_to_quality.py --quick    # 6,000 rows, Keras 1 epoch: a few minutes
+    python benchmarks/time_to_quality.py --quick    # 6,000 rows, 1 epoch each: a few minutes
     python benchmarks/time_to_quality.py --skip-keras --target 2.87   # gptlab only, against a known loss
 
 The Keras result is cached in a JSON (--keras-cache) so gptlab settings can be tried without
@@ -74,7 +74,8 @@ def run_keras(data, epochs: float, seed: int) -> dict:
 
 
 def gptlab_config(args, out: Path):
-    """gptlab's settings for the race: a GPT-2 shaped model, bf16, length buckets, AdamW + cosine."""
+    """gptlab's settings for the race (flags below): the notebook's block, stacked --n-layer times,
+    trained in bf16 on length buckets with warmup + cosine decay of the learning rate."""
     from gptlab.config import RUN_PRESETS
     cfg = RUN_PRESETS[args.preset]()
     cfg.data.data, cfg.data.val_fraction, cfg.data.seed = args.data, args.val_fraction, args.seed
@@ -84,10 +85,9 @@ def gptlab_config(args, out: Path):
     t.save_interval, t.threads = 0, args.threads
     t.eval_interval, t.eval_batches = args.eval_interval, 0
     t.epochs, t.batching, t.precision, t.batch_size = args.epochs, args.batching, args.precision, args.batch_size
-    if args.lr:
-        t.lr = args.lr
-    if args.warmup is not None:
-        t.warmup_steps = args.warmup
+    t.lr, t.min_lr, t.warmup_steps, t.schedule = args.lr, args.min_lr, args.warmup, args.schedule
+    if args.n_layer:
+        cfg.model.n_layer = args.n_layer
     if args.dropout is not None:
         cfg.model.dropout = args.dropout
     if args.preset == "book" and not hasattr(cfg.model, "attn_dropout"):
@@ -123,9 +123,10 @@ def run_gptlab(args, data, target: float | None) -> dict:
     q = quality_report(gptlab_next_probs(model), gptlab_sampler(model, lm_tok), data)
     print("gptlab quality: " + fmt_quality(q), flush=True)
     steps = [h for h in res.history if "loss" in h]
-    return {"settings": {"preset": args.preset, "epochs": args.epochs, "batching": args.batching,
-                         "precision": args.precision, "batch_size": args.batch_size, "set": args.set,
-                         "lr": cfg.train.lr, "warmup": cfg.train.warmup_steps, "dropout": cfg.model.dropout},
+    return {"settings": {"preset": args.preset, "n_layer": cfg.model.n_layer, "epochs": args.epochs,
+                         "batching": args.batching, "precision": args.precision, "batch_size": args.batch_size,
+                         "lr": cfg.train.lr, "min_lr": cfg.train.min_lr, "schedule": cfg.train.schedule,
+                         "warmup": cfg.train.warmup_steps, "dropout": cfg.model.dropout, "set": args.set},
             "params": GPT(cfg.model).num_params(), "steps": res.step,
             "time": steps[-1]["train_time"] if steps else 0.0, "cpu_time": steps[-1]["train_cpu_time"] if steps else 0.0,
             "val_loss": hist[-1]["val_loss"] if hist else None,
@@ -145,7 +146,7 @@ def _load(out: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=WINE_CSV)
-    p.add_argument("--quick", action="store_true", help="6,000 records, Keras 1 epoch")
+    p.add_argument("--quick", action="store_true", help="6,000 records, 1 epoch each (a smoke test)")
     p.add_argument("--max-records", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=42)
@@ -155,16 +156,21 @@ def main(argv=None) -> int:
     p.add_argument("--skip-keras", action="store_true")
     p.add_argument("--keras-only", action="store_true")
     p.add_argument("--target", type=float, default=None, help="held-out loss to reach (default: Keras's)")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--batching", default="bucket")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.0)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--eval-interval", type=int, default=200)
-    p.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=True)
+    g = p.add_argument_group("gptlab's settings")
+    g.add_argument("--preset", default="book")
+    g.add_argument("--n-layer", type=int, default=2, help="blocks (0 = the preset's; the notebook has 1)")
+    g.add_argument("--epochs", type=float, default=5.0)
+    g.add_argument("--batching", default="bucket")
+    g.add_argument("--precision", default="auto")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=1e-4)
+    g.add_argument("--schedule", default="cosine")
+    g.add_argument("--warmup", type=int, default=100)
+    g.add_argument("--dropout", type=float, default=None)
+    g.add_argument("--eval-interval", type=int, default=400)
+    g.add_argument("--stop-at-target", action=argparse.BooleanOptionalAction, default=False,
+                   help="stop at Keras's loss (default: finish the schedule; the time to the loss is reported either way)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="any other setting, e.g. --set model.n_layer=2 --set train.min_lr=1e-4")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both frameworks (0 = their default)")
@@ -173,6 +179,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.max_records = args.max_records or 6000
         args.keras_epochs = 1.0 if args.keras_epochs == 5.0 else args.keras_epochs
+        args.epochs = 1.0 if args.epochs == 5.0 else args.epochs
+        args.eval_interval = 50 if args.eval_interval == 400 else args.eval_interval
         if args.keras_cache.endswith("keras_ttq.json"):
             args.keras_cache = args.keras_cache.replace("keras_ttq.json", "keras_ttq_quick.json")
 

@@ -107,7 +107,23 @@ class LoadedModel:
         return f"<gptlab {self.kind} model from {self.path}: {n:,} parameters, vocab {self.tokenizer.vocab_size}>"
 
 
-def load(path: str | os.PathLike, device: str | None = None) -> LoadedModel:
-    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json)."""
-    model, tok, cfg = load_checkpoint(path, device or default_device())
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def load(path: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json).
+
+    dtype: the weights' type for inference: fp32 (default: what explanations and temperature tables
+    should show), or bf16 / fp16 for faster sampling (half the bytes per token; logits and sampling
+    stay fp32, but the logits carry the lower precision's rounding).
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+    dev = device or default_device()
+    if dtype in ("fp16", "float16") and torch.device(dev).type == "cpu":
+        raise UserError("fp16 inference is for GPUs: on a CPU use --dtype bf16 (or fp32)")
+    model, tok, cfg = load_checkpoint(path, dev)
+    if dtype is not None:
+        model = model.to(DTYPES[dtype])
     return LoadedModel(model, tok, cfg, Path(path))

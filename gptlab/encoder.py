@@ -184,8 +184,11 @@ class ClassifyConfig(EncoderTrainConfig):
     lr: float = field(default=3e-4, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=1e-5, metadata={"help": "learning rate at the end of the cosine"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
+    dev_fraction: float = field(default=0.1, metadata={"help": "training rows held out to pick the best step by accuracy (early stopping; evaluated every --eval-interval steps); 0 = keep the last step"})
 
     def validate(self) -> None:
+        if not 0.0 <= self.dev_fraction < 0.5:
+            raise UserError(f"--dev-fraction must be in [0, 0.5) (got {self.dev_fraction})")
         if self.steps < 0 or (self.steps == 0 and self.epochs <= 0 and self.time_budget <= 0):
             raise UserError("give --steps or --epochs > 0")
         if self.pooling not in POOLINGS:
@@ -360,8 +363,16 @@ def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: Model
         model.encoder.load_state_dict(encoder.state_dict())
     model.to(device)
     seqs = encode_texts(tok, data.texts, mcfg.context_length)
-    tr_seqs = [seqs[i] for i in data.train]
-    tr_y = torch.tensor([data.labels[i] for i in data.train])
+    # A dev slice of the training rows picks the best step, so the validation rows stay unseen.
+    train_rows = list(data.train)
+    n_dev = int(len(train_rows) * t.dev_fraction) if len(train_rows) >= 20 else 0
+    dev_rows = []
+    if n_dev:
+        perm = np.random.default_rng(t.seed).permutation(len(train_rows))
+        dev_rows = [train_rows[i] for i in sorted(perm[:n_dev])]
+        train_rows = [train_rows[i] for i in sorted(perm[n_dev:])]
+    tr_seqs = [seqs[i] for i in train_rows]
+    tr_y = torch.tensor([data.labels[i] for i in train_rows])
     va_seqs = [seqs[i] for i in data.val]
     va_y = [data.labels[i] for i in data.val]
     rng = np.random.default_rng(t.seed)
@@ -374,13 +385,19 @@ def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: Model
         with autocast(device, amp):
             return model(ids.to(device), tr_y[rows].to(device), key_mask_BxT=key_mask.to(device)).loss
 
-    evaluate = (lambda: {"val_accuracy": accuracy(model, va_seqs, va_y, tok.pad_id)}) if va_seqs else None
+    if dev_rows:
+        dev_seqs, dev_y = [seqs[i] for i in dev_rows], [data.labels[i] for i in dev_rows]
+        evaluate = lambda: {"dev_accuracy": accuracy(model, dev_seqs, dev_y, tok.pad_id)}  # noqa: E731
+    else:
+        evaluate = (lambda: {"val_accuracy": accuracy(model, va_seqs, va_y, tok.pad_id)}) if va_seqs else None
     total = t.steps if t.steps > 0 else max(1, round(t.epochs * len(tr_seqs) / bs))
-    history, stats = fit(model, t, total, loss_of, evaluate, f"classify {t.label}", device)
+    history, stats = fit(model, t, total, loss_of, evaluate, f"classify {t.label}", device,
+                         best_of="dev_accuracy" if dev_rows else None)
     majority = Counter(tr_y.tolist()).most_common(1)[0][0]
     stats.update({"val_accuracy": accuracy(model, va_seqs, va_y, tok.pad_id),
                   "val_majority_baseline": (sum(y == majority for y in va_y) / len(va_y)) if va_y else float("nan"),
-                  "train_rows": len(tr_seqs), "val_rows": len(va_seqs), "dropped_rows": data.dropped})
+                  "train_rows": len(tr_seqs), "dev_rows": len(dev_rows), "val_rows": len(va_seqs),
+                  "dropped_rows": data.dropped})
     config = {"kind": KIND_CLASSIFIER, "model": mcfg.to_dict(),
               "classifier": {"labels": data.names, "label": t.label, "text_field": t.text_field,
                              "pooling": t.pooling, "normalize": dcfg.normalize, "pretrained": t.model or None},

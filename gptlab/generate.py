@@ -222,7 +222,7 @@ def text_steps(model: torch.nn.Module, tokenizer: Tokenizer, prompt_ids: Sequenc
 
 
 def check_generative(model: torch.nn.Module, kind: str) -> None:
-    if not (hasattr(model, "new_cache") and hasattr(getattr(model, "cfg", None), "context_length")):
+    if not (getattr(model, "causal", False) and hasattr(getattr(model, "cfg", None), "context_length")):
         raise UserError(f"this is a {kind!r} model, which does not generate text token by token: "
                         "use a GPT model (kind 'gpt') here")
 

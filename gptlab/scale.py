@@ -190,30 +190,6 @@ def parse_count(text: str) -> int:
 
 
 # -- one run ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def shared_tokenizer(tok):
-    """Make `trainer.train` use `tok` instead of fitting its own on the run's training records.
-
-    A data-sweep run trains on a subset, whose own tokenizer would differ, and losses in nats per
-    token only compare under one vocabulary; it also saves refitting it for every run.
-    TODO(lead): a `tokenizer=` argument on train() would replace this patch.
-    """
-    from . import trainer
-    from .tokenizer import Tokenizer
-
-    class _Shared(Tokenizer):
-        @classmethod
-        def train(cls, *args, **kwargs):
-            return tok
-
-    old = trainer.Tokenizer
-    trainer.Tokenizer = _Shared
-    try:
-        yield
-    finally:
-        trainer.Tokenizer = old
-
-
 def subset_corpus(corpus: Corpus, train_idx: list[int], val_idx: list[int], keep: list[int],
                   seed: int) -> tuple[Corpus, float]:
     """A corpus of the training records `train_idx[k] for k in keep` plus all of `val_idx`, laid out
@@ -264,9 +240,10 @@ def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, o
     t0 = time.perf_counter()
     # The trainer's own lines (its start line, every evaluation) go to the run's train.log: the
     # terminal shows the sweep's bar and one line per finished run.
-    with shared_tokenizer(tok), open(run_dir / "train.log", "a", encoding="utf-8") as log, \
-            contextlib.redirect_stderr(log):
-        res = trainer.train(cfg, run_corpus)
+    # One tokenizer for every run: a subset's own would differ, and losses in nats per token only
+    # compare under one vocabulary.
+    with open(run_dir / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        res = trainer.train(cfg, run_corpus, tokenizer=tok)
     wall = time.perf_counter() - t0
     if res.interrupted:
         raise KeyboardInterrupt

@@ -465,11 +465,15 @@ def validation_loss(model: Seq2Seq, data: EncodedPairs, pad_id: int, device, amp
 
 
 def fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], torch.Tensor],
-        evaluate: Callable[[], dict] | None, desc: str, device) -> tuple[list[dict], dict]:
+        evaluate: Callable[[], dict] | None, desc: str, device, best_of: str | None = None) -> tuple[list[dict], dict]:
     """The loop both families share: the GPT trainer's AdamW and warmup/cosine schedule, gradient
     clipping, a tqdm bar, for `total_steps` steps or t.time_budget seconds (the schedule is then
     planned for the budget). loss_of(step) returns one batch's loss; evaluate() a dict of metrics
-    every t.eval_interval steps. Returns (history, stats)."""
+    every t.eval_interval steps. Returns (history, stats).
+
+    best_of: a metric of evaluate() to maximise (early stopping): it is also evaluated after the
+    last step, and the model ends with the weights of its best evaluation (stats: best_step).
+    """
     from .trainer import build_optimizer, lr_at
     opt = build_optimizer(model, t, device)
     history: list[dict] = []
@@ -480,7 +484,8 @@ def fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], to
                    dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
     model.train()
-    step, ema = 0, None
+    step, ema, lr = 0, None, 0.0
+    best: tuple[int, float, dict] | None = None  # (step, metric, weights) of the best evaluation
     while step < total_steps:
         elapsed = time.perf_counter() - start
         if t.time_budget and elapsed >= t.time_budget:
@@ -502,6 +507,8 @@ def fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], to
             ev = evaluate()
             model.train()
             history.append({"step": step, "train_loss": ema, "lr": lr, **ev})
+            if best_of is not None and (best is None or ev[best_of] > best[1]):
+                best = (step, ev[best_of], {k: v.detach().clone() for k, v in model.state_dict().items()})
             if bar is not None:
                 bar.write(f"step {step}: train loss {ema:.3f}, " + ", ".join(f"{k} {x:.3f}" for k, x in ev.items()))
         if bar is not None:
@@ -509,8 +516,17 @@ def fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], to
             bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}")
     if bar is not None:
         bar.close()
+    stats = {"steps": step, "train_seconds": round(time.perf_counter() - start, 1), "train_loss": ema}
+    if best_of is not None and evaluate is not None:
+        ev = evaluate()
+        history.append({"step": step, "train_loss": ema, "lr": lr, **ev})
+        if best is not None and best[1] > ev[best_of]:
+            model.load_state_dict(best[2])
+            stats.update(best_step=best[0], **{f"best_{best_of}": best[1]})
+        else:
+            stats.update(best_step=step, **{f"best_{best_of}": ev[best_of]})
     model.eval()
-    return history, {"steps": step, "train_seconds": round(time.perf_counter() - start, 1), "train_loss": ema}
+    return history, stats
 
 
 def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,8 +309,11 @@ def _log(msg: str, dist: Dist) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
-def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
+def train(cfg: RunConfig, corpus=None, *, on_eval=None, tokenizer: Tokenizer | None = None) -> TrainResult:
     """Train a GPT as `cfg` says; `corpus` (a gptlab.data.Corpus) overrides cfg.data's source.
+
+    `tokenizer`: use this one instead of fitting a new one on the training records (runs whose
+    losses must compare, in nats per token, share one vocabulary). A resumed run keeps its own.
 
     on_eval(record) -> bool, if given, is called after each validation with the history record
     (step, val_loss, val_loss_with_padding, time, and train_time / train_cpu_time: wall and process
@@ -337,6 +341,8 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
     val_recs = [records[i] for i in val_idx]
     if saved is not None:
         tok = Tokenizer.load(out / TOKENIZER)
+    elif tokenizer is not None:
+        tok = tokenizer
     else:
         tok = Tokenizer.train(train_recs, kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
                               lowercase=cfg.data.normalize)
@@ -383,6 +389,9 @@ def train(cfg: RunConfig, corpus=None, *, on_eval=None) -> TrainResult:
     writer = None
     if dist.main and t.tensorboard:
         try:
+            # Writing scalars needs no TensorFlow, but tensorboard imports it when it is installed
+            # (seconds of start-up and a screen of oneDNN logs): this marker selects its built-in stub.
+            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(out / "tb"))
         except ImportError:
@@ -548,7 +557,10 @@ def _eval_and_sample(model, tok, val_seqs, t, ctx, device, amp, step, writer, hi
         return None, None
     val_loss, val_pad = evaluate(model, val_seqs, t, tok.pad_id, ctx, device, amp)
     history.append({"step": step, "val_loss": val_loss, "val_loss_with_padding": val_pad})
-    msg = f"step {step}: val loss {val_loss:.3f} per token ({val_pad:.3f} counting padding, the notebook's way)"
+    # Only the per-token loss is shown: the notebook's figure (padding counted as a target) says
+    # little about a model that, like gptlab's, is never trained to predict padding; it stays in
+    # the history and TensorBoard for comparisons with Keras-trained models.
+    msg = f"step {step}: val loss {val_loss:.3f} per token"
     if writer:
         writer.add_scalar("val/loss", val_loss, step)
         writer.add_scalar("val/loss_with_padding", val_pad, step)

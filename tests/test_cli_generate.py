@@ -103,6 +103,7 @@ BAD = [
     ("generate", "{bad_config}"),
     ("generate", "{truncated}"),
     ("generate", "{model}", "--device", "cuda:7"),
+    ("generate", "{model}", "--device", "cpu", "--dtype", "fp16"),
     ("explain", "{model}", "x", "-T", "-1"),
     ("explain", "{model}", "x", "--top-p", "0"),
     ("explain", "{model}", "x", "--top-p", "1.5"),

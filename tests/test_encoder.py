@@ -193,3 +193,28 @@ def test_wrong_model_kind_is_one_line_error(tmp_path, capsys):
     (d / "config.json").write_text(json.dumps({"kind": "gpt", "model": {}}))
     rc = main(["encoder", "predict", "--model", str(d), "some text"])
     _one_line_error(capsys, rc, "'gpt' model where 'classifier' is needed")
+
+
+def test_fit_keeps_the_weights_of_the_best_evaluation():
+    """Early stopping: with best_of, the model ends with the weights it had at its best evaluation."""
+    from types import SimpleNamespace
+
+    from gptlab.seq2seq import fit
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    t = SimpleNamespace(optimizer="adamw", lr=1e-2, min_lr=1e-3, warmup_steps=0, schedule="cosine",
+                        weight_decay=0.0, beta1=0.9, beta2=0.99, adam_eps=1e-8, grad_clip=0.0,
+                        eval_interval=5, time_budget=0.0, progress=False)
+    scores = iter([0.1, 0.9, 0.5, 0.3])  # evaluations at steps 5, 10, 15 and after the last step (20)
+    snapshots = {}
+
+    def evaluate():
+        snapshots[len(snapshots)] = model.weight.detach().clone()
+        return {"acc": next(scores)}
+
+    history, stats = fit(model, t, 20, lambda step: ((model(x) - y) ** 2).mean(), evaluate, "t", torch.device("cpu"),
+                          best_of="acc")
+    assert stats["best_step"] == 10 and stats["best_acc"] == 0.9 and len(history) == 4
+    assert torch.equal(model.weight, snapshots[1])
+    assert not torch.equal(snapshots[1], snapshots[3])

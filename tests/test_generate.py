@@ -70,6 +70,22 @@ def test_kv_cache_equals_full_recompute(lm, temperature):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_bf16_inference_stays_close_to_fp32_and_cache_still_equals_recompute(lm, tmp_path):
+    """`load(..., dtype="bf16")` halves the bytes read per token; its logits carry bf16 rounding only."""
+    from gptlab.api import load
+    path = tiny_model_dir(tmp_path / "m")
+    fp32, bf16 = load(path, device="cpu"), load(path, device="cpu", dtype="bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    prompt = fp32.encode("wine review : germany : mosel")
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    exact, lowp = run_engine(fp32.model, [prompt], cfg), run_engine(bf16.model, [prompt], cfg)
+    assert lowp[1][0][0].dtype == torch.float32  # logits reach the sampler as fp32
+    torch.testing.assert_close(lowp[1][0][0], exact[1][0][0], atol=0.05, rtol=0)
+    full = run_engine(bf16.model, [prompt], cfg, use_cache=False)
+    assert full[0] == lowp[0]
+    assert bf16.generate("wine review", max_new_tokens=5, seed=0)[0].token_ids
+
+
 def test_ragged_batch_equals_each_prompt_alone(lm):
     prompts = [lm.encode(p) for p in ["wine review", "wine review : us : california : pinot noir", "wine review : italy :"]]
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=10)

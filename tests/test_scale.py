@@ -125,9 +125,9 @@ def test_tiny_ladder_end_to_end_then_resume(corpus_file, tmp_path, monkeypatch, 
     calls = []
     real_train = trainer.train
 
-    def counting_train(cfg, corpus=None):
+    def counting_train(cfg, corpus=None, **kwargs):
         calls.append((Path(cfg.train.out).name, cfg.train.resume))
-        return real_train(cfg, corpus)
+        return real_train(cfg, corpus, **kwargs)
 
     monkeypatch.setattr(trainer, "train", counting_train)
     assert main(tiny_args(corpus_file, out, "--data-sizes", "600", "1200", "2400", "--data-model-size", "16")) == 0

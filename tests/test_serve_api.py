@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
@@ -418,3 +419,19 @@ def test_serve_help_and_bad_folder(capsys):
         assert flag in out
     assert main(["serve", "--models", "/nonexistent/models", "--port", "0"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--models", "/nonexistent/models", "--dtype", "fp8"]) == 2
+    assert "--dtype" in capsys.readouterr().err
+    assert main(["serve", "--models", "/nonexistent/models", "--device", "cpu", "--dtype", "fp16"]) == 2
+    assert "fp16 is for GPUs" in capsys.readouterr().err
+
+
+def test_serve_bf16_weights(tmp_path):
+    """--dtype bf16: the registry loads the weights in bf16 and completions still come back."""
+    root = tmp_path / "models"
+    make_model(root / "wine")
+    app = create_app(str(root), ServeSettings(dtype="bf16", device="cpu"))
+    lm = app.state.registry.get("wine")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"model": "wine", "prompt": "wine review :", "max_tokens": 4, "seed": 1})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None

@@ -46,6 +46,8 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> N
     parser.add_argument("model", nargs="?" if optional else None, metavar="MODEL",
                         help="model folder (config.json, model.safetensors, tokenizer.json), e.g. runs/demo")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"),
+                        help="weights for inference: fp32 (default, exact probabilities) or bf16/fp16 (faster sampling)")
 
 
 def load_model(args: argparse.Namespace):
@@ -60,7 +62,7 @@ def load_model(args: argparse.Namespace):
             raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for but no CUDA GPU is available: use --device cpu")
-    return load(args.model, device=device)
+    return load(args.model, device=device, dtype=getattr(args, "dtype", None))
 
 
 @contextmanager

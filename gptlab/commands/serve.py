@@ -16,7 +16,7 @@ from ..errors import UserError
 FLAGS = {
     "--max-tokens": "max_tokens", "--max-prompt-chars": "max_prompt_chars", "--max-choices": "max_choices",
     "--max-explain-steps": "max_explain_steps", "--max-body-bytes": "max_body_bytes", "--workers": "workers",
-    "--queue": "queue", "--timeout": "timeout_s", "--max-loaded": "max_loaded", "--device": "device",
+    "--queue": "queue", "--timeout": "timeout_s", "--max-loaded": "max_loaded", "--device": "device", "--dtype": "dtype",
 }
 
 
@@ -41,7 +41,7 @@ def register(sub) -> None:
     defaults = ServeSettings()
     for flag, name in FLAGS.items():
         f = by_name[name]
-        kind = float if name == "timeout_s" else (str if name == "device" else int)
+        kind = float if name == "timeout_s" else (str if name in ("device", "dtype") else int)
         p.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name), help=f.metadata["help"])
     p.set_defaults(func=run)
 
@@ -76,6 +76,9 @@ def run(args) -> int:
     import torch
     if settings.device and settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {settings.device}: this torch sees no CUDA GPU; leave --device out to use the CPU")
+    on_gpu = (settings.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if settings.dtype == "fp16" and not on_gpu:
+        raise UserError("--dtype fp16 is for GPUs: on a CPU use --dtype bf16 (or leave it out for fp32)")
     app = create_app(args.models, settings)
     names = app.state.registry.names()
     if not names:

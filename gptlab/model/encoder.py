@@ -9,7 +9,6 @@ Shapes in names: B batch, T tokens, C model width, V vocabulary, K classes, H he
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .gpt import IGNORE_INDEX, token_nll
-from .layers import Block
+from .gpt import GPT, ModelOutput
 
 POOLINGS = ("mean", "cls")
 
@@ -45,14 +43,9 @@ def bert_base(vocab_size: int = 30522) -> ModelConfig:
 ENCODER_PRESETS = {"tiny": bert_tiny, "small": bert_small, "base": bert_base}
 
 
-@dataclass
-class EncoderOutput:
-    logits: torch.Tensor | None = None   # (B, T, V) masked-LM logits, when asked
-    loss: torch.Tensor | None = None     # mean NLL over the masked positions
-    nll_sum: torch.Tensor | None = None
-    n_tokens: int = 0
-    hidden: torch.Tensor | None = None   # (B, T, C) after the final norm
-    attn: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T, T), when asked
+# The encoder returns the GPT's output record: logits (B, T, V) when asked, loss / nll_sum /
+# n_tokens over the masked positions, hidden (B, T, C) after the final norm, attn per layer.
+EncoderOutput = ModelOutput
 
 
 @dataclass
@@ -63,65 +56,28 @@ class ClassifierOutput:
     attn: list[torch.Tensor] = field(default_factory=list)
 
 
-def _init_weights(module: nn.Module, n_layer: int) -> None:
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-    for name, p in module.named_parameters():
-        if name.endswith(("attn.out.weight", "mlp.down.weight")):
-            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
-
-
-class Encoder(nn.Module):
-    """Token + position embeddings, bidirectional blocks, final norm, masked-LM output layer."""
+class Encoder(GPT):
+    """The GPT's stack with bidirectional blocks; its output layer predicts masked tokens."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-        _init_weights(self, cfg.n_layer)
+        super().__init__(cfg, causal=False)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def new_cache(self, *args, **kwargs):
+        raise TypeError("an encoder sees the whole sentence at once: it has no incremental decoding cache")
 
     def encode(self, idx_BxT: torch.Tensor, key_mask_BxT: torch.Tensor | None = None,
                return_attn: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Contextual vectors (B, T, C) after the final norm; key_mask_BxT True on real tokens."""
-        T = idx_BxT.shape[1]
-        if T > self.cfg.context_length:
-            raise ValueError(f"sequence of {T} tokens exceeds context_length {self.cfg.context_length}")
-        x = self.tok_emb(idx_BxT) + self.pos_emb(torch.arange(T, device=idx_BxT.device))[None]
-        attn = []
-        for block in self.blocks:
-            x, a, _ = block(x, key_mask_BxS=key_mask_BxT, return_attn=return_attn)
-            if return_attn:
-                attn.append(a)
-        return self.ln_f(x), attn
+        out = super().forward(idx_BxT, key_mask_BxS=key_mask_BxT, return_attn=return_attn,
+                              return_hidden=True, return_logits=False)
+        return out.hidden, out.attn
 
     def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,
                 key_mask_BxT: torch.Tensor | None = None, return_attn: bool = False,
                 return_logits: bool | None = None) -> EncoderOutput:
         """targets_BxT: the original token at masked positions, IGNORE_INDEX everywhere else."""
-        h_BxTxC, attn = self.encode(idx_BxT, key_mask_BxT, return_attn)
-        out = EncoderOutput(hidden=h_BxTxC, attn=attn)
-        if targets_BxT is not None:
-            keep_BxT = targets_BxT != IGNORE_INDEX
-            out.n_tokens = int(keep_BxT.sum())
-            out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT])
-            out.loss = out.nll_sum / max(out.n_tokens, 1)
-            if not return_logits:
-                return out
-        out.logits = self.lm_head(h_BxTxC)
-        return out
+        return super().forward(idx_BxT, targets_BxT, key_mask_BxS=key_mask_BxT, return_attn=return_attn,
+                               return_logits=return_logits, return_hidden=True)
 
 
 def pool(h_BxTxC: torch.Tensor, key_mask_BxT: torch.Tensor | None, pooling: str) -> torch.Tensor:

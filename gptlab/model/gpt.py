@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from .config import ModelConfig
-from .layers import Block, KVCache
+from .layers import Block, KVCache, init_weights
 from .linear_ce import linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -38,31 +37,25 @@ def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Token + position embeddings, blocks, final norm, output layer over the vocabulary.
+
+    `causal=False` makes the same stack bidirectional: the encoder-only model (model/encoder.py)
+    is this class with that one change and a masked-LM objective.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, causal: bool = True):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.causal = causal
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, causal=causal) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init)
-        # GPT-2: scale the projections into the residual stream by depth so its variance stays put.
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.out.weight", "mlp.down.weight")):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+        init_weights(self, cfg.n_layer)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied weight is counted once
@@ -86,7 +79,7 @@ class GPT(nn.Module):
 
         targets_BxT: next-token ids, IGNORE_INDEX where no loss is wanted (padding). With targets,
         the output layer runs only on the counted rows (no compute on padding) and logits are not
-        returned unless return_logits=True.
+        returned unless return_logits=True; return_logits=False skips the output layer in any case.
         pos_BxT: position ids (default: 0.., or after the cache); left-padded batches pass their own.
         key_mask_BxS: True for real tokens among all keys (cached + new), for left-padded batches.
         last_only: compute logits for the last position only (generation).
@@ -125,6 +118,8 @@ class GPT(nn.Module):
                 out.loss = out.nll_sum / n_tokens.clamp(min=1)
             if not return_logits:
                 return out
+        if return_logits is False:  # only the hidden states (or attention) were wanted
+            return out
         if last_only:
             h_BxTxC = h_BxTxC[:, -1:]
         out.logits = self.lm_head(h_BxTxC)

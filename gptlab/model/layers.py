@@ -153,6 +153,21 @@ class Attention(nn.Module):
         return self.out(y_BxTxI), attn_BxHxTxS
 
 
+def init_weights(model: nn.Module, depth: int) -> None:
+    """GPT-2's initialisation, for every model family: weights N(0, 0.02), biases zero, and the
+    projections into the residual stream scaled by 1/sqrt(2 * depth), so that the stream's variance
+    does not grow with the number of blocks (`depth`: all blocks, encoder and decoder together)."""
+    def init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    model.apply(init)
+    for name, p in model.named_parameters():
+        if name.endswith(("attn.out.weight", "mlp.down.weight")):
+            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * depth))
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -16,7 +16,6 @@ Shapes in names: B batch, S source length, T target length, C model width, V voc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn as nn
 
 from .config import ModelConfig
 from .gpt import IGNORE_INDEX, token_nll
-from .layers import Block, KVCache
+from .layers import Block, KVCache, init_weights
 
 
 @dataclass
@@ -109,20 +108,7 @@ class Seq2Seq(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init)
-        depth = cfg.n_encoder_layer + cfg.n_decoder_layer
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.out.weight", "mlp.down.weight")):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * depth))
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+        init_weights(self, cfg.n_encoder_layer + cfg.n_decoder_layer)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -91,7 +91,7 @@ def create_app(models_dir, settings: ServeSettings | None = None) -> FastAPI:
         settings.validate()
     except ValueError as e:
         raise UserError(f"bad server setting: {e}") from None
-    registry = ModelRegistry(models_dir, device=settings.device, max_loaded=settings.max_loaded,
+    registry = ModelRegistry(models_dir, device=settings.device, dtype=settings.dtype, max_loaded=settings.max_loaded,
                              on_load=lambda lm: install_deadline_hook(lm.model))
     gate = Gate(settings.workers, settings.queue, settings.timeout_s)
 

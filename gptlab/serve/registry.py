@@ -34,7 +34,7 @@ class ModelBroken(Exception):
 
 
 class ModelRegistry:
-    def __init__(self, models_dir: str | os.PathLike, device: str | None = None, max_loaded: int = 8,
+    def __init__(self, models_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None, max_loaded: int = 8,
                  on_load: Callable[[LoadedModel], None] | None = None):
         root = Path(models_dir).expanduser()
         if not root.is_dir():
@@ -42,6 +42,7 @@ class ModelRegistry:
                             "pass the folder holding your trained models (e.g. --models runs/)")
         self.root = root.resolve()
         self.device = device
+        self.dtype = dtype
         self.max_loaded = max_loaded
         self.on_load = on_load
         self._cache: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
@@ -138,7 +139,7 @@ class ModelRegistry:
                 if hit and hit[0] == stamp:
                     return hit[1]
             try:
-                lm = load(p, device=self.device)
+                lm = load(p, device=self.device, dtype=self.dtype)
             except UserError as e:
                 raise ModelBroken(f"model {name!r} cannot be loaded: {e}") from None
             if self.on_load:

@@ -18,6 +18,7 @@ class ServeSettings:
     timeout_s: float = field(default=60.0, metadata={"help": "seconds a request may take, queue included; then 504"})
     max_loaded: int = field(default=8, metadata={"help": "models kept in memory (least recently used is dropped)"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if present, else cpu)"})
+    dtype: str | None = field(default=None, metadata={"help": "weights for inference: fp32 (default: exact probabilities), bf16 or fp16 (faster sampling)"})
 
     def validate(self) -> None:
         for f in fields(self):
@@ -27,9 +28,11 @@ class ServeSettings:
                     raise ValueError(f"timeout_s must be > 0 (got {v})")
             elif isinstance(v, int) and not isinstance(v, bool) and v < (0 if f.name == "queue" else 1):
                 raise ValueError(f"{f.name} must be >= {0 if f.name == 'queue' else 1} (got {v})")
+        if self.dtype not in (None, "fp32", "bf16", "fp16"):
+            raise ValueError(f"dtype must be fp32, bf16 or fp16 (got {self.dtype!r})")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
 
     def public(self) -> dict:
         """The limits a client may want to know (the page sizes its sliders with them)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "device"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("device", "dtype")}
