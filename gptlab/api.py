@@ -111,6 +111,17 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 
+def resolve_dtype(dtype: str | None, device: str) -> torch.dtype | None:
+    """The torch dtype for inference weights named `dtype` on `device` (None: keep the saved fp32)."""
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+    if DTYPES[dtype] == torch.float16 and torch.device(device).type == "cpu":
+        raise UserError("--dtype fp16 is for GPUs: on a CPU use --dtype bf16 (or leave it out for fp32)")
+    return DTYPES[dtype]
+
+
 def load(path: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json).
 
@@ -118,12 +129,9 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | None =
     should show), or bf16 / fp16 for faster sampling (half the bytes per token; logits and sampling
     stay fp32, but the logits carry the lower precision's rounding).
     """
-    if dtype is not None and dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
     dev = device or default_device()
-    if dtype in ("fp16", "float16") and torch.device(dev).type == "cpu":
-        raise UserError("fp16 inference is for GPUs: on a CPU use --dtype bf16 (or fp32)")
+    torch_dtype = resolve_dtype(dtype, dev)
     model, tok, cfg = load_checkpoint(path, dev)
-    if dtype is not None:
-        model = model.to(DTYPES[dtype])
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
     return LoadedModel(model, tok, cfg, Path(path))

@@ -76,9 +76,8 @@ def run(args) -> int:
     import torch
     if settings.device and settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {settings.device}: this torch sees no CUDA GPU; leave --device out to use the CPU")
-    on_gpu = (settings.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if settings.dtype == "fp16" and not on_gpu:
-        raise UserError("--dtype fp16 is for GPUs: on a CPU use --dtype bf16 (or leave it out for fp32)")
+    from ..api import default_device, resolve_dtype
+    resolve_dtype(settings.dtype, settings.device or default_device())  # at start-up, not at the first request
     app = create_app(args.models, settings)
     names = app.state.registry.names()
     if not names:

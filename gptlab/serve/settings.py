@@ -28,7 +28,8 @@ class ServeSettings:
                     raise ValueError(f"timeout_s must be > 0 (got {v})")
             elif isinstance(v, int) and not isinstance(v, bool) and v < (0 if f.name == "queue" else 1):
                 raise ValueError(f"{f.name} must be >= {0 if f.name == 'queue' else 1} (got {v})")
-        if self.dtype not in (None, "fp32", "bf16", "fp16"):
+        from ..api import DTYPES
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be fp32, bf16 or fp16 (got {self.dtype!r})")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
