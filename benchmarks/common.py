@@ -200,10 +200,17 @@ class Quality:
     distinct2_real: float   # of as many real validation reviews
     samples: list[str]
     invalid: list[str]      # the samples that broke the template
+    template_ok_first: float = float("nan")  # the same share over the first `first` samples only
+    first: int = 0
 
 
-def quality_report(next_probs, sample_fn, data: WineData, n: int = 200, seed: int = 0) -> Quality:
-    """`next_probs(ids) -> np.ndarray (V,)`, `sample_fn(n, seed) -> list[str]` (texts after the prompt)."""
+def quality_report(next_probs, sample_fn, data: WineData, n: int = 200, seed: int = 0, first: int = 200) -> Quality:
+    """`next_probs(ids) -> np.ndarray (V,)`, `sample_fn(n, seed) -> list[str]` (texts after the prompt).
+
+    With n > first, the template share is also given over the first `first` samples: the same
+    samples a run with n = first draws (the samplers draw in fixed batches from one seeded
+    generator), so a larger n narrows the estimate without changing the headline figure's samples.
+    """
     tok = data.tok
     prompt = "wine review : germany :"
     p = next_probs(tok.encode(prompt))
@@ -211,11 +218,16 @@ def quality_report(next_probs, sample_fn, data: WineData, n: int = 200, seed: in
     firsts = {tok.encode(prov)[0] for prov in data.provinces.get("germany", ())}
     german = float(sum(p[i] for i in firsts if i != tok.unk_id))
     samples = ["wine review : " + s.strip() for s in sample_fn(n, seed)]
-    invalid = [s for s in samples if not template_valid(s, data.provinces, data.varieties)]
+    valid = [template_valid(s, data.provinces, data.varieties) for s in samples]
+    invalid = [s for s, v in zip(samples, valid) if not v]
     ok = 1 - len(invalid) / max(len(samples), 1)
+    first = min(first, len(samples))
+    ok_first = sum(valid[:first]) / max(first, 1)
     rng = np.random.default_rng(seed)
-    real = [data.val_recs[i].strip() for i in rng.choice(len(data.val_recs), min(n, len(data.val_recs)), replace=False)]
-    return Quality(ok, german, distinct_n(samples, 2), distinct_n(real, 2), samples, invalid)
+    # distinct-n depends on how many texts: both sides over `first` texts.
+    real = [data.val_recs[i].strip() for i in rng.choice(len(data.val_recs), min(first, len(data.val_recs)), replace=False)]
+    return Quality(ok, german, distinct_n(samples[:first], 2), distinct_n(real, 2), samples, invalid,
+                   ok_first, first)
 
 
 def gptlab_sampler(model, tok: Tokenizer, prompt: str = "wine review :", temperature: float = 1.0, batch: int = 50):
@@ -295,7 +307,8 @@ def keras_next_probs(model):
 
 
 def fmt_quality(q: Quality) -> str:
-    return (f"template kept (known country, its province, known variety): {100 * q.template_ok:.1f}% of {len(q.samples)}; "
+    more = (f" ({100 * q.template_ok_first:.1f}% of the first {q.first})" if len(q.samples) > q.first else "")
+    return (f"template kept (known country, its province, known variety): {100 * q.template_ok:.1f}% of {len(q.samples)}{more}; "
             f"P(German province | 'wine review : germany :') {100 * q.germany_mass:.1f}%; "
             f"distinct-2 {q.distinct2:.3f} (real reviews {q.distinct2_real:.3f})")
 

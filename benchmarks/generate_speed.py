@@ -3,26 +3,29 @@
 The course notebook's model (`book` preset: 1 post-LN block, 2 heads of 256, vocab 10,000, context 80)
 with random weights samples 80-token texts (a 4-token prompt + 76 new tokens) at batch 1 and 32:
 
-- gptlab:      `gptlab.generate.generate_steps`, KV cache, output layer on the last position only.
+- gptlab:      `gptlab.generate.generate_steps`, KV cache, output layer on the last position only;
+               one column per weight format (--dtypes): fp32, bf16, and int8 (fp32 with an int8
+               output layer, model/quant.py).
 - recompute:   the notebook's loop in PyTorch: re-run the whole model on the growing text every
                step, logits for every position (as Keras' `model.predict` returns them), same sampler.
 - transformers: `GPT2LMHeadModel.generate(do_sample=True, use_cache=True)` on a GPT-2 of the same
                size (1 layer, d_model 256, 2 heads, d_ff 256, vocab 10,000, context 80); skipped
                with a message when `transformers` is not installed.
-- forward only: the same cached forward passes with no sampling at all: the ceiling for any
-               sampler on gptlab's model code, to show what the generation loop itself costs.
+- forward only: the same cached forward passes (fp32) with no sampling at all: the ceiling for
+               any sampler on gptlab's fp32 model code, to show what the generation loop itself costs.
 
 Each figure is the median of --repeats runs, in new tokens per second (batch x new tokens / time);
 ratios are against the recompute baseline measured in the same run. Last, the cost of an
 explanation (`LoadedModel.explain`: attention and top candidates captured at every step) against
 plain generation (`LoadedModel.generate`) of the same tokens.
 
-    python benchmarks/generate_speed.py [--repeats 7] [--batches 1 32] [--threads N] [--clock wall|cpu]
+    python benchmarks/generate_speed.py [--repeats 7] [--batches 1 32] [--dtypes fp32 bf16 int8] [--threads N] [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gptlab.api import LoadedModel  # noqa: E402
 from gptlab.generate import generate_steps  # noqa: E402
 from gptlab.model import GPT, book  # noqa: E402
+from gptlab.model.quant import quantize_output_layer  # noqa: E402
 from gptlab.sampling import SamplingConfig, make_generator, sample  # noqa: E402
 from gptlab.tokenizer import Tokenizer  # noqa: E402
 
@@ -65,11 +69,12 @@ def run_gptlab(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
 @torch.inference_mode()
 def run_forward_only(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
     """The ceiling for any sampler on this model code: the cached forward passes alone."""
-    cache = model.new_cache(prompts_BxT.shape[0])
+    B, T = prompts_BxT.shape
+    cache = model.new_cache(B)
     model(prompts_BxT, cache=cache, last_only=True)
-    tokens_Bx1 = prompts_BxT[:, -1:]
-    for _ in range(new_tokens - 1):
-        model(tokens_Bx1, cache=cache, last_only=True)
+    tokens_B = prompts_BxT[:, -1]
+    for i in range(new_tokens - 1):
+        model.decode(tokens_B, torch.full((B,), T + i), cache)
 
 
 @torch.inference_mode()
@@ -80,6 +85,14 @@ def run_recompute(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
         logits_BxTxV = model(ids_BxT).logits
         tokens_B, _ = sample(logits_BxTxV[:, -1], cfg, g)
         ids_BxT = torch.cat([ids_BxT, tokens_B[:, None]], dim=1)
+
+
+def as_dtype(model: GPT, dtype: str) -> GPT:
+    """A copy of `model` with its weights as `gptlab.load(..., dtype=)` would hold them."""
+    m = copy.deepcopy(model)
+    if dtype == "bf16":
+        return m.to(torch.bfloat16)
+    return quantize_output_layer(m) if dtype == "int8" else m
 
 
 def hf_model(seed: int = 0):
@@ -114,8 +127,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                    help="gptlab's weights (as `gptlab generate --dtype`); recompute uses the same model, transformers stays fp32")
+    ap.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16", "int8"], default=["fp32", "bf16", "int8"],
+                    help="gptlab's weights, one column each (as `gptlab generate --dtype`); the recompute "
+                         "baseline, transformers and forward-only stay fp32")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time, with --threads 1 a fairer figure on a machine shared "
                          "with other jobs (wall time there measures the queue, not the code)")
@@ -128,20 +142,24 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = GPT(book(VOCAB)).eval().to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    model = GPT(book(VOCAB)).eval()
+    variants = {d: as_dtype(model, d) for d in args.dtypes}  # the same weights in each format
     hf, hf_note = hf_model()
-    print(f"book preset, random weights, {args.dtype}: {model.num_params():,} parameters; prompt {PROMPT_LEN} + {args.new_tokens} new tokens")
+    print(f"book preset, random weights: {model.num_params():,} parameters; prompt {PROMPT_LEN} + {args.new_tokens} new tokens")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; {hf_note}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"median of {args.repeats} runs, new tokens per second, {args.clock} clock; "
+    print(f"median of {args.repeats} runs, new tokens per second (x: against recompute), {args.clock} clock; "
           f"load average {load:.1f} on {os.cpu_count()} CPUs at start\n")
-    print(f"{'batch':>5}  {'recompute':>10}  {'gptlab':>10}  {'x':>6}  {'transformers':>12}  {'x':>6}  {'forward only':>12}  {'x':>6}")
+    header = f"{'batch':>5}  {'recompute':>10}" + "".join(f"  {'gptlab ' + d:>12}  {'x':>6}" for d in variants)
+    print(header + f"  {'transformers':>12}  {'x':>6}  {'forward only':>12}  {'x':>6}")
     for B in args.batches:
         prompts = torch.randint(3, VOCAB, (B, PROMPT_LEN), generator=torch.Generator().manual_seed(B))
         n = B * args.new_tokens
         base = n / median_time(lambda: run_recompute(model, prompts, args.new_tokens), args.repeats)
-        ours = n / median_time(lambda: run_gptlab(model, prompts, args.new_tokens), args.repeats)
-        row = f"{B:>5}  {base:>10,.0f}  {ours:>10,.0f}  {ours / base:>5.1f}x"
+        row = f"{B:>5}  {base:>10,.0f}"
+        for m in variants.values():
+            ours = n / median_time(lambda: run_gptlab(m, prompts, args.new_tokens), args.repeats)
+            row += f"  {ours:>12,.0f}  {ours / base:>5.1f}x"
         if hf is not None:
             theirs = n / median_time(lambda: run_hf(hf, prompts, args.new_tokens), args.repeats)
             row += f"  {theirs:>12,.0f}  {theirs / base:>5.1f}x"

@@ -120,7 +120,7 @@ def run_gptlab(args, data, target: float | None) -> dict:
     res = trainer.train(cfg, data.corpus, on_eval=on_eval)
     hist = [h for h in res.history if "val_loss" in h]
     model, lm_tok = _load(out)
-    q = quality_report(gptlab_next_probs(model), gptlab_sampler(model, lm_tok), data)
+    q = quality_report(gptlab_next_probs(model), gptlab_sampler(model, lm_tok), data, n=args.quality_samples)
     print("gptlab quality: " + fmt_quality(q), flush=True)
     steps = [h for h in res.history if "loss" in h]
     return {"settings": {"preset": args.preset, "n_layer": cfg.model.n_layer, "epochs": args.epochs,
@@ -133,7 +133,8 @@ def run_gptlab(args, data, target: float | None) -> dict:
             "reached": reached, "log": hist,
             "quality": {"template_ok": q.template_ok, "germany_mass": q.germany_mass, "distinct2": q.distinct2,
                         "distinct2_real": q.distinct2_real, "samples": q.samples[:5],
-                        "invalid": q.invalid[:20]},
+                        "invalid": q.invalid[:20], "n_samples": len(q.samples),
+                        "template_ok_first": q.template_ok_first, "first": q.first},
             "torch": torch.__version__}
 
 
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
                    help="any other setting, e.g. --set model.n_layer=2 --set train.min_lr=1e-4")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both frameworks (0 = their default)")
     p.add_argument("--json", default="", help="write the results here")
+    p.add_argument("--quality-samples", type=int, default=200,
+                   help="gptlab samples for the template share (the target's figure is over the first 200)")
     args = p.parse_args(argv)
     if args.quick:
         args.max_records = args.max_records or 6000

@@ -19,7 +19,7 @@ from .data import DataConfig, load_corpus, normalize_text, split_records
 from .errors import UserError
 from .model import IGNORE_INDEX, ModelConfig
 from .model.encoder import ENCODER_PRESETS, POOLINGS, Classifier, Encoder
-from .seq2seq import check_out_dir, fit, pad_batch
+from .seq2seq import LoopConfig, check_out_dir, fit, pad_batch
 from .tokenizer import SPECIALS, Tokenizer
 
 CLS, MASK = "[CLS]", "[MASK]"
@@ -81,6 +81,20 @@ def mask_tokens(ids_BxT: torch.Tensor, *, n_special: int, mask_id: int, vocab_si
     return inputs, targets
 
 
+def hide_words(ids_BxT: torch.Tensor, p: float, *, first_word: int, mask_id: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each word token (never a special or padding) replaced by [MASK] with probability p.
+
+    Fine-tuning on a few thousand labelled rows, a classifier soon keys on a handful of words per
+    class and stops improving on unseen rows; hiding words at random makes it use the rest of the
+    sentence too (the inputs also look like the masked-LM pretraining's).
+    """
+    if p <= 0:
+        return ids_BxT
+    hide_BxT = (torch.rand(ids_BxT.shape, generator=generator) < p).to(ids_BxT.device) & (ids_BxT >= first_word)
+    return ids_BxT.masked_fill(hide_BxT, mask_id)
+
+
 # -- data -----------------------------------------------------------------------------------------
 def corpus_texts(dcfg: DataConfig, text_field: str = ""):
     """(corpus, texts): the corpus's documents, or one column of it (`text_field`) as documents."""
@@ -129,46 +143,19 @@ def labelled_rows(dcfg: DataConfig, label: str, text_field: str = "description",
 
 # -- training (shared by both) --------------------------------------------------------------------
 @dataclass
-class EncoderTrainConfig:
+class EncoderTrainConfig(LoopConfig):
     out: str = field(default="runs/encoder", metadata={"help": "output folder for the model"})
     preset: str = field(default="small", metadata={"help": f"model preset: {', '.join(ENCODER_PRESETS)}"})
     text_field: str = field(default="", metadata={"help": "train on this column of a table (e.g. description); '' = the corpus's documents"})
-    tokenizer: str = field(default="word", metadata={"help": "word or bpe"})
-    vocab_size: int = field(default=10000, metadata={"help": "vocabulary cap"})
     mask_prob: float = field(default=0.15, metadata={"help": "fraction of word tokens selected for prediction (80% [MASK], 10% random, 10% kept)"})
-    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
-    time_budget: float = field(default=0.0, metadata={"help": "stop after this many seconds (0 = no limit); the LR schedule is planned for the budget"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per step"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw or adam"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine"})
-    warmup_steps: int = field(default=200, metadata={"help": "linear warmup steps"})
-    schedule: str = field(default="cosine", metadata={"help": "cosine or constant"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
-    beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
-    beta2: float = field(default=0.98, metadata={"help": "Adam beta2"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
-    eval_interval: int = field(default=500, metadata={"help": "steps between validation losses (0 = only at the end)"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or auto"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default)"})
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batch order, masking and dropout"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a model already in --out"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:
-        if self.steps < 1 and self.time_budget <= 0:
-            raise UserError(f"--steps must be >= 1 (got {self.steps})")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        super().validate()
         if self.preset not in ENCODER_PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(ENCODER_PRESETS)}")
         if not 0.0 < self.mask_prob < 1.0:
             raise UserError(f"--mask-prob must be in (0, 1) (got {self.mask_prob})")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -185,8 +172,11 @@ class ClassifyConfig(EncoderTrainConfig):
     min_lr: float = field(default=1e-5, metadata={"help": "learning rate at the end of the cosine"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
     dev_fraction: float = field(default=0.1, metadata={"help": "training rows held out to pick the best step by accuracy (early stopping; evaluated every --eval-interval steps); 0 = keep the last step"})
+    word_dropout: float = field(default=0.2, metadata={"help": "fraction of the words of each training batch hidden as [MASK]: a regularizer for small labelled sets (0 = off)"})
 
     def validate(self) -> None:
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise UserError(f"--word-dropout must be in [0, 1) (got {self.word_dropout})")
         if not 0.0 <= self.dev_fraction < 0.5:
             raise UserError(f"--dev-fraction must be in [0, 0.5) (got {self.dev_fraction})")
         if self.steps < 0 or (self.steps == 0 and self.epochs <= 0 and self.time_budget <= 0):
@@ -379,9 +369,13 @@ def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: Model
     bs = min(t.batch_size, len(tr_seqs))
     batches = _length_batches(np.array([len(s) for s in tr_seqs]), bs, rng)
 
+    first_word, mask_id = n_special(tok), tok.token_to_id(MASK)
+    hide_rng = torch.Generator().manual_seed(t.seed)
+
     def loss_of(step: int) -> torch.Tensor:
         rows = next(batches)
         ids, key_mask = pad_batch([tr_seqs[i] for i in rows], tok.pad_id)
+        ids = hide_words(ids, t.word_dropout, first_word=first_word, mask_id=mask_id, generator=hide_rng)
         with autocast(device, amp):
             return model(ids.to(device), tr_y[rows].to(device), key_mask_BxT=key_mask.to(device)).loss
 

@@ -111,20 +111,26 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
     for i in range(cfg.max_new_tokens):
         with torch.inference_mode():
             context = [h[-C:] for h in hist] if capture else None
+            attn = None
             if i < cache_steps:  # ids_BxT: the prompts, then the last new tokens (set at the end of the step)
-                out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,
-                            key_mask_BxS=None if key_mask_BxS is None else key_mask_BxS[:, :L_max + i])
+                step_mask_BxS = None if key_mask_BxS is None else key_mask_BxS[:, :L_max + i]
+                if i > 0 and not capture:  # one token per row: the lean decoding path
+                    logits_BxV = model.decode(ids_BxT[:, 0], pos_BxT[:, 0], cache, step_mask_BxS).float()
+                else:
+                    out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,
+                                key_mask_BxS=step_mask_BxS)
+                    logits_BxV, attn = out.logits[:, -1].float(), out.attn
             else:
                 window_ids, window_pos, window_mask = _left_pad([h[-C:] for h in hist], pad_id, device)
                 out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True,
                             return_attn=capture)
-            logits_BxV = out.logits[:, -1].float()
+                logits_BxV, attn = out.logits[:, -1].float(), out.attn
             tokens_B, probs_BxV = sample(logits_BxV, cfg, generator, seen_BxV)
             if any(done):
                 tokens_B = tokens_B.masked_fill(torch.tensor(done, device=device), pad_id)
             if seen_BxV is not None:
                 seen_BxV[arange_B, tokens_B] = True
-            attn = [a[:, :, -1] for a in out.attn] if capture else None
+            attn = [a[:, :, -1] for a in attn] if capture else None
             if i + 1 < cache_steps:
                 ids_BxT, pos_BxT = tokens_B[:, None], next_pos_BxN[:, i + 1:i + 2]
 

@@ -347,21 +347,14 @@ def evaluate_translation(model: Seq2Seq, tok: Tokenizer, pairs: list[tuple[str, 
 
 # -- training --------------------------------------------------------------------------------------
 @dataclass
-class Seq2SeqTrainConfig:
-    data: str = field(default="numbers", metadata={"help": "'numbers' (built-in English -> Spanish number words) or a TSV pairs file (source<TAB>target, e.g. Tatoeba spa-eng.txt)"})
-    out: str = field(default="runs/seq2seq", metadata={"help": "output folder for the model"})
-    preset: str = field(default="small", metadata={"help": f"model preset: {', '.join(SEQ2SEQ_PRESETS)}"})
-    reverse: bool = field(default=False, metadata={"help": "translate column 2 -> column 1 instead"})
-    max_number: int = field(default=9999, metadata={"help": "numbers task: numbers 0..N"})
-    max_pairs: int = field(default=0, metadata={"help": "pairs file: read only the first N pairs (0 = all)"})
-    val_fraction: float = field(default=0.1, metadata={"help": "pairs (or numbers) held out for validation"})
-    test_fraction: float = field(default=0.1, metadata={"help": "pairs (or numbers) held out for the final test"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split"})
-    tokenizer: str = field(default="word", metadata={"help": "word or bpe; one vocabulary for both languages"})
-    vocab_size: int = field(default=15000, metadata={"help": "vocabulary cap (shared by source and target)"})
-    steps: int = field(default=3000, metadata={"help": "optimizer steps"})
+class LoopConfig:
+    """The settings `fit` reads: the training loop shared by `gptlab seq2seq train` and `gptlab encoder
+    pretrain | classify`. Each family's config adds its data and model fields and may change a default."""
+    tokenizer: str = field(default="word", metadata={"help": "word or bpe"})
+    vocab_size: int = field(default=10000, metadata={"help": "vocabulary cap"})
+    steps: int = field(default=2000, metadata={"help": "optimizer steps"})
     time_budget: float = field(default=0.0, metadata={"help": "stop after this many seconds (0 = no limit); the LR schedule is planned for the budget"})
-    batch_size: int = field(default=64, metadata={"help": "pairs per step"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per step"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adam"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine"})
@@ -370,10 +363,9 @@ class Seq2SeqTrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (matrices only)"})
     beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.98, metadata={"help": "Adam beta2 (Vaswani: 0.98)"})
-    adam_eps: float = field(default=1e-9, metadata={"help": "Adam epsilon (Vaswani: 1e-9)"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
     eval_interval: int = field(default=500, metadata={"help": "steps between validation losses (0 = only at the end)"})
-    eval_pairs: int = field(default=500, metadata={"help": "validation pairs translated for exact match at the end"})
     precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or auto (bf16 where the hardware is fast at it)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = torch's default)"})
@@ -386,14 +378,37 @@ class Seq2SeqTrainConfig:
             raise UserError(f"--steps must be >= 1 (got {self.steps})")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1 (got {self.batch_size})")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Seq2SeqTrainConfig(LoopConfig):
+    data: str = field(default="numbers", metadata={"help": "'numbers' (built-in English -> Spanish number words) or a TSV pairs file (source<TAB>target, e.g. Tatoeba spa-eng.txt)"})
+    out: str = field(default="runs/seq2seq", metadata={"help": "output folder for the model"})
+    preset: str = field(default="small", metadata={"help": f"model preset: {', '.join(SEQ2SEQ_PRESETS)}"})
+    reverse: bool = field(default=False, metadata={"help": "translate column 2 -> column 1 instead"})
+    max_number: int = field(default=9999, metadata={"help": "numbers task: numbers 0..N"})
+    max_pairs: int = field(default=0, metadata={"help": "pairs file: read only the first N pairs (0 = all)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "pairs (or numbers) held out for validation"})
+    test_fraction: float = field(default=0.1, metadata={"help": "pairs (or numbers) held out for the final test"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the train/val/test split"})
+    eval_pairs: int = field(default=500, metadata={"help": "validation pairs translated for exact match at the end"})
+    # Defaults that differ from the loop's: one vocabulary for both languages; Vaswani's epsilon.
+    tokenizer: str = field(default="word", metadata={"help": "word or bpe; one vocabulary for both languages"})
+    vocab_size: int = field(default=15000, metadata={"help": "vocabulary cap (shared by source and target)"})
+    steps: int = field(default=3000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per step"})
+    adam_eps: float = field(default=1e-9, metadata={"help": "Adam epsilon (Vaswani: 1e-9)"})
+
+    def validate(self) -> None:
+        super().validate()
         if self.preset not in SEQ2SEQ_PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(SEQ2SEQ_PRESETS)}")
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 0.5:
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 0.5) (got {getattr(self, name)})")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass

@@ -76,6 +76,20 @@ def test_masking_proportions():
     assert (inputs[randomised] >= ns).all(), "random replacements are words, never specials"
 
 
+def test_word_dropout_hides_only_words_in_proportion():
+    ns, mask_id = 5, 4
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(ns, 1000, (300, 400), generator=g)
+    ids[:, :1], ids[:, -30:] = 3, 0                # [CLS] and padding
+    out = enc.hide_words(ids, 0.1, first_word=ns, mask_id=mask_id, generator=g)
+    words = ids >= ns
+    assert (out[~words] == ids[~words]).all(), "specials and padding stay"
+    changed = out != ids
+    assert (out[changed] == mask_id).all()
+    assert abs(int(changed.sum()) / int(words.sum()) - 0.1) < 0.005
+    assert enc.hide_words(ids, 0.0, first_word=ns, mask_id=mask_id) is ids
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "mlm"
@@ -185,6 +199,9 @@ def test_label_column_absent_is_one_line_error(tmp_path, capsys):
     rc = main(["encoder", "classify", "--data", str(txt), "--text-field", "", "--label", "x", "--out", str(out),
                "--steps", "1", "--preset", "tiny", "--no-progress"])
     _one_line_error(capsys, rc, "no columns")
+    rc = main(["encoder", "classify", "--builtin-size", "50", "--out", str(out), "--steps", "1",
+               "--preset", "tiny", "--no-progress", "--word-dropout", "1"])
+    _one_line_error(capsys, rc, "--word-dropout must be in [0, 1)")
 
 
 def test_wrong_model_kind_is_one_line_error(tmp_path, capsys):

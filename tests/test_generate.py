@@ -86,6 +86,40 @@ def test_bf16_inference_stays_close_to_fp32_and_cache_still_equals_recompute(lm,
     assert bf16.generate("wine review", max_new_tokens=5, seed=0)[0].token_ids
 
 
+def test_int8_output_layer_keeps_the_distribution_and_cache_still_equals_recompute(tmp_path):
+    """`load(..., dtype="int8")`: fp32 model, int8 output layer; next-token distributions stay close."""
+    from gptlab.api import load
+    from gptlab.model.quant import Int8Linear
+    lm = tiny_model()
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(100)  # logits of several units, so the int8 rounding shows
+    save_model(tmp_path / "m", lm.model, lm.tokenizer, lm.config)
+    fp32, int8 = load(tmp_path / "m", device="cpu"), load(tmp_path / "m", device="cpu", dtype="int8")
+    assert isinstance(int8.model.lm_head, Int8Linear) and int8.model.lm_head.weight_int8.dtype == torch.int8
+    assert int8.model.tok_emb.weight.dtype == torch.float32  # the tied embedding keeps its fp32 copy
+    prompt = fp32.encode("wine review : germany : mosel")
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    exact, quant = run_engine(fp32.model, [prompt], cfg), run_engine(int8.model, [prompt], cfg)
+    a, b = exact[1][0][0], quant[1][0][0]
+    assert b.dtype == torch.float32 and a.abs().max() > 3
+    assert (a - b).abs().max() <= 0.03 * a.abs().max()
+    assert 0.5 * (a.softmax(-1) - b.softmax(-1)).abs().sum() < 0.02  # total variation
+    assert run_engine(int8.model, [prompt], cfg, use_cache=False)[0] == quant[0]
+
+
+def test_int8_linear_matches_linear_and_refuses_widths_the_kernel_gets_wrong():
+    from gptlab.model.quant import Int8Linear
+    torch.manual_seed(0)
+    for n_in, n_out in ((32, 7), (256, 1000), (48, 3)):
+        lin = torch.nn.Linear(n_in, n_out)
+        x = torch.randn(2, 5, n_in)
+        ref, got = lin(x), Int8Linear(lin)(x)
+        assert got.shape == ref.shape and got.dtype == torch.float32
+        assert (got - ref).abs().max() <= 0.03 * ref.abs().max()
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Int8Linear(torch.nn.Linear(24, 8))  # torch's kernel returns garbage for this width
+
+
 def test_ragged_batch_equals_each_prompt_alone(lm):
     prompts = [lm.encode(p) for p in ["wine review", "wine review : us : california : pinot noir", "wine review : italy :"]]
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=10)

@@ -49,6 +49,32 @@ def test_kv_cache_matches_full_recompute():
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [book, tiny])
+def test_decode_step_equals_forward_with_cache_and_full_recompute(make):
+    """GPT.decode (the lean one-token path) == forward with the cache == no cache, on a
+    left-padded batch (key mask + positions), for post-LN/ReLU (book) and pre-LN/GELU (tiny)."""
+    torch.manual_seed(0)
+    cfg = make(vocab_size=40)
+    cfg.context_length = 24
+    m = GPT(cfg).eval()
+    idx = torch.randint(3, 40, (2, 16))
+    idx[0, :3] = 0                                   # row 0 is left-padded by 3
+    key_mask = torch.ones(2, 16, dtype=torch.bool)
+    key_mask[0, :3] = False
+    pos = torch.arange(16).repeat(2, 1)
+    pos[0] = (pos[0] - 3).clamp(min=0)
+    full = m(idx, pos_BxT=pos, key_mask_BxS=key_mask).logits
+    fwd_cache, dec_cache = m.new_cache(2), m.new_cache(2)
+    m(idx[:, :6], pos_BxT=pos[:, :6], key_mask_BxS=key_mask[:, :6], cache=fwd_cache)
+    m(idx[:, :6], pos_BxT=pos[:, :6], key_mask_BxS=key_mask[:, :6], cache=dec_cache)
+    for t in range(6, 16):
+        a = m(idx[:, t:t + 1], pos_BxT=pos[:, t:t + 1], key_mask_BxS=key_mask[:, :t + 1], cache=fwd_cache).logits[:, 0]
+        b = m.decode(idx[:, t], pos[:, t], dec_cache, key_mask[:, :t + 1])
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b, full[:, t], atol=1e-5, rtol=0)
+    assert dec_cache.length == 16
+
+
 def test_attention_weights_are_causal_rows_summing_to_one():
     m = GPT(tiny(vocab_size=40)).eval()
     out = m(torch.randint(0, 40, (2, 9)), return_attn=True)

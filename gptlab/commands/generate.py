@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import MISSING, asdict, fields
 from typing import Iterator
 
+from ..dtypes import DTYPE_HELP, DTYPE_NAMES
 from ..errors import UserError
 from ..sampling import SamplingConfig
 
@@ -46,8 +47,7 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> N
     parser.add_argument("model", nargs="?" if optional else None, metavar="MODEL",
                         help="model folder (config.json, model.safetensors, tokenizer.json), e.g. runs/demo")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"),
-                        help="weights for inference: fp32 (default, exact probabilities) or bf16/fp16 (faster sampling)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help=DTYPE_HELP)
 
 
 def load_model(args: argparse.Namespace):

@@ -152,6 +152,18 @@ class Attention(nn.Module):
         y_BxTxI = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.out(y_BxTxI), attn_BxHxTxS
 
+    def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
+               key_mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention of one new position per row over the cache, on (B, C) rows: forward() for
+        T=1 with fewer operator calls. A decoding step at batch 1 pays per call, not per flop (see
+        GPT.decode). key_mask_BxS: as in forward, over all S = cached + 1 keys."""
+        B = x_BxC.shape[0]
+        q, k, v = self.qkv(x_BxC).view(B, 3, self.n_head, self.head_dim).unbind(1)  # (B, H, D) each
+        k_BxHxSxD, v_BxHxSxD = cache.update(layer, k[:, :, None], v[:, :, None])
+        mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
+        y_BxHx1xD = F.scaled_dot_product_attention(q[:, :, None], k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
+        return self.out(y_BxHx1xD.view(B, self.n_head * self.head_dim))
+
 
 def init_weights(model: nn.Module, depth: int) -> None:
     """GPT-2's initialisation, for every model family: weights N(0, 0.02), biases zero, and the
@@ -219,3 +231,12 @@ class Block(nn.Module):
                 layer=layer, return_attn=return_attn))
         x, _ = self._residual(x, self.ln_mlp, lambda h: (self.mlp(h), None))
         return x, self_attn, cross_attn
+
+    def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
+               key_mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
+        """forward() for one new position per row, on (B, C) rows (GPT.decode); self-attention only."""
+        if self.cross_attn is not None:
+            raise TypeError("Block.decode is for decoder-only blocks: a cross-attention block decodes through forward()")
+        x, _ = self._residual(x_BxC, self.ln_attn, lambda h: (self.attn.decode(h, cache, layer, key_mask_BxS), None))
+        x, _ = self._residual(x, self.ln_mlp, lambda h: (self.mlp(h), None))
+        return x

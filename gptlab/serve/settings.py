@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from ..dtypes import DTYPE_HELP, DTYPE_NAMES
+
 
 @dataclass
 class ServeSettings:
@@ -18,7 +20,7 @@ class ServeSettings:
     timeout_s: float = field(default=60.0, metadata={"help": "seconds a request may take, queue included; then 504"})
     max_loaded: int = field(default=8, metadata={"help": "models kept in memory (least recently used is dropped)"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if present, else cpu)"})
-    dtype: str | None = field(default=None, metadata={"help": "weights for inference: fp32 (default: exact probabilities), bf16 or fp16 (faster sampling)"})
+    dtype: str | None = field(default=None, metadata={"help": DTYPE_HELP})
 
     def validate(self) -> None:
         for f in fields(self):
@@ -28,9 +30,8 @@ class ServeSettings:
                     raise ValueError(f"timeout_s must be > 0 (got {v})")
             elif isinstance(v, int) and not isinstance(v, bool) and v < (0 if f.name == "queue" else 1):
                 raise ValueError(f"{f.name} must be >= {0 if f.name == 'queue' else 1} (got {v})")
-        from ..api import DTYPES
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be fp32, bf16 or fp16 (got {self.dtype!r})")
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)} (got {self.dtype!r})")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
 
