@@ -425,13 +425,18 @@ def test_serve_help_and_bad_folder(capsys):
     assert "fp16 is for GPUs" in capsys.readouterr().err
 
 
-def test_serve_bf16_weights(tmp_path):
-    """--dtype bf16: the registry loads the weights in bf16 and completions still come back."""
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_serve_low_precision_weights(tmp_path, dtype):
+    """--dtype bf16 / int8: the registry loads the weights that way and completions still come back."""
+    from gptlab.model.quant import Int8Linear
     root = tmp_path / "models"
     make_model(root / "wine")
-    app = create_app(str(root), ServeSettings(dtype="bf16", device="cpu"))
+    app = create_app(str(root), ServeSettings(dtype=dtype, device="cpu"))
     lm = app.state.registry.get("wine")
-    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    if dtype == "bf16":
+        assert next(lm.model.parameters()).dtype == torch.bfloat16
+    else:
+        assert isinstance(lm.model.lm_head, Int8Linear)
     with TestClient(app) as client:
         r = client.post("/v1/completions", json={"model": "wine", "prompt": "wine review :", "max_tokens": 4, "seed": 1})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
