@@ -19,8 +19,11 @@ def add_fields(parser: argparse.ArgumentParser, obj, title: str, dest_prefix: st
     default_none: keep None in the namespace so only flags typed override (model fields, where the
     preset `obj` supplies the rest; `shown` names where the shown default comes from).
     """
+    from gptlab.seq2seq import LoopConfig
     group = parser.add_argument_group(title)
-    for f in fields(obj):
+    # A family's own fields (--data, --out, ...) before the training-loop fields they share.
+    loop = {f.name for f in fields(LoopConfig)} if isinstance(obj, LoopConfig) else set()
+    for f in sorted(fields(obj), key=lambda f: f.name in loop):
         if f.name in skip:
             continue
         default = getattr(obj, f.name)
