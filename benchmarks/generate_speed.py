@@ -37,10 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptlab.api import LoadedModel  # noqa: E402
+from gptlab.api import LoadedModel, with_dtype  # noqa: E402
 from gptlab.generate import generate_steps  # noqa: E402
 from gptlab.model import GPT, book  # noqa: E402
-from gptlab.model.quant import quantize_output_layer  # noqa: E402
 from gptlab.sampling import SamplingConfig, make_generator, sample  # noqa: E402
 from gptlab.tokenizer import Tokenizer  # noqa: E402
 
@@ -89,10 +88,7 @@ def run_recompute(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
 
 def as_dtype(model: GPT, dtype: str) -> GPT:
     """A copy of `model` with its weights as `gptlab.load(..., dtype=)` would hold them."""
-    m = copy.deepcopy(model)
-    if dtype == "bf16":
-        return m.to(torch.bfloat16)
-    return quantize_output_layer(m) if dtype == "int8" else m
+    return with_dtype(copy.deepcopy(model), dtype)
 
 
 def hf_model(seed: int = 0):

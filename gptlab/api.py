@@ -130,6 +130,20 @@ def resolve_dtype(dtype: str | None, device: str) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
+def with_dtype(model: torch.nn.Module, dtype: str | None, device: str = "cpu") -> torch.nn.Module:
+    """`model` with its weights in the inference format `dtype` names (see `load`), for `device`;
+    a UserError when that device or model cannot take it. May convert in place; returns the model."""
+    torch_dtype = resolve_dtype(dtype, device)
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    if dtype == "int8":
+        try:
+            quantize_output_layer(model)
+        except ValueError as e:
+            raise UserError(f"--dtype int8: {e}: leave --dtype out") from None
+    return model
+
+
 def load(path: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json).
 
@@ -139,16 +153,6 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | None =
     output layer, the fastest way to sample one text at a time on a CPU (logits within ~1%).
     """
     dev = device or default_device()
-    torch_dtype = resolve_dtype(dtype, dev)
+    resolve_dtype(dtype, dev)  # a bad dtype fails before the checkpoint is read
     model, tok, cfg = load_checkpoint(path, dev)
-    if torch_dtype is not None:
-        model = model.to(torch_dtype)
-    if dtype == "int8":
-        if not isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
-            raise UserError(f"--dtype int8 is for GPT models; {path} is a {cfg.get('kind', 'other')!r} model: "
-                            "leave --dtype out")
-        try:
-            quantize_output_layer(model)
-        except ValueError as e:
-            raise UserError(f"--dtype int8: {e}: leave --dtype out") from None
-    return LoadedModel(model, tok, cfg, Path(path))
+    return LoadedModel(with_dtype(model, dtype, dev), tok, cfg, Path(path))

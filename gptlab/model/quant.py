@@ -33,7 +33,8 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         if linear.in_features % INT8_WIDTH_MULTIPLE:
-            raise ValueError(f"Int8Linear needs in_features divisible by {INT8_WIDTH_MULTIPLE} (got {linear.in_features})")
+            raise ValueError(f"it needs an input width (the model's d_model) divisible by {INT8_WIDTH_MULTIPLE} "
+                             f"(got {linear.in_features})")
         w_VxC = linear.weight.detach().float()
         # The kernel takes the scales in the input's dtype (bf16); rounding them is part of the ~1%.
         scale_V = (w_VxC.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.bfloat16).tiny)
@@ -59,9 +60,6 @@ def quantize_output_layer(model: nn.Module) -> nn.Module:
     """
     head = getattr(model, "lm_head", None)
     if not isinstance(head, nn.Linear):
-        raise ValueError("int8 needs a model with an nn.Linear output layer (lm_head)")
-    if head.in_features % INT8_WIDTH_MULTIPLE:
-        raise ValueError(f"int8 needs a model width (d_model) that is a multiple of {INT8_WIDTH_MULTIPLE} "
-                         f"(this model's is {head.in_features})")
+        raise ValueError("it is for GPT models, whose output layer covers the vocabulary; this model has none")
     model.lm_head = Int8Linear(head)
     return model
