@@ -78,7 +78,7 @@ class GPT(nn.Module):
 
         Sampling one text at a time, a step's arithmetic is tiny and its cost is the operators'
         calls; this path works on (B, C) rows and skips forward's general cases (targets,
-        attention capture, the output object): ~7% faster at batch 1 (benchmarks/generate_speed.py).
+        attention capture, the output object): 6-9% less time per token at batch 1 (benchmarks/RESULTS.md).
         key_mask_BxS: True for real tokens among all cache.length + 1 keys (left-padded batches).
         """
         x_BxC = self.tok_emb(idx_B) + self.pos_emb(pos_B)
