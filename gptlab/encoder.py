@@ -165,7 +165,7 @@ class ClassifyConfig(EncoderTrainConfig):
     label: str = field(default="variety", metadata={"help": "column to predict (variety, country, or any column of a CSV/JSONL)"})
     text_field: str = field(default="description", metadata={"help": "column to read the text from"})
     top: int = field(default=20, metadata={"help": "keep the N most common labels (0 = all)"})
-    pooling: str = field(default="mean", metadata={"help": "sentence vector: mean (over real tokens) or cls"})
+    pooling: str = field(default="mean", metadata={"help": "sentence vector: mean (over real tokens), cls, or meanmax (mean and per-feature max, concatenated)"})
     epochs: float = field(default=3.0, metadata={"help": "passes over the training rows (ignored when --steps > 0)"})
     steps: int = field(default=0, metadata={"help": "optimizer steps; 0 = from --epochs"})
     lr: float = field(default=3e-4, metadata={"help": "peak learning rate"})
@@ -183,8 +183,7 @@ class ClassifyConfig(EncoderTrainConfig):
             raise UserError("give --steps or --epochs > 0")
         if self.pooling not in POOLINGS:
             raise UserError(f"--pooling must be one of {', '.join(POOLINGS)} (got {self.pooling!r})")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        self.validate_loop()
         if not self.model and self.preset not in ENCODER_PRESETS:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(ENCODER_PRESETS)}")
 

@@ -114,7 +114,7 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
             attn = None
             if i < cache_steps:  # ids_BxT: the prompts, then the last new tokens (set at the end of the step)
                 step_mask_BxS = None if key_mask_BxS is None else key_mask_BxS[:, :L_max + i]
-                if i > 0 and not capture:  # one token per row: the lean decoding path
+                if i > 0 and not capture and not model.training:  # one token per row: the lean decoding path
                     logits_BxV = model.decode(ids_BxT[:, 0], pos_BxT[:, 0], cache, step_mask_BxS).float()
                 else:
                     out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,

@@ -41,15 +41,23 @@ def test_encoder_attention_is_bidirectional():
     assert (g > 0).all()
 
 
-def test_padding_does_not_change_real_tokens_or_mean_pooling():
+@pytest.mark.parametrize("pooling", ["mean", "meanmax"])
+def test_padding_does_not_change_real_tokens_or_pooling(pooling):
     torch.manual_seed(0)
-    model = Classifier(bert_tiny(60), n_classes=3, pooling="mean").eval()
+    model = Classifier(bert_tiny(60), n_classes=3, pooling=pooling).eval()
     x = torch.randint(5, 60, (1, 6))
     padded = torch.cat([x, torch.zeros(1, 4, dtype=torch.long)], 1)
     mask = torch.tensor([[True] * 6 + [False] * 4])
     a = model(x).logits
     b = model(padded, key_mask_BxT=mask).logits
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_meanmax_pooling_is_the_mean_and_the_max_over_real_tokens():
+    from gptlab.model.encoder import pool
+    h = torch.tensor([[[1.0, -2.0], [3.0, -4.0], [99.0, 99.0]]])  # (1, 3, 2); the last position is padding
+    out = pool(h, torch.tensor([[True, True, False]]), "meanmax")
+    assert out.tolist() == [[2.0, -3.0, 3.0, -2.0]]
 
 
 def test_masking_proportions():
@@ -212,17 +220,52 @@ def test_wrong_model_kind_is_one_line_error(tmp_path, capsys):
     _one_line_error(capsys, rc, "'gpt' model where 'classifier' is needed")
 
 
+def _loop(**kw):
+    from gptlab.seq2seq import LoopConfig
+    return LoopConfig(**{**dict(lr=1e-2, min_lr=1e-3, warmup_steps=0, weight_decay=0.0, beta2=0.99, grad_clip=0.0,
+                                eval_interval=5, progress=False), **kw})
+
+
+def test_fit_with_ema_keeps_the_average_of_the_trajectory_it_would_have_taken():
+    """--ema: training steps are unchanged (evaluation swaps the average in and back out), evaluation
+    sees the averaged weights, and the model ends as the moving average of the weights after each step."""
+    from gptlab.seq2seq import fit
+
+    def run(ema):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        x, y = torch.randn(64, 4), torch.randn(64, 1)
+        trail = [model.weight.detach().clone()]  # the weights before step 1, 2, ... (loss_of runs first)
+        seen = []
+
+        def loss_of(step):
+            if step:
+                trail.append(model.weight.detach().clone())
+            return ((model(x) - y) ** 2).mean()
+
+        fit(model, _loop(ema=ema), 20, loss_of, lambda: seen.append(model.weight.detach().clone()) or {},
+            "t", torch.device("cpu"))
+        return model.weight.detach().clone(), trail, seen
+
+    plain, trail_plain, _ = run(0.0)
+    averaged, trail, seen = run(0.9)
+    assert all(torch.equal(a, b) for a, b in zip(trail, trail_plain)) and len(trail) == 20
+    shadow = trail[0]
+    expected = []
+    for step, w in enumerate(trail[1:] + [plain], start=1):
+        shadow = torch.lerp(shadow, w, 1 - min(0.9, (1 + step) / (10 + step)))
+        expected.append(shadow)
+    assert torch.allclose(averaged, expected[-1], atol=1e-6) and not torch.allclose(averaged, plain, atol=1e-4)
+    assert torch.allclose(seen[0], expected[4], atol=1e-6)  # the evaluation after step 5 saw the average
+
+
 def test_fit_keeps_the_weights_of_the_best_evaluation():
     """Early stopping: with best_of, the model ends with the weights it had at its best evaluation."""
-    from types import SimpleNamespace
-
     from gptlab.seq2seq import fit
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     x, y = torch.randn(64, 4), torch.randn(64, 1)
-    t = SimpleNamespace(optimizer="adamw", lr=1e-2, min_lr=1e-3, warmup_steps=0, schedule="cosine",
-                        weight_decay=0.0, beta1=0.9, beta2=0.99, adam_eps=1e-8, grad_clip=0.0,
-                        eval_interval=5, time_budget=0.0, progress=False)
+    t = _loop(eval_interval=5)
     scores = iter([0.1, 0.9, 0.5, 0.3])  # evaluations at steps 5, 10, 15 and after the last step (20)
     snapshots = {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from gptlab.commands.seq2seq import FMT, add_fields, fill, read_texts
+from gptlab.commands.seq2seq import FMT, add_fields, add_use_flags, add_view_flags, fill, read_texts, show_trace
 
 
 def _data_fields(parser, skip=()):
@@ -52,10 +52,9 @@ def register(sub) -> None:
     cl.set_defaults(func=run_classify)
 
     pr = ss.add_parser("predict", help="label texts with a trained classifier", formatter_class=FMT)
-    pr.add_argument("text", nargs="*", help="texts to classify (default: one per line from stdin)")
-    pr.add_argument("--model", default="runs/classifier", help="classifier folder from `gptlab encoder classify`")
+    add_use_flags(pr, text_help="texts to classify", many=True, model="runs/classifier",
+                  model_help="classifier folder from `gptlab encoder classify`")
     pr.add_argument("--top", type=int, default=3, help="labels shown per text")
-    pr.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     pr.set_defaults(func=run_predict)
 
     ex = ss.add_parser("explain", help="show how one token ([CLS] by default) attends over the whole sentence",
@@ -63,16 +62,11 @@ def register(sub) -> None:
                        description="Bidirectional attention made visible: the chosen token's attention over every "
                                    "token, left and right. A classifier also shows its prediction; a masked-LM "
                                    "encoder fills each [MASK] in the text.")
-    ex.add_argument("text", help="the sentence")
-    ex.add_argument("--model", default="runs/classifier", help="encoder or classifier folder")
+    add_use_flags(ex, text_help="the sentence", many=False, model="runs/classifier",
+                  model_help="encoder or classifier folder")
     ex.add_argument("--token", default=None, help="position (0 = [CLS]) or word whose attention to show")
-    ex.add_argument("--layer", default="mean", help="layer (0.., -1 = last) or 'mean' over layers")
+    add_view_flags(ex, layer_help="layer (0.., -1 = last) or 'mean' over layers")
     ex.add_argument("--matrix", action="store_true", help="also print every token's attention as a heatmap")
-    ex.add_argument("--html", metavar="FILE", help="write an HTML view (highlight + full heatmap) here")
-    ex.add_argument("--json", metavar="FILE", help="write the trace (format gptlab-trace, version 1) here")
-    ex.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
-                    help="ANSI colours (default: when stdout is a terminal)")
-    ex.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     ex.set_defaults(func=run_explain)
 
 
@@ -129,11 +123,4 @@ def run_explain(args) -> int:
     # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.
     text = normalize_text(args.text).replace("[ mask ]", "[MASK]").strip()
     trace = explain_encoder(model, tok, text, focus=args.token, layer=args.layer, labels=labels)
-    print(trace.terminal(color=args.color, matrix=args.matrix))
-    if args.html:
-        trace.save_html(args.html)
-        print(f"wrote {args.html}")
-    if args.json:
-        trace.save_json(args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return show_trace(trace.terminal(color=args.color, matrix=args.matrix), trace, args)

@@ -46,6 +46,38 @@ def fill(obj, args: argparse.Namespace, prefix: str = ""):
     return obj
 
 
+# -- flags of the commands that use a trained model (translate/explain, predict/explain) ----------
+def add_use_flags(parser: argparse.ArgumentParser, *, text_help: str, many: bool, model: str, model_help: str) -> None:
+    """The text(s) to work on, --model and --device."""
+    if many:
+        parser.add_argument("text", nargs="*", help=f"{text_help} (default: one per line from stdin)")
+    else:
+        parser.add_argument("text", help=text_help)
+    parser.add_argument("--model", default=model, help=model_help)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+
+
+def add_view_flags(parser: argparse.ArgumentParser, *, layer_help: str) -> None:
+    """The explain commands' choice of layer and their outputs besides the terminal."""
+    parser.add_argument("--layer", default="mean", help=layer_help)
+    parser.add_argument("--html", metavar="FILE", help="write an HTML view here")
+    parser.add_argument("--json", metavar="FILE", help="write the trace (format gptlab-trace, version 1) here")
+    parser.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                        help="ANSI colours (default: when stdout is a terminal)")
+
+
+def show_trace(terminal: str, trace, args: argparse.Namespace) -> int:
+    """Print the terminal view, then write the --html / --json files asked for."""
+    print(terminal)
+    if args.html:
+        trace.save_html(args.html)
+        print(f"wrote {args.html}")
+    if args.json:
+        trace.save_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def read_texts(texts: list[str]) -> list[str]:
     """The texts given, or one per line from stdin when none are."""
     if texts:
@@ -80,26 +112,20 @@ def register(sub) -> None:
     tr.set_defaults(func=run_train)
 
     t = ss.add_parser("translate", help="translate text with a trained model", formatter_class=FMT)
-    t.add_argument("text", nargs="*", help="sentences to translate (default: one per line from stdin)")
-    t.add_argument("--model", default="runs/seq2seq", help="model folder from `gptlab seq2seq train`")
+    add_use_flags(t, text_help="sentences to translate", many=True, model="runs/seq2seq",
+                  model_help="model folder from `gptlab seq2seq train`")
     t.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     t.set_defaults(func=run_translate)
 
     e = ss.add_parser("explain", help="show which source words each generated word attended to", formatter_class=FMT,
                       description="Translate one sentence and show the decoder's cross-attention (rows: generated "
                                   "words, columns: source words) in the terminal, and optionally as an HTML heatmap "
                                   "and a gptlab-trace JSON file.")
-    e.add_argument("text", help="the sentence to translate")
-    e.add_argument("--model", default="runs/seq2seq", help="model folder from `gptlab seq2seq train`")
+    add_use_flags(e, text_help="the sentence to translate", many=False, model="runs/seq2seq",
+                  model_help="model folder from `gptlab seq2seq train`")
     e.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    e.add_argument("--layer", default="mean", help="decoder layer to show (0.., -1 = last) or 'mean' over layers")
-    e.add_argument("--html", metavar="FILE", help="write an HTML heatmap here")
-    e.add_argument("--json", metavar="FILE", help="write the trace (format gptlab-trace, version 1) here")
+    add_view_flags(e, layer_help="decoder layer to show (0.., -1 = last) or 'mean' over layers")
     e.add_argument("--values", action="store_true", help="print weights (x100) instead of shades")
-    e.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
-                   help="ANSI colours (default: when stdout is a terminal)")
-    e.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     e.set_defaults(func=run_explain)
 
 
@@ -140,12 +166,5 @@ def run_explain(args) -> int:
     from gptlab.seq2seq import load
     model, tok, _ = load(args.model, args.device)
     trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
-    print(trace.terminal(color=args.color, values=args.values))
-    if args.html:
-        trace.save_html(args.html)
-        print(f"wrote {args.html}")
-    if args.json:
-        trace.save_json(args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return show_trace(trace.terminal(color=args.color, values=args.values), trace, args)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .gpt import GPT, ModelOutput
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "meanmax")
 
 
 def bert_tiny(vocab_size: int = 1000) -> ModelConfig:
@@ -80,14 +80,26 @@ class Encoder(GPT):
                                return_logits=return_logits, return_hidden=True)
 
 
+def pooled_width(d_model: int, pooling: str) -> int:
+    return 2 * d_model if pooling == "meanmax" else d_model
+
+
 def pool(h_BxTxC: torch.Tensor, key_mask_BxT: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """One vector per sentence: the first ([CLS]) position, or the mean over real tokens."""
+    """One vector per sentence: the first ([CLS]) position, the mean over real tokens, or (meanmax)
+    that mean and each feature's maximum over real tokens side by side (B, 2C): a maximum keeps a
+    feature that fires on one telling word ("riesling") at full strength, where the mean dilutes it
+    by the sentence's length."""
     if pooling == "cls":
         return h_BxTxC[:, 0]
     if key_mask_BxT is None:
-        return h_BxTxC.mean(dim=1)
+        mean_BxC = h_BxTxC.mean(dim=1)
+        return torch.cat([mean_BxC, h_BxTxC.amax(dim=1)], dim=-1) if pooling == "meanmax" else mean_BxC
     w_BxTx1 = key_mask_BxT[..., None].to(h_BxTxC.dtype)
-    return (h_BxTxC * w_BxTx1).sum(dim=1) / w_BxTx1.sum(dim=1).clamp_min(1.0)
+    mean_BxC = (h_BxTxC * w_BxTx1).sum(dim=1) / w_BxTx1.sum(dim=1).clamp_min(1.0)
+    if pooling != "meanmax":
+        return mean_BxC
+    max_BxC = h_BxTxC.masked_fill(~key_mask_BxT[..., None].bool(), float("-inf")).amax(dim=1)
+    return torch.cat([mean_BxC, max_BxC], dim=-1)
 
 
 class Classifier(nn.Module):
@@ -102,7 +114,7 @@ class Classifier(nn.Module):
         self.encoder = Encoder(cfg)
         self.pooling = pooling
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.d_model, n_classes)
+        self.head = nn.Linear(pooled_width(cfg.d_model, pooling), n_classes)
         nn.init.normal_(self.head.weight, 0.0, 0.02)
         nn.init.zeros_(self.head.bias)
 
