@@ -80,15 +80,16 @@ def save_model(out_dir: str | os.PathLike, model: torch.nn.Module, tokenizer: To
     atomic_write_json(out / CONFIG, {"format_version": FORMAT_VERSION, **config})
 
 
-def read_config(model_dir: str | os.PathLike) -> dict:
+def read_config(model_dir: str | os.PathLike, make: str = "gptlab train") -> dict:
+    """The folder's config.json, checked; `make`: the command that writes such a folder (for the errors)."""
     d = Path(model_dir)
     if not d.exists():
-        raise UserError(f"model folder {d} does not exist: train one with `gptlab train --out {d}` or check the path")
+        raise UserError(f"model folder {d} does not exist: train one with `{make} --out {d}` or check the path")
     if not d.is_dir():
         raise UserError(f"{d} is a file, not a model folder: pass the folder holding config.json and model.safetensors")
     p = d / CONFIG
     if not p.exists():
-        raise UserError(f"{d} holds no {CONFIG}, so it is not a gptlab model folder: train one with `gptlab train --out {d}`")
+        raise UserError(f"{d} holds no {CONFIG}, so it is not a gptlab model folder: train one with `{make} --out {d}`")
     try:
         cfg = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -148,6 +148,7 @@ class EncoderTrainConfig(LoopConfig):
     preset: str = field(default="small", metadata={"help": f"model preset: {', '.join(ENCODER_PRESETS)}"})
     text_field: str = field(default="", metadata={"help": "train on this column of a table (e.g. description); '' = the corpus's documents"})
     mask_prob: float = field(default=0.15, metadata={"help": "fraction of word tokens selected for prediction (80% [MASK], 10% random, 10% kept)"})
+    init: str = field(default="", metadata={"help": "continue from this masked-LM encoder folder (its weights, shape and tokenizer): more pretraining, or adapting an encoder to a new corpus; '' = a new model from --preset"})
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batch order, masking and dropout"})
 
     def validate(self) -> None:
@@ -213,6 +214,15 @@ def _setup(t):
     return device, amp, autocast
 
 
+def warn_if_other_split(cfg: dict, dcfg: DataConfig) -> None:
+    """Say so when a saved encoder saw another corpus or split: its text may include our validation rows."""
+    seen = cfg.get("data", {})
+    if any(seen.get(k) != getattr(dcfg, k) for k in ("data", "seed", "val_fraction")):
+        import sys
+        print("gptlab encoder: warning: the encoder was pretrained with another --data/--data-seed/--val-fraction, "
+              "so some validation rows may have been pretraining text", file=sys.stderr)
+
+
 # -- masked-LM pretraining ------------------------------------------------------------------------
 @dataclass
 class EncoderResult:
@@ -252,9 +262,17 @@ def pretrain(t: EncoderTrainConfig, dcfg: DataConfig | None = None, model_cfg: M
         check_out_dir(Path(t.out), t.overwrite)
     corpus, texts = corpus_texts(dcfg, t.text_field)
     train_idx, val_idx = split_records(texts, dcfg.val_fraction, dcfg.seed)
-    tok = train_tokenizer([texts[i] for i in train_idx], t.tokenizer, t.vocab_size)
-    mcfg = model_cfg if model_cfg is not None else ENCODER_PRESETS[t.preset]()
-    mcfg.vocab_size = tok.vocab_size
+    start = None
+    if t.init:  # the encoder's own tokenizer and shape; its weights are loaded below
+        start, tok, init_cfg = load_encoder(t.init, "cpu", kinds=(KIND_ENCODER,))
+        mcfg = ModelConfig.from_dict(init_cfg["model"])
+        warn_if_other_split(init_cfg, dcfg)
+        metrics = {"init": t.init, "init_steps": init_cfg.get("metrics", {}).get("steps")}
+    else:
+        tok = train_tokenizer([texts[i] for i in train_idx], t.tokenizer, t.vocab_size)
+        mcfg = model_cfg if model_cfg is not None else ENCODER_PRESETS[t.preset]()
+        mcfg.vocab_size = tok.vocab_size
+        metrics = {}
     try:
         mcfg.validate()
     except ValueError as e:
@@ -263,7 +281,10 @@ def pretrain(t: EncoderTrainConfig, dcfg: DataConfig | None = None, model_cfg: M
     train_seqs = [seqs[i] for i in train_idx]
     val_seqs = [seqs[i] for i in val_idx]
     torch.manual_seed(t.seed)
-    model = Encoder(mcfg).to(device)
+    model = Encoder(mcfg)
+    if start is not None:
+        model.load_state_dict(start.state_dict())
+    model.to(device)
     rng = np.random.default_rng(t.seed)
     g = torch.Generator().manual_seed(t.seed)
     batches = _length_batches(np.array([len(s) for s in train_seqs]), min(t.batch_size, len(train_seqs)), rng)
@@ -279,6 +300,7 @@ def pretrain(t: EncoderTrainConfig, dcfg: DataConfig | None = None, model_cfg: M
     evaluate = (lambda: {"val_loss": mlm_loss(model, val_seqs, tok, device, amp, t.mask_prob)}) if val_seqs else None
     total = t.steps if t.steps > 0 else 10**9
     history, stats = fit(model, t, total, loss_of, evaluate, "encoder pretrain", device)
+    stats.update(metrics)
     if val_seqs:
         stats["val_loss"] = mlm_loss(model, val_seqs, tok, device, amp, t.mask_prob)
     config = {"kind": KIND_ENCODER, "model": mcfg.to_dict(),
@@ -311,7 +333,7 @@ def accuracy(model: Classifier, seqs: list[list[int]], labels: list[int], pad_id
 
 def load_encoder(path: str | Path, device: str = "cpu", kinds=(KIND_ENCODER, KIND_CLASSIFIER)):
     """(model, tokenizer, config) from an encoder or classifier folder; other kinds are refused."""
-    cfg = read_config(path)
+    cfg = read_config(path, make="gptlab encoder pretrain" if kinds == (KIND_ENCODER,) else "gptlab encoder classify")
     if cfg.get("kind") not in kinds:
         want = " or ".join(repr(k) for k in kinds)
         raise UserError(f"{path} holds a {cfg.get('kind')!r} model where {want} is needed: make one with "
@@ -330,11 +352,7 @@ def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: Model
     if t.model:
         encoder, tok, pre_cfg = load_encoder(t.model, "cpu", kinds=(KIND_ENCODER,))
         mcfg = ModelConfig.from_dict(pre_cfg["model"])
-        pre_data = pre_cfg.get("data", {})
-        if any(pre_data.get(k) != getattr(dcfg, k) for k in ("data", "seed", "val_fraction")):
-            import sys
-            print("encoder classify: warning: the encoder was pretrained with another --data/--data-seed/"
-                  "--val-fraction, so some validation rows may have been pretraining text", file=sys.stderr)
+        warn_if_other_split(pre_cfg, dcfg)
     data = data or labelled_rows(dcfg, t.label, t.text_field, t.top)
     if not data.train:
         raise UserError(f"no training rows carry one of the labels of {t.label!r}")

@@ -657,7 +657,7 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
 def load(path: str | Path, device: str = "cpu") -> tuple[Seq2Seq, Tokenizer, dict]:
     """A seq2seq model folder -> (model in eval mode, tokenizer, config)."""
     from .checkpoint import read_config
-    cfg = read_config(path)
+    cfg = read_config(path, make="gptlab seq2seq train")
     if cfg.get("kind") != KIND:
         raise UserError(f"{path} holds a {cfg.get('kind')!r} model, not a translation model: "
                         "train one with `gptlab seq2seq train`")

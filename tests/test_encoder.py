@@ -116,6 +116,21 @@ def test_mlm_loss_drops(pretrained):
     assert m["val_loss"] < math.log(r.tokenizer.vocab_size) - 1.0
 
 
+def test_pretrain_init_continues_from_the_saved_encoder(pretrained, tmp_path):
+    """--init: the saved weights, shape and tokenizer are the start (lr 0 keeps them exactly), and
+    further masked-LM steps lower the loss from there."""
+    r, mlm_dir, dcfg = pretrained
+    kw = dict(preset="tiny", steps=40, batch_size=32, warmup_steps=5, eval_interval=0, progress=False, device="cpu",
+              seed=1, text_field="description", init=str(mlm_dir), vocab_size=50)  # vocab_size: ignored with init
+    same = enc.pretrain(enc.EncoderTrainConfig(out="", lr=0.0, min_lr=0.0, **kw), dcfg, save=False)
+    assert same.tokenizer.vocab_size == r.tokenizer.vocab_size
+    for (k, a), b in zip(r.model.state_dict().items(), same.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    more = enc.pretrain(enc.EncoderTrainConfig(out="", lr=2e-3, min_lr=2e-4, **kw), dcfg, save=False)
+    assert more.config["metrics"]["init_steps"] == r.config["metrics"]["steps"]
+    assert more.config["metrics"]["val_loss"] < r.config["metrics"]["val_loss"]
+
+
 def test_fine_tune_from_pretrained_and_round_trip(pretrained, tmp_path):
     import gptlab
     r, mlm_dir, dcfg = pretrained
@@ -278,3 +293,14 @@ def test_fit_keeps_the_weights_of_the_best_evaluation():
     assert stats["best_step"] == 10 and stats["best_acc"] == 0.9 and len(history) == 4
     assert torch.equal(model.weight, snapshots[1])
     assert not torch.equal(snapshots[1], snapshots[3])
+
+
+@pytest.mark.parametrize("argv,fix", [
+    (["encoder", "pretrain", "--init", "{missing}", "--out", "{out}", "--steps", "1"], "`gptlab encoder pretrain --out"),
+    (["encoder", "classify", "--model", "{missing}", "--out", "{out}", "--steps", "1"], "`gptlab encoder pretrain --out"),
+    (["encoder", "predict", "--model", "{missing}", "some text"], "`gptlab encoder classify --out"),
+    (["seq2seq", "translate", "--model", "{missing}", "three"], "`gptlab seq2seq train --out"),
+])
+def test_missing_model_folder_names_the_command_that_makes_one(tmp_path, capsys, argv, fix):
+    argv = [a.format(missing=tmp_path / "nothing", out=tmp_path / "out") for a in argv]
+    _one_line_error(capsys, main(argv), fix)

@@ -45,7 +45,7 @@ def register(sub) -> None:
     cl = ss.add_parser("classify", help="fine-tune a classifier on a labelled column (e.g. wine variety or country)",
                        description="Predict --label from --text-field alone. With --model PRETRAINED the encoder "
                                    "starts from masked-LM weights; without, from scratch.")
-    add_fields(cl, ClassifyConfig(), "training", skip=("mask_prob",))
+    add_fields(cl, ClassifyConfig(), "training", skip=("mask_prob", "init"))
     add_fields(cl, ENCODER_PRESETS["small"](), "model when training from scratch (flags not given come from --preset)",
                dest_prefix="m_", skip=("vocab_size",), default_none=True, shown="small preset")
     _data_fields(cl, skip=("template",))

@@ -38,33 +38,22 @@ class KVCache:
         shape = (n_layer, batch, n_head, max_len, head_dim)
         self.k_LxBxHxSxD = torch.zeros(shape, device=device, dtype=dtype)
         self.v_LxBxHxSxD = torch.zeros(shape, device=device, dtype=dtype)
-        self._layer_views()
         self.length = 0
         self.max_len = max_len
         self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _layer_views(self) -> None:
-        # One (B, H, S, D) view per layer, made once: a step then writes and reads with narrow(),
-        # one cheap call each, where indexing [layer, :, :, t0:t1] costs several (batch-1 decoding
-        # pays per call).
-        self._k = [self.k_LxBxHxSxD[i] for i in range(self.k_LxBxHxSxD.shape[0])]
-        self._v = [self.v_LxBxHxSxD[i] for i in range(self.v_LxBxHxSxD.shape[0])]
-
     def update(self, layer: int, k_BxHxTxD: torch.Tensor, v_BxHxTxD: torch.Tensor):
-        T = k_BxHxTxD.shape[2]
-        t0, t1 = self.length, self.length + T
+        t0, t1 = self.length, self.length + k_BxHxTxD.shape[2]
         if t1 > self.max_len:
             raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
-        k_BxHxSxD, v_BxHxSxD = self._k[layer], self._v[layer]
-        k_BxHxSxD.narrow(2, t0, T).copy_(k_BxHxTxD)
-        v_BxHxSxD.narrow(2, t0, T).copy_(v_BxHxTxD)
-        return k_BxHxSxD.narrow(2, 0, t1), v_BxHxSxD.narrow(2, 0, t1)
+        self.k_LxBxHxSxD[layer, :, :, t0:t1] = k_BxHxTxD
+        self.v_LxBxHxSxD[layer, :, :, t0:t1] = v_BxHxTxD
+        return self.k_LxBxHxSxD[layer, :, :, :t1], self.v_LxBxHxSxD[layer, :, :, :t1]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (reorders too: beam search uses this)."""
         self.k_LxBxHxSxD = self.k_LxBxHxSxD[:, rows]
         self.v_LxBxHxSxD = self.v_LxBxHxSxD[:, rows]
-        self._layer_views()
         self.cross = {i: (k[rows], v[rows]) for i, (k, v) in self.cross.items()}
 
 
@@ -246,7 +235,8 @@ class Block(nn.Module):
     def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
                key_mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
         """forward() in eval mode for one new position per row, on (B, C) rows (GPT.decode);
-        self-attention only. Written out (no dropout, no closures): each call counts at batch 1."""
+        self-attention only. Written out, without the dropout modules and closures of forward()
+        (2-3% faster at batch 1 in a same-process A/B, within this machine's noise)."""
         if self.cross_attn is not None or self.training:
             raise TypeError("Block.decode is for inference with decoder-only blocks: use forward() to train "
                             "or to decode with cross-attention")
