@@ -88,7 +88,8 @@ def bench_numbers(quick: bool, threads: int) -> dict:
 
 
 def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_epochs: float = 6.0,
-               word_dropouts: tuple[float, ...] = (0.2, 0.3), scratch: bool = True) -> dict:
+               word_dropouts: tuple[float, ...] = (0.2, 0.3), scratch: bool = True, ema: float = 0.999,
+               pretrain_seconds: float = 900.0, pretrain_init: str = "") -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     dcfg = DataConfig(data=str(csv), format="csv", val_fraction=0.15, seed=42,
@@ -120,7 +121,7 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
         "accuracy": float((clf.predict(vec.transform(te_x)) == te_y).mean()), "C": best[0],
         "seconds": round(time.perf_counter() - t0, 1)}
 
-    pre_budget = 90.0 if quick else 900.0
+    pre_budget = 90.0 if quick else pretrain_seconds
     # bf16 autocast where the CPU is fast at it (AMX / AVX512-BF16), as `gptlab train` does.
     common = dict(device="cpu", threads=threads, progress=sys.stderr.isatty(), seed=0, eval_interval=0,
                   precision="auto")
@@ -129,6 +130,8 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
     pt = enc.EncoderTrainConfig(out="", preset="small", text_field="description", vocab_size=12000,
                                 steps=100000, time_budget=pre_budget, batch_size=64, lr=1e-3, warmup_steps=200,
                                 **common)
+    if pretrain_init:  # more pretraining of an encoder saved by an earlier run: a restart at half the peak rate
+        pt.init, pt.lr, pt.min_lr, pt.seed = pretrain_init, 5e-4, 5e-5, 1
     if pretrained:  # an encoder this benchmark pretrained before (its config records how)
         cfg = json.loads((Path(pretrained) / "config.json").read_text())
         out["pretrain"] = {"reused": pretrained, **cfg["metrics"], "params": None}
@@ -138,6 +141,9 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
         pre = enc.pretrain(pt, dcfg, mcfg, save=False)
         out["pretrain"] = {"seconds": round(time.perf_counter() - t0, 1), **pre.config["metrics"],
                            "params": pre.model.num_params()}
+        if pretrain_init:
+            before = json.loads((Path(pretrain_init) / "config.json").read_text())["metrics"]
+            out["pretrain"].update(init_seconds=before.get("train_seconds"), init_val_loss=before.get("val_loss"))
         tmp = Path(__import__("tempfile").mkdtemp()) / "mlm"
         from gptlab.checkpoint import save_model
         save_model(tmp, pre.model, pre.tokenizer, pre.config)
@@ -148,14 +154,14 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
         ct = enc.ClassifyConfig(out="", model=model_dir, label="variety", text_field="description", top=20,
                                 preset="small", vocab_size=12000, epochs=1.0 if quick else ft_epochs, time_budget=0,
                                 batch_size=32, lr=lr, min_lr=lr / 20, warmup_steps=200, pooling="mean",
-                                word_dropout=word_dropout,
+                                word_dropout=word_dropout, ema=ema,
                                 **{**common, "eval_interval": 300})  # 10% of the training rows pick the best step
         t1 = time.perf_counter()
         r = enc.classify(ct, dcfg, None if model_dir else ENCODER_PRESETS["small"](), save=False, data=data)
         m = r.config["metrics"]
         return {"accuracy": m["val_accuracy"], "steps": m["steps"], "best_step": m.get("best_step"),
                 "dev_accuracy": m.get("best_dev_accuracy"), "seconds": round(time.perf_counter() - t1, 1), "lr": lr,
-                "word_dropout": word_dropout}
+                "word_dropout": word_dropout, "ema": ema}
 
     # The word dropout is picked on the dev slice of the training rows (never on the test rows).
     runs = [fine_tune(str(tmp), 3e-4, wd) for wd in word_dropouts]
@@ -188,7 +194,9 @@ def markdown(res: dict) -> str:
         p = w["pretrain"]
         lines += [f"### Encoder-only: {w['task']}", "",
                   f"{w['train_rows']} training rows, {w['test_rows']} test rows. Masked-LM pretraining: "
-                  f"{p['steps']} steps in {p.get('seconds', p.get('train_seconds'))} s, validation MLM loss {p.get('val_loss', float('nan')):.2f}.",
+                  f"{p['steps']} steps in {p.get('seconds', p.get('train_seconds'))} s, validation MLM loss {p.get('val_loss', float('nan')):.2f}"
+                  + (f" (after {p['init_steps']} steps in {p.get('init_seconds')} s of an earlier run: {p['init']}, "
+                     f"loss {p.get('init_val_loss', float('nan')):.2f})" if p.get("init") else "") + ".",
                   "", "| system | test accuracy | notes |", "|---|---|---|"]
         for k, v in w["results"].items():
             notes = ", ".join(f"{a} {b}" for a, b in v.items() if a != "accuracy")
@@ -209,6 +217,10 @@ def main() -> int:
     ap.add_argument("--word-dropout", type=float, nargs="+", default=[0.2, 0.3],
                     help="wine: word dropout values tried; the best on the dev slice is the headline")
     ap.add_argument("--no-scratch", action="store_true", help="wine: skip the encoder trained from scratch")
+    ap.add_argument("--ema", type=float, default=0.999, help="wine: fine-tuning keeps this moving average of the weights (0 = off)")
+    ap.add_argument("--pretrain-seconds", type=float, default=900.0, help="wine: masked-LM pretraining budget")
+    ap.add_argument("--pretrain-init", default="", help="wine: pretrain further from an encoder saved by an earlier run "
+                    "(--pretrain-seconds more)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     res = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor() or ''} "
@@ -222,7 +234,8 @@ def main() -> int:
             print(f"skipping wine: {args.csv} not found", file=sys.stderr)
         else:
             res["wine"] = bench_wine(args.quick, args.threads, Path(args.csv), args.pretrained, args.ft_epochs,
-                                     tuple(args.word_dropout), not args.no_scratch)
+                                     tuple(args.word_dropout), not args.no_scratch, args.ema, args.pretrain_seconds,
+                                     args.pretrain_init)
     print(markdown(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
