@@ -174,6 +174,7 @@ class ClassifyConfig(EncoderTrainConfig):
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
     dev_fraction: float = field(default=0.1, metadata={"help": "training rows held out to pick the best step by accuracy (early stopping; evaluated every --eval-interval steps); 0 = keep the last step"})
     word_dropout: float = field(default=0.2, metadata={"help": "fraction of the words of each training batch hidden as [MASK]: a regularizer for small labelled sets (0 = off)"})
+    ema: float = field(default=0.999, metadata={"help": "decay of an exponential moving average of the weights, which is what is evaluated and kept (0 = off)"})
 
     def validate(self) -> None:
         if not 0.0 <= self.word_dropout < 1.0:
