@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab import encoder as enc
-from gptlab import seq2seq as s2s
+from gptlab.training.tasks import encoder as enc
+from gptlab.training.tasks import seq2seq as s2s
 from gptlab.data import DataConfig
 from gptlab.model.encoder import ENCODER_PRESETS
 from gptlab.model.seq2seq import SEQ2SEQ_PRESETS

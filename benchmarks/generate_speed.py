@@ -3,7 +3,7 @@
 The course notebook's model (`book` preset: 1 post-LN block, 2 heads of 256, vocab 10,000, context 80)
 with random weights samples 80-token texts (a 4-token prompt + 76 new tokens) at batch 1 and 32:
 
-- gptlab:      `gptlab.generate.generate_steps`, KV cache, output layer on the last position only;
+- gptlab:      `gptlab.infer.generate.generate_steps`, KV cache, output layer on the last position only;
                one column per weight format (--dtypes): fp32, bf16, and int8 (fp32 with an int8
                output layer, model/quant.py).
 - recompute:   the notebook's loop in PyTorch: re-run the whole model on the growing text every
@@ -38,10 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptlab.api import LoadedModel, with_dtype  # noqa: E402
-from gptlab.generate import generate_steps  # noqa: E402
+from gptlab.infer.generate import generate_steps  # noqa: E402
 from gptlab.model import GPT, book  # noqa: E402
-from gptlab.sampling import SamplingConfig, make_generator, sample  # noqa: E402
-from gptlab.tokenizer import Tokenizer  # noqa: E402
+from gptlab.infer.sampling import SamplingConfig, make_generator, sample  # noqa: E402
+from gptlab.data.tokenizer import Tokenizer  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, VOCAB = 4, 76, 10000
 

@@ -26,8 +26,8 @@ from train_throughput import gptlab_contestant  # noqa: E402
 
 def losses(data, device: str, precision: str, compile: bool, steps: int) -> list[float]:
     """Per-step training loss of `book` (dropout 0, so runs are comparable) on the same batches."""
-    from gptlab import trainer
-    from gptlab.config import RUN_PRESETS
+    from gptlab.training import trainer
+    from gptlab.training.config import RUN_PRESETS
     from gptlab.data import Corpus
     cfg = RUN_PRESETS["book"]()
     cfg.model.dropout = 0.0
@@ -100,8 +100,8 @@ def _data_from(corpus):
     """WineData-like object from an in-memory corpus (the built-in one)."""
     from types import SimpleNamespace
     from gptlab.data import split_records
-    from gptlab.tokenizer import Tokenizer
-    from gptlab.batches import encode_records
+    from gptlab.data.tokenizer import Tokenizer
+    from gptlab.training.batches import encode_records
     tr, va = split_records(corpus.records, 0.05, 42)
     train_recs = [corpus.records[i] for i in tr]
     tok = Tokenizer.train(train_recs, kind="word", vocab_size=10000)

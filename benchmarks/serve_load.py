@@ -47,7 +47,7 @@ def make_model(folder: Path, preset: str) -> Path:
     from gptlab.checkpoint import save_model
     from gptlab.model import GPT
     from gptlab.model.config import PRESETS
-    from gptlab.tokenizer import Tokenizer
+    from gptlab.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train(LINES * 3)
     torch.manual_seed(0)

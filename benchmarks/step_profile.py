@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import gptlab.model.gpt as gpt_mod
     import gptlab.model.layers as layers_mod
-    from gptlab.batches import BatchPlan
+    from gptlab.training.batches import BatchPlan
     from gptlab.model import GPT, book
 
     data = load_wine(args.data)

@@ -76,7 +76,7 @@ def run_keras(data, epochs: float, seed: int) -> dict:
 def gptlab_config(args, out: Path):
     """gptlab's settings for the race (flags below): the notebook's block, stacked --n-layer times,
     trained in bf16 on length buckets with warmup + cosine decay of the learning rate."""
-    from gptlab.config import RUN_PRESETS
+    from gptlab.training.config import RUN_PRESETS
     cfg = RUN_PRESETS[args.preset]()
     cfg.data.data, cfg.data.val_fraction, cfg.data.seed = args.data, args.val_fraction, args.seed
     cfg.data.max_records = args.max_records
@@ -103,7 +103,7 @@ def gptlab_config(args, out: Path):
 
 def run_gptlab(args, data, target: float | None) -> dict:
     import torch
-    from gptlab import trainer
+    from gptlab.training import trainer
     from gptlab.model import GPT
     out = Path(tempfile.mkdtemp(prefix="gptlab_ttq_"))
     cfg = gptlab_config(args, out)

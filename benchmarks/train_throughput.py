@@ -7,7 +7,7 @@ repeats interleaved so that a busy machine slows every contestant alike.
     python benchmarks/train_throughput.py --no-keras --device cuda --batch-size 1024
 
 The honest figure is non-padding tokens per second: padding is not text the model learns from.
-gptlab is measured through its real training loop (`gptlab.trainer.train`), Keras through
+gptlab is measured through its real training loop (`gptlab.training.trainer.train`), Keras through
 `model.fit`; both per step after a warm-up, startup excluded.
 """
 
@@ -35,8 +35,8 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
     training time excludes nothing else here: no evaluation, no checkpoint until the end). On a
     GPU the loss is read every `log_interval` steps, the loop's only host sync.
     """
-    from gptlab import trainer
-    from gptlab.config import RUN_PRESETS
+    from gptlab.training import trainer
+    from gptlab.training.config import RUN_PRESETS
     from gptlab.data import Corpus
 
     corpus = Corpus(records=data.train_recs, source="wine-reviews train split", skipped=0)
@@ -67,7 +67,7 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
 
 def keras_contestant(name: str, keras, data, *, batch_size=32, steps=30, warmup=3, clock="wall", bf16=False):
     import tensorflow as tf
-    from gptlab.batches import BatchPlan
+    from gptlab.training.batches import BatchPlan
     if bf16:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)

@@ -9,19 +9,19 @@ __version__ = "0.1.0"
 
 def load(path, device=None):
     """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json) -> LoadedModel."""
-    from .api import load as _load
+    from gptlab.api import load as _load
     return _load(path, device)
 
 
 def train(cfg, corpus=None):
-    """Train a GPT from a `gptlab.config.RunConfig` (the CLI's config objects); returns a TrainResult."""
-    from .trainer import train as _train
+    """Train a GPT from a `gptlab.training.config.RunConfig` (the CLI's config objects); returns a TrainResult."""
+    from gptlab.training.trainer import train as _train
     return _train(cfg, corpus)
 
 
 def __getattr__(name):
     if name == "LoadedModel":
-        from .api import LoadedModel
+        from gptlab.api import LoadedModel
         return LoadedModel
     raise AttributeError(f"module 'gptlab' has no attribute {name!r}")
 

@@ -1,3 +1,3 @@
-from .cli import entry
+from gptlab.cli import entry
 
 entry()

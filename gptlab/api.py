@@ -8,15 +8,15 @@ from typing import Iterator
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .dtypes import DTYPE_NAMES
-from .errors import UserError
-from .explain.capture import explain, model_info, token_labels
-from .explain.trace import Trace
-from .generate import Completion, check_generative, encode_prompts, fit_context, generate_text, stream_text
-from .model.quant import quantize_output_layer
-from .sampling import SamplingConfig, TemperatureTable, temperature_table
-from .tokenizer import Tokenizer
+from gptlab.checkpoint import load_checkpoint
+from gptlab.infer.dtypes import DTYPE_NAMES
+from gptlab.errors import UserError
+from gptlab.explain.capture import explain, model_info, token_labels
+from gptlab.explain.trace import Trace
+from gptlab.infer.generate import Completion, check_generative, encode_prompts, fit_context, generate_text, stream_text
+from gptlab.model.quant import quantize_output_layer
+from gptlab.infer.sampling import SamplingConfig, TemperatureTable, temperature_table
+from gptlab.data.tokenizer import Tokenizer
 
 __all__ = ["LoadedModel", "load", "Completion", "Trace", "TemperatureTable", "default_device"]
 

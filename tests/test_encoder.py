@@ -13,7 +13,7 @@ from gptlab.cli import main
 from gptlab.data import DataConfig
 from gptlab.model import IGNORE_INDEX
 from gptlab.model.encoder import Classifier, Encoder, bert_tiny
-from gptlab import encoder as enc
+from gptlab.training.tasks import encoder as enc
 
 torch.set_num_threads(1)
 
@@ -180,7 +180,7 @@ def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
 
 
 def test_explain_object_renders_in_a_notebook(pretrained):
-    from gptlab.explain_families import explain_encoder
+    from gptlab.explain.families import explain_encoder
     r, _, _ = pretrained
     trace = explain_encoder(r.model, r.tokenizer, "black cherry and [MASK] on the finish")
     assert trace.focus == 0 and trace.tokens[0] == "[CLS]"
@@ -236,7 +236,7 @@ def test_wrong_model_kind_is_one_line_error(tmp_path, capsys):
 
 
 def _loop(**kw):
-    from gptlab.seq2seq import LoopConfig
+    from gptlab.training.tasks.seq2seq import LoopConfig
     return LoopConfig(**{**dict(lr=1e-2, min_lr=1e-3, warmup_steps=0, weight_decay=0.0, beta2=0.99, grad_clip=0.0,
                                 eval_interval=5, progress=False), **kw})
 
@@ -244,7 +244,7 @@ def _loop(**kw):
 def test_fit_with_ema_keeps_the_average_of_the_trajectory_it_would_have_taken():
     """--ema: training steps are unchanged (evaluation swaps the average in and back out), evaluation
     sees the averaged weights, and the model ends as the moving average of the weights after each step."""
-    from gptlab.seq2seq import fit
+    from gptlab.training.tasks.seq2seq import fit
 
     def run(ema):
         torch.manual_seed(0)
@@ -276,7 +276,7 @@ def test_fit_with_ema_keeps_the_average_of_the_trajectory_it_would_have_taken():
 
 def test_fit_keeps_the_weights_of_the_best_evaluation():
     """Early stopping: with best_of, the model ends with the weights it had at its best evaluation."""
-    from gptlab.seq2seq import fit
+    from gptlab.training.tasks.seq2seq import fit
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     x, y = torch.randn(64, 4), torch.randn(64, 1)

@@ -14,7 +14,7 @@ import torch
 
 from gptlab.errors import UserError
 from gptlab.explain import Trace, render_html, render_terminal, use_color
-from gptlab.generate import GenerationWarning
+from gptlab.infer.generate import GenerationWarning
 from test_generate import tiny_model
 
 EXPLAIN_DIR = Path(__file__).resolve().parents[1] / "gptlab" / "explain"
@@ -184,8 +184,8 @@ def test_an_unseeded_trace_records_the_seed_that_reproduces_it(lm):
 
 
 def test_captured_rows_of_a_ragged_batch_ignore_the_padding(lm):
-    from gptlab.generate import generate_steps
-    from gptlab.sampling import SamplingConfig
+    from gptlab.infer.generate import generate_steps
+    from gptlab.infer.sampling import SamplingConfig
     prompts = [lm.encode("wine review"), lm.encode("wine review : us : california : pinot noir")]
     for step in generate_steps(lm.model, prompts, SamplingConfig(temperature=0, max_new_tokens=3), capture=True):
         short = len(step.context[0])

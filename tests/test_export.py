@@ -6,7 +6,7 @@ import torch
 from gptlab.checkpoint import save_model
 from gptlab.cli import main
 from gptlab.model import GPT, book, tiny
-from gptlab.tokenizer import Tokenizer
+from gptlab.data.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,10 +10,10 @@ import torch
 
 from gptlab.api import LoadedModel
 from gptlab.checkpoint import save_model
-from gptlab.generate import GenerationWarning, TextTracker, generate_steps
+from gptlab.infer.generate import GenerationWarning, TextTracker, generate_steps
 from gptlab.model import GPT, tiny
-from gptlab.sampling import SamplingConfig, apply_repetition_penalty, process_logits
-from gptlab.tokenizer import Tokenizer
+from gptlab.infer.sampling import SamplingConfig, apply_repetition_penalty, process_logits
+from gptlab.data.tokenizer import Tokenizer
 
 LINES = [
     "wine review : germany : mosel : riesling : while demure in color , this off - dry riesling is bright and juicy",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptlab.errors import UserError
-from gptlab.sampling import (FILTERS, SamplingConfig, apply_repetition_penalty, draw, make_generator,
+from gptlab.infer.sampling import (FILTERS, SamplingConfig, apply_repetition_penalty, draw, make_generator,
                              min_p_filter, process_logits, round_column, sample, temperature_table,
                              top_k_filter, top_p_filter)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlab import scale, trainer
+from gptlab.training import scale, trainer
 from gptlab.cli import main
 from gptlab.data import Corpus, split_records
 

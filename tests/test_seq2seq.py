@@ -10,7 +10,7 @@ import torch
 
 from gptlab.cli import main
 from gptlab.model.seq2seq import Seq2Seq, Seq2SeqConfig, seq2seq_tiny
-from gptlab import seq2seq as s2s
+from gptlab.training.tasks import seq2seq as s2s
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give
 
@@ -210,7 +210,7 @@ def test_cli_translate_and_explain(trained, tmp_path, capsys):
 
 
 def test_explain_object_renders_in_a_notebook(trained):
-    from gptlab.explain_families import explain_translation
+    from gptlab.explain.families import explain_translation
     r, _ = trained
     trace = explain_translation(r.model, r.tokenizer, "ten three")
     assert "<table" in trace._repr_html_()

@@ -7,7 +7,7 @@ import pytest
 
 from gptlab.data import normalize_text
 from gptlab.errors import UserError
-from gptlab.tokenizer import EOT, PAD, UNK, Tokenizer
+from gptlab.data.tokenizer import EOT, PAD, UNK, Tokenizer
 
 FIXTURES = [
     "Wine review : US : California : It's tart, with 13.5% alcohol.",

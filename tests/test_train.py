@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import gptlab
-from gptlab import trainer
+from gptlab.training import trainer
 from gptlab.cli import main
-from gptlab.config import RUN_PRESETS
+from gptlab.training.config import RUN_PRESETS
 from gptlab.data import Corpus
 
 REPO = Path(__file__).resolve().parents[1]

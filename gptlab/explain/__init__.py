@@ -4,9 +4,9 @@
 the model and is imported only when asked for, so loading and rendering a saved trace stays light.
 """
 
-from .render_html import render_html
-from .render_term import render_terminal, use_color
-from .trace import FORMAT, VERSION, Candidate, Trace, TraceStep
+from gptlab.explain.render_html import render_html
+from gptlab.explain.render_term import render_terminal, use_color
+from gptlab.explain.trace import FORMAT, VERSION, Candidate, Trace, TraceStep
 
 __all__ = ["FORMAT", "VERSION", "Candidate", "Trace", "TraceStep", "render_html", "render_terminal",
            "use_color", "explain", "capture_step"]
@@ -14,6 +14,6 @@ __all__ = ["FORMAT", "VERSION", "Candidate", "Trace", "TraceStep", "render_html"
 
 def __getattr__(name: str):
     if name in ("explain", "capture_step"):
-        from . import capture
+        from gptlab.explain import capture
         return getattr(capture, name)
     raise AttributeError(f"module 'gptlab.explain' has no attribute {name!r}")

@@ -12,10 +12,10 @@ from typing import Callable
 
 import torch
 
-from ..generate import Step, TextTracker, encode_prompts, text_steps
-from ..sampling import SamplingConfig, entropy_bits, make_generator
-from ..tokenizer import Tokenizer
-from .trace import Candidate, Trace, TraceStep
+from gptlab.infer.generate import Step, TextTracker, encode_prompts, text_steps
+from gptlab.infer.sampling import SamplingConfig, entropy_bits, make_generator
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.explain.trace import Candidate, Trace, TraceStep
 
 N_LOGITS = 20  # candidates stored per step (with logits), so a renderer can re-weight by temperature
 

@@ -13,7 +13,7 @@ import html
 import json
 import secrets
 
-from .trace import Candidate, Trace, TraceStep
+from gptlab.explain.trace import Candidate, Trace, TraceStep
 
 HIGHLIGHT_RGB = "135,206,250"  # the notebook's highlight: rgba(135, 206, 250, attention / max)
 

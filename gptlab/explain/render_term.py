@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TextIO
 
-from .trace import Trace, TraceStep
+from gptlab.explain.trace import Trace, TraceStep
 
 HIGHLIGHT = (135, 206, 250)  # the notebook's rgba(135, 206, 250, a), blended over white
 BAR_WIDTH = 24

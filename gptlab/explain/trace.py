@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..errors import UserError
+from gptlab.errors import UserError
 
 FORMAT = "gptlab-trace"
 VERSION = 1
@@ -93,7 +93,7 @@ class Trace:
         return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
 
     def save(self, path: str | os.PathLike) -> None:
-        from ..checkpoint import atomic_write_text  # imported here: reading and rendering a trace needs no torch
+        from gptlab.checkpoint import atomic_write_text  # imported here: reading and rendering a trace needs no torch
         atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
@@ -117,15 +117,15 @@ class Trace:
         return len(self.steps[0].attention[0]) if self.steps else int(self.model.get("n_head", 0))
 
     def to_html(self, full_page: bool = True) -> str:
-        from .render_html import render_html
+        from gptlab.explain.render_html import render_html
         return render_html(self, full_page=full_page)
 
     def save_html(self, path: str | os.PathLike) -> None:
-        from ..checkpoint import atomic_write_text
+        from gptlab.checkpoint import atomic_write_text
         atomic_write_text(path, self.to_html())
 
     def to_terminal(self, color: bool | None = None, layer: int | str | None = None, head: int | str | None = None) -> str:
-        from .render_term import render_terminal
+        from gptlab.explain.render_term import render_terminal
         return render_terminal(self, color=color, layer=layer, head=head)
 
     def _repr_html_(self) -> str:

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
-from .gpt import GPT, ModelOutput
+from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import GPT, ModelOutput
 
 POOLINGS = ("mean", "cls", "meanmax")
 

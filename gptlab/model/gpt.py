@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
-from .layers import Block, KVCache, init_weights
-from .linear_ce import linear_cross_entropy
+from gptlab.model.config import ModelConfig
+from gptlab.model.layers import Block, KVCache, init_weights
+from gptlab.model.linear_ce import linear_cross_entropy
 
 IGNORE_INDEX = -100
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from gptlab.model.config import ModelConfig
 
 
 # Train attention through explicit matmuls + softmax on the CPU in bf16 (see Attention.forward);

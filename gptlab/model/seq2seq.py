@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
-from .gpt import IGNORE_INDEX, token_nll
-from .layers import Block, KVCache, init_weights
+from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import IGNORE_INDEX, token_nll
+from gptlab.model.layers import Block, KVCache, init_weights
 
 
 @dataclass

@@ -4,13 +4,13 @@ Needs the `serve` extra (fastapi, uvicorn): `pip install 'gptlab[serve]'`. Impor
 needs neither; `create_app` imports them when first used, so `gptlab --help` works without them.
 """
 
-from .settings import ServeSettings
+from gptlab.serve.settings import ServeSettings
 
 __all__ = ["create_app", "ServeSettings"]
 
 
 def __getattr__(name):
     if name == "create_app":
-        from .app import create_app
+        from gptlab.serve.app import create_app
         return create_app
     raise AttributeError(name)

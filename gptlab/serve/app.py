@@ -25,13 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..errors import UserError
-from .generation import StreamEnd, stream_choice
-from .limits import BodyLimit, Busy, DeadlineExceeded, Gate, install_deadline_hook
-from .registry import ModelBroken, ModelNotFound, ModelRegistry
-from .schemas import CompletionRequest, ExplainRequest
-from .settings import ServeSettings
+from gptlab import __version__
+from gptlab.errors import UserError
+from gptlab.serve.generation import StreamEnd, stream_choice
+from gptlab.serve.limits import BodyLimit, Busy, DeadlineExceeded, Gate, install_deadline_hook
+from gptlab.serve.registry import ModelBroken, ModelNotFound, ModelRegistry
+from gptlab.serve.schemas import CompletionRequest, ExplainRequest
+from gptlab.serve.settings import ServeSettings
 
 log = logging.getLogger("gptlab.serve")
 STATIC = Path(__file__).parent / "static"

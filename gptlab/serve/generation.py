@@ -1,7 +1,7 @@
 """Streaming one completion with what OpenAI's last chunk needs: the finish reason and token count.
 
 `LoadedModel.stream` yields text only. The server also owes the client `finish_reason` and usage,
-so it runs the same pieces from the engine's steps (as `gptlab.generate.stream_text` does) and
+so it runs the same pieces from the engine's steps (as `gptlab.infer.generate.stream_text` does) and
 counts as it goes; tests check the pieces join to `LoadedModel.generate`'s text for the same seed.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..api import LoadedModel
-from ..generate import TextTracker, check_generative, encode_prompts, text_steps
-from ..sampling import SamplingConfig, make_generator
+from gptlab.api import LoadedModel
+from gptlab.infer.generate import TextTracker, check_generative, encode_prompts, text_steps
+from gptlab.infer.sampling import SamplingConfig, make_generator
 
 
 @dataclass

@@ -15,9 +15,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from ..api import LoadedModel, load
-from ..checkpoint import CONFIG, WEIGHTS, read_config
-from ..errors import UserError
+from gptlab.api import LoadedModel, load
+from gptlab.checkpoint import CONFIG, WEIGHTS, read_config
+from gptlab.errors import UserError
 
 # Folder names we offer: no leading dot (so no "..", no hidden folders), no backslash or NUL.
 _PART = r"[\w][\w.+ -]*"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ..dtypes import DTYPE_HELP, DTYPE_NAMES
+from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
 
 
 @dataclass

@@ -30,7 +30,7 @@ def make_model(folder: Path, seed: int = 0) -> Path:
     from gptlab.checkpoint import save_model
     from gptlab.model import GPT
     from gptlab.model.config import tiny
-    from gptlab.tokenizer import Tokenizer
+    from gptlab.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train(LINES * 3)
     torch.manual_seed(seed)

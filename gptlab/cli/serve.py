@@ -10,7 +10,7 @@ import sys
 import warnings
 from dataclasses import fields
 
-from ..errors import UserError
+from gptlab.errors import UserError
 
 # CLI flag -> ServeSettings field (help texts come from the dataclass, so they cannot drift).
 FLAGS = {
@@ -21,7 +21,7 @@ FLAGS = {
 
 
 def register(sub) -> None:
-    from ..serve.settings import ServeSettings  # no fastapi needed to build the parser
+    from gptlab.serve.settings import ServeSettings  # no fastapi needed to build the parser
 
     p = sub.add_parser(
         "serve", help="serve models over HTTP: a web page and an OpenAI-compatible API",
@@ -59,8 +59,8 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from ..generate import GenerationWarning
-        from ..serve import ServeSettings, create_app
+        from gptlab.infer.generate import GenerationWarning
+        from gptlab.serve import ServeSettings, create_app
     except ModuleNotFoundError as e:
         raise UserError(f"gptlab serve needs {e.name}: pip install 'gptlab[serve]'") from None
     if not 0 <= args.port <= 65535:
@@ -76,7 +76,7 @@ def run(args) -> int:
     import torch
     if settings.device and settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {settings.device}: this torch sees no CUDA GPU; leave --device out to use the CPU")
-    from ..api import default_device, resolve_dtype
+    from gptlab.api import default_device, resolve_dtype
     resolve_dtype(settings.dtype, settings.device or default_device())  # at start-up, not at the first request
     app = create_app(args.models, settings)
     names = app.state.registry.names()

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import UserError
-from ..sampling import temperature_table
-from .generate import add_model_args, load_model, warnings_to_stderr
+from gptlab.errors import UserError
+from gptlab.infer.sampling import temperature_table
+from gptlab.cli.generate import add_model_args, load_model, warnings_to_stderr
 
 
 def register(subparsers) -> None:

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .batches import BatchPlan, encode_records, eval_batches
-from .checkpoint import (CONFIG, TOKENIZER, WEIGHTS, atomic_save_tensors, atomic_write_json, load_weights,
+from gptlab import __version__
+from gptlab.training.batches import BatchPlan, encode_records, eval_batches
+from gptlab.checkpoint import (CONFIG, TOKENIZER, WEIGHTS, atomic_save_tensors, atomic_write_json, load_weights,
                          read_config, save_model)
-from .config import RunConfig
-from .data import load_corpus, split_records
-from .errors import UserError
-from .model import GPT, IGNORE_INDEX
-from .tokenizer import Tokenizer
+from gptlab.training.config import RunConfig
+from gptlab.data import load_corpus, split_records
+from gptlab.errors import UserError
+from gptlab.model import GPT, IGNORE_INDEX
+from gptlab.data.tokenizer import Tokenizer
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 

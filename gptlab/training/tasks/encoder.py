@@ -14,29 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, read_config, register_kind, save_model
-from .data import DataConfig, load_corpus, normalize_text, split_records
-from .errors import UserError
-from .model import IGNORE_INDEX, ModelConfig
-from .model.encoder import ENCODER_PRESETS, POOLINGS, Classifier, Encoder
-from .seq2seq import LoopConfig, check_out_dir, fit, pad_batch
-from .tokenizer import SPECIALS, Tokenizer
+from gptlab.checkpoint import load_checkpoint, read_config, save_model
+from gptlab.data import DataConfig, load_corpus, normalize_text, split_records
+from gptlab.errors import UserError
+from gptlab.model import IGNORE_INDEX, ModelConfig
+from gptlab.model.encoder import ENCODER_PRESETS, POOLINGS, Classifier, Encoder
+from gptlab.training.tasks.seq2seq import LoopConfig, check_out_dir, fit, pad_batch
+from gptlab.data.tokenizer import SPECIALS, Tokenizer
 
 CLS, MASK = "[CLS]", "[MASK]"
 KIND_ENCODER, KIND_CLASSIFIER = "encoder", "classifier"
 
 
-def _build_encoder(cfg: dict) -> torch.nn.Module:
-    return Encoder(ModelConfig.from_dict(cfg["model"]))
-
-
-def _build_classifier(cfg: dict) -> torch.nn.Module:
-    c = cfg["classifier"]
-    return Classifier(ModelConfig.from_dict(cfg["model"]), len(c["labels"]), c.get("pooling", "mean"))
-
-
-register_kind(KIND_ENCODER, _build_encoder)
-register_kind(KIND_CLASSIFIER, _build_classifier)
 
 
 # -- tokens and masking ---------------------------------------------------------------------------
@@ -206,7 +195,7 @@ def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
 
 
 def _setup(t):
-    from .trainer import autocast, resolve_device, resolve_precision
+    from gptlab.training.trainer import autocast, resolve_device, resolve_precision
     t.validate()
     device = resolve_device(t.device)
     amp = resolve_precision(t.precision, device)
@@ -237,7 +226,7 @@ class EncoderResult:
 def mlm_loss(model: Encoder, seqs: list[list[int]], tok: Tokenizer, device, amp, mask_prob: float = 0.15,
              batch_size: int = 128, limit: int = 2000, seed: int = 0) -> float:
     """Masked-LM loss on fixed masks (seeded), so successive evaluations compare."""
-    from .trainer import autocast
+    from gptlab.training.trainer import autocast
     model.eval()
     g = torch.Generator().manual_seed(seed)
     ns, mask_id = n_special(tok), tok.token_to_id(MASK)

@@ -15,26 +15,35 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
-from .tokenizer import Tokenizer
+from gptlab.errors import UserError
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.model import GPT, Classifier, Encoder, ModelConfig, Seq2Seq, Seq2SeqConfig
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 FORMAT_VERSION = 1
 
-# kind -> function(config dict) -> nn.Module; each model family registers its builder.
-_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {}
-
-
-def register_kind(kind: str, builder: Callable[[dict], torch.nn.Module]) -> None:
-    _BUILDERS[kind] = builder
-
-
-def _build_gpt(cfg: dict) -> torch.nn.Module:
-    from .model import GPT, ModelConfig
+def _gpt(cfg: dict) -> torch.nn.Module:
     return GPT(ModelConfig.from_dict(cfg["model"]))
 
 
-register_kind("gpt", _build_gpt)
+def _encoder(cfg: dict) -> torch.nn.Module:
+    return Encoder(ModelConfig.from_dict(cfg["model"]))
+
+
+def _classifier(cfg: dict) -> torch.nn.Module:
+    c = cfg["classifier"]
+    return Classifier(ModelConfig.from_dict(cfg["model"]), len(c["labels"]), c.get("pooling", "mean"))
+
+
+def _seq2seq(cfg: dict) -> torch.nn.Module:
+    return Seq2Seq(Seq2SeqConfig.from_dict(cfg["model"]))
+
+
+# Checkpoint kind (config.json "kind") -> builder of its model from the config dict: every kind
+# gptlab writes, in one table, so loading never depends on which modules were imported.
+KINDS: dict[str, Callable[[dict], torch.nn.Module]] = {
+    "gpt": _gpt, "encoder": _encoder, "classifier": _classifier, "seq2seq": _seq2seq,
+}
 
 
 # -- atomic writes ------------------------------------------------------------------------------
@@ -122,16 +131,10 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 
 def build_model(cfg: dict) -> torch.nn.Module:
     kind = cfg["kind"]
-    if kind not in _BUILDERS:
-        # Families register on import; import them lazily so `gpt` needs nothing else.
-        try:
-            __import__(f"gptlab.{kind}")
-        except ImportError:
-            pass
-    if kind not in _BUILDERS:
-        raise UserError(f"unknown model kind {kind!r} in config.json: this gptlab knows {sorted(_BUILDERS)}; upgrade gptlab?")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UserError(f"unknown model kind {kind!r} in config.json: this gptlab knows {sorted(KINDS)}; upgrade gptlab?")
     try:
-        return _BUILDERS[kind](cfg)
+        return KINDS[kind](cfg)
     except (TypeError, ValueError) as e:
         raise UserError(f"config.json describes an impossible model ({e}): fix or re-create it") from None
 

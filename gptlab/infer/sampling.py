@@ -4,7 +4,7 @@ The pipeline over logits (B, V) is: repetition penalty -> temperature -> the fil
 (top-k, top-p, min-p; each sets the logits it removes to -inf) -> softmax -> one draw per row.
 Temperature 0 means greedy: the argmax of the penalised logits.
 
-Nothing here knows about tokenizers or models; `gptlab.generate` calls these once per step.
+Nothing here knows about tokenizers or models; `gptlab.infer.generate` calls these once per step.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import UserError
+from gptlab.errors import UserError
 
 
 @dataclass

@@ -19,10 +19,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import load
-    from ..data import WineCatalog, normalize_text
-    from ..errors import UserError
-    from ..quality import distinct_n, province_tv, template_valid
+    from gptlab import load
+    from gptlab.data import WineCatalog, normalize_text
+    from gptlab.errors import UserError
+    from gptlab.infer.quality import distinct_n, province_tv, template_valid
 
     if args.samples < 0:
         raise UserError(f"--samples must be >= 0 (got {args.samples})")

@@ -1,5 +1,5 @@
 """What the encoder-decoder and encoder-only models look at: capture (torch) -> trace (plain lists,
-JSON) -> render (`gptlab.render_heatmap`, no torch).
+JSON) -> render (`gptlab.explain.heatmap`, no torch).
 
 Traces are JSON in the spirit of the GPT's "gptlab-trace" version 1, self-contained here:
 - seq2seq: {"format": "gptlab-trace", "version": 1, "kind": "seq2seq", "source_tokens": [...],
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import render_heatmap as rh
-from .checkpoint import atomic_write_json, atomic_write_text
-from .errors import UserError
-from .tokenizer import EOT, UNK, Tokenizer
+from gptlab.explain import heatmap as rh
+from gptlab.checkpoint import atomic_write_json, atomic_write_text
+from gptlab.errors import UserError
+from gptlab.data.tokenizer import EOT, UNK, Tokenizer
 
 FORMAT, VERSION = "gptlab-trace", 1
 
@@ -113,7 +113,7 @@ def explain_translation(model, tok: Tokenizer, text: str, beam: int = 1,
     """Translate `text`, then re-run the decoder on its own output to read the cross-attention
     each generated word was written with (the decoder is causal, so this equals what it saw
     step by step)."""
-    from .seq2seq import BOS, translate_ids
+    from gptlab.training.tasks.seq2seq import BOS, translate_ids
     ctx = model.cfg.context_length
     src = tok.encode(text)[:ctx]
     if not src:
@@ -225,8 +225,8 @@ def explain_encoder(model, tok: Tokenizer, text: str, focus: str | int | None = 
                     top: int = 3) -> EncoderAttentionTrace:
     """Attention of one token ([CLS] by default) over the sentence; with a classifier the
     predicted labels, with a masked-LM encoder the best words for each [MASK]."""
-    from .encoder import CLS, MASK, encode_texts
-    from .model.encoder import Classifier
+    from gptlab.training.tasks.encoder import CLS, MASK, encode_texts
+    from gptlab.model.encoder import Classifier
     ids = encode_texts(tok, [text], model.cfg.context_length)[0]
     if len(ids) < 2:
         raise UserError("nothing to explain: the text is empty")

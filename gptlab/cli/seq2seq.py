@@ -19,7 +19,7 @@ def add_fields(parser: argparse.ArgumentParser, obj, title: str, dest_prefix: st
     default_none: keep None in the namespace so only flags typed override (model fields, where the
     preset `obj` supplies the rest; `shown` names where the shown default comes from).
     """
-    from gptlab.seq2seq import LoopConfig
+    from gptlab.training.tasks.seq2seq import LoopConfig
     group = parser.add_argument_group(title)
     # A family's own fields (--data, --out, ...) before the training-loop fields they share.
     loop = {f.name for f in fields(LoopConfig)} if isinstance(obj, LoopConfig) else set()
@@ -93,7 +93,7 @@ def read_texts(texts: list[str]) -> list[str]:
 # -- the command ----------------------------------------------------------------------------------
 def register(sub) -> None:
     from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
-    from gptlab.seq2seq import Seq2SeqTrainConfig
+    from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig
 
     p = sub.add_parser("seq2seq", help="encoder-decoder transformer: train a translator, translate, show its cross-attention",
                        description="The original Transformer family (Vaswani et al.; T5, BART): an encoder reads the "
@@ -131,7 +131,7 @@ def register(sub) -> None:
 
 def run_train(args) -> int:
     from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
-    from gptlab.seq2seq import Seq2SeqTrainConfig, evaluate_translation, train
+    from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, evaluate_translation, train
     t = fill(Seq2SeqTrainConfig(), args)
     t.validate()
     mcfg = SEQ2SEQ_PRESETS[t.preset]()
@@ -153,7 +153,7 @@ def run_train(args) -> int:
 
 
 def run_translate(args) -> int:
-    from gptlab.seq2seq import load, translate
+    from gptlab.training.tasks.seq2seq import load, translate
     texts = read_texts(args.text)
     model, tok, _ = load(args.model, args.device)
     for line in translate(model, tok, texts, beam=args.beam):
@@ -162,8 +162,8 @@ def run_translate(args) -> int:
 
 
 def run_explain(args) -> int:
-    from gptlab.explain_families import explain_translation
-    from gptlab.seq2seq import load
+    from gptlab.explain.families import explain_translation
+    from gptlab.training.tasks.seq2seq import load
     model, tok, _ = load(args.model, args.device)
     trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
     return show_trace(trace.terminal(color=args.color, values=args.values), trace, args)

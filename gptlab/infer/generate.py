@@ -19,9 +19,9 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .errors import UserError
-from .sampling import SamplingConfig, make_generator, sample
-from .tokenizer import Tokenizer
+from gptlab.errors import UserError
+from gptlab.infer.sampling import SamplingConfig, make_generator, sample
+from gptlab.data.tokenizer import Tokenizer
 
 BATCH_SIZE = 64  # rows per forward pass when many completions are asked for at once
 

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .checkpoint import CONFIG, atomic_write_json, atomic_write_text
-from .config import RunConfig
-from .data import Corpus, load_corpus, split_records
-from .errors import UserError
+from gptlab import __version__
+from gptlab.checkpoint import CONFIG, atomic_write_json, atomic_write_text
+from gptlab.training.config import RunConfig
+from gptlab.data import Corpus, load_corpus, split_records
+from gptlab.errors import UserError
 
 KAPLAN = {"alpha_N": 0.076, "N_c": 8.8e13, "alpha_D": 0.095, "D_c": 5.4e13}
 RESULT = "result.json"
@@ -90,7 +90,7 @@ def count_params(cfg: RunConfig) -> tuple[int, int]:
     """(non-embedding, total) parameters, without allocating any weights."""
     import torch
 
-    from .model import GPT
+    from gptlab.model import GPT
     with torch.device("meta"):
         model = GPT(replace(cfg.model))
     return model.num_params(non_embedding=True), model.num_params()
@@ -121,7 +121,7 @@ def check_scale_config(base: RunConfig, sc: ScaleConfig) -> None:
                             "use larger dataset sizes")
     if sc.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0 (got {sc.bootstrap})")
-    from .trainer import check_config
+    from gptlab.training.trainer import check_config
     for d in sizes:  # every other setting, before the first run rather than at the tenth
         check_config(size_config(base, d))
 
@@ -225,7 +225,7 @@ def _comparable(cfg_dict: dict) -> dict:
 def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, overwrite: bool,
             fingerprint: str = "") -> dict:
     """Train one rung (resuming its checkpoint if an earlier sweep was interrupted) and write result.json."""
-    from . import trainer
+    from gptlab.training import trainer
 
     cfg = RunConfig.from_dict(spec.cfg.to_dict())
     run_dir = out / spec.name
@@ -277,7 +277,7 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
     """Run (or finish) the sweep in base.train.out, then fit and plot. Returns the points and fits."""
     from tqdm import tqdm
 
-    from .tokenizer import Tokenizer
+    from gptlab.data.tokenizer import Tokenizer
     check_scale_config(base, sc)
     out = Path(base.train.out)
     corpus = corpus if corpus is not None else load_corpus(base.data)

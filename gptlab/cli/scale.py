@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import FLAG_NAMES, add_config_args, config_from_args, load_toml
-from ..errors import UserError
+from gptlab.training.config import FLAG_NAMES, add_config_args, config_from_args, load_toml
+from gptlab.errors import UserError
 
 # Settings the sweep chooses for every run unless the user gives them (flag or TOML key).
 SCALE_DEFAULTS = {
@@ -73,7 +73,7 @@ def register(sub) -> None:
 
 def _help_base():
     """The small preset with the sweep's defaults, so --help shows what a run of the sweep uses."""
-    from ..config import preset_small
+    from gptlab.training.config import preset_small
     cfg = preset_small()
     for (section, name), value in SCALE_DEFAULTS.items():
         setattr(getattr(cfg, section), name, value)
@@ -90,7 +90,7 @@ def user_set(args: argparse.Namespace) -> set[tuple[str, str]]:
 
 
 def build_configs(args: argparse.Namespace):
-    from ..scale import DATA_FRACTIONS, DEFAULT_SIZES, DEFAULT_TOKENS, ScaleConfig, parse_count
+    from gptlab.training.scale import DATA_FRACTIONS, DEFAULT_SIZES, DEFAULT_TOKENS, ScaleConfig, parse_count
 
     cfg = config_from_args(args)
     given = user_set(args)
@@ -127,7 +127,7 @@ def build_configs(args: argparse.Namespace):
 
 
 def run(args) -> int:
-    from ..scale import KAPLAN, run_scale
+    from gptlab.training.scale import KAPLAN, run_scale
 
     cfg, sc = build_configs(args)
     try:

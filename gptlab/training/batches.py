@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import IGNORE_INDEX
+from gptlab.model import IGNORE_INDEX
 
 
 @dataclass

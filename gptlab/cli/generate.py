@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import MISSING, asdict, fields
 from typing import Iterator
 
-from ..dtypes import DTYPE_HELP, DTYPE_NAMES
-from ..errors import UserError
-from ..sampling import SamplingConfig
+from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
+from gptlab.errors import UserError
+from gptlab.infer.sampling import SamplingConfig
 
 # Flag spellings where the field name alone is not what users type.
 FLAGS = {"temperature": ["-T", "--temperature"], "max_new_tokens": ["--max-tokens", "--max-new-tokens"]}
@@ -53,7 +53,7 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> N
 def load_model(args: argparse.Namespace):
     import torch
 
-    from ..api import load
+    from gptlab.api import load
     device = args.device
     if device is not None:
         try:

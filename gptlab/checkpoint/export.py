@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TOKENIZER, atomic_save_tensors, atomic_write_json, load_checkpoint
-from .errors import UserError
-from .tokenizer import EOT, PAD, UNK
+from gptlab.checkpoint import TOKENIZER, atomic_save_tensors, atomic_write_json, load_checkpoint
+from gptlab.errors import UserError
+from gptlab.data.tokenizer import EOT, PAD, UNK
 
 
 def check_gpt2_shaped(cfg) -> None:

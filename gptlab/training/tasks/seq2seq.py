@@ -23,21 +23,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import CONFIG, load_checkpoint, register_kind, save_model
-from .errors import UserError
-from .model import IGNORE_INDEX
-from .model.seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig
-from .tokenizer import Tokenizer
+from gptlab.checkpoint import CONFIG, load_checkpoint, save_model
+from gptlab.errors import UserError
+from gptlab.model import IGNORE_INDEX
+from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig
+from gptlab.data.tokenizer import Tokenizer
 
 BOS = "<s>"  # the decoder's start token; <|endoftext|> ends a target
 KIND = "seq2seq"
 
 
-def _build(cfg: dict) -> torch.nn.Module:
-    return Seq2Seq(Seq2SeqConfig.from_dict(cfg["model"]))
-
-
-register_kind(KIND, _build)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -474,7 +469,7 @@ def _endless(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
 def validation_loss(model: Seq2Seq, data: EncodedPairs, pad_id: int, device, amp, batch_size: int = 256,
                     limit: int = 2000) -> float:
     """Teacher-forced NLL per target token over (up to `limit`) validation pairs."""
-    from .trainer import autocast
+    from gptlab.training.trainer import autocast
     model.eval()
     n = min(len(data.src), limit)
     total, count = 0.0, 0
@@ -534,7 +529,7 @@ def fit(model: torch.nn.Module, t, total_steps: int, loss_of: Callable[[int], to
     best_of: a metric of evaluate() to maximise (early stopping): it is also evaluated after the
     last step, and the model ends with the weights of its best evaluation (stats: best_step).
     """
-    from .trainer import build_optimizer, lr_at
+    from gptlab.training.trainer import build_optimizer, lr_at
     opt = build_optimizer(model, t, device)
     averaged = WeightAverage(model, t.ema) if t.ema else None
     history: list[dict] = []
@@ -602,7 +597,7 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
     model_cfg: None = the preset's; its vocab_size is set from the tokenizer.
     splits: {"train", "val", "test"} pair lists; None = read t.data.
     """
-    from .trainer import autocast, resolve_device, resolve_precision
+    from gptlab.training.trainer import autocast, resolve_device, resolve_precision
     t.validate()
     out_dir = Path(t.out)
     if save:
@@ -656,7 +651,7 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
 
 def load(path: str | Path, device: str = "cpu") -> tuple[Seq2Seq, Tokenizer, dict]:
     """A seq2seq model folder -> (model in eval mode, tokenizer, config)."""
-    from .checkpoint import read_config
+    from gptlab.checkpoint import read_config
     cfg = read_config(path, make="gptlab seq2seq train")
     if cfg.get("kind") != KIND:
         raise UserError(f"{path} holds a {cfg.get('kind')!r} model, not a translation model: "

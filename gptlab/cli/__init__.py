@@ -8,8 +8,8 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import UserError
+from gptlab import __version__
+from gptlab.errors import UserError
 
 COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export"]
 
@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"gptlab.commands.{name}")
+            mod = importlib.import_module(f"gptlab.cli.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"gptlab.commands.{name}":
+            if e.name == f"gptlab.cli.{name}":
                 continue  # command not built in this version
             raise
         mod.register(sub)

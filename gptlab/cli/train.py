@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import add_config_args, config_from_args
+from gptlab.training.config import add_config_args, config_from_args
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..trainer import train  # torch is imported only when a command needs it
+    from gptlab.training.trainer import train  # torch is imported only when a command needs it
 
     cfg = config_from_args(args)
     result = train(cfg)

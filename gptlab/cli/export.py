@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_hf
+    from gptlab.checkpoint.export import export_hf
     out = export_hf(args.model, args.out)
     print(f"exported to {out}: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0

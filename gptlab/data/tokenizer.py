@@ -18,7 +18,7 @@ from typing import Iterable
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from .errors import UserError
+from gptlab.errors import UserError
 
 PAD, UNK, EOT = "[PAD]", "[UNK]", "<|endoftext|>"
 SPECIALS = (PAD, UNK, EOT)

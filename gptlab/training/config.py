@@ -19,10 +19,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .data.config import DataConfig
-from .errors import UserError
-from .model.config import PRESETS as MODEL_PRESETS
-from .model.config import ModelConfig
+from gptlab.data.config import DataConfig
+from gptlab.errors import UserError
+from gptlab.model.config import PRESETS as MODEL_PRESETS
+from gptlab.model.config import ModelConfig
 
 
 @dataclass

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
-from ..explain.trace import Trace
-from ..generate import check_generative
-from .generate import add_model_args, add_sampling_args, load_model, sampling_from_args, warnings_to_stderr
+from gptlab.errors import UserError
+from gptlab.explain.trace import Trace
+from gptlab.infer.generate import check_generative
+from gptlab.cli.generate import add_model_args, add_sampling_args, load_model, sampling_from_args, warnings_to_stderr
 
 
 def register(subparsers) -> None:
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         trace.save(args.json)
         print(f"wrote {args.json}")
     if args.out:
-        from ..checkpoint import atomic_write_text
-        from ..explain.render_html import render_html
+        from gptlab.checkpoint import atomic_write_text
+        from gptlab.explain.render_html import render_html
         atomic_write_text(args.out, render_html(trace, layer=layer, head=head))
         print(f"wrote {args.out}")
     else:

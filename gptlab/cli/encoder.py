@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from gptlab.commands.seq2seq import FMT, add_fields, add_use_flags, add_view_flags, fill, read_texts, show_trace
+from gptlab.cli.seq2seq import FMT, add_fields, add_use_flags, add_view_flags, fill, read_texts, show_trace
 
 
 def _data_fields(parser, skip=()):
@@ -24,7 +24,7 @@ def _data_fields(parser, skip=()):
 
 
 def register(sub) -> None:
-    from gptlab.encoder import ClassifyConfig, EncoderTrainConfig
+    from gptlab.training.tasks.encoder import ClassifyConfig, EncoderTrainConfig
     from gptlab.model.encoder import ENCODER_PRESETS
 
     p = sub.add_parser("encoder", help="encoder-only transformer (BERT): masked-LM pretraining, classification, attention",
@@ -76,7 +76,7 @@ def _data_config(args):
 
 
 def run_pretrain(args) -> int:
-    from gptlab.encoder import EncoderTrainConfig, pretrain
+    from gptlab.training.tasks.encoder import EncoderTrainConfig, pretrain
     from gptlab.model.encoder import ENCODER_PRESETS
     t = fill(EncoderTrainConfig(), args)
     t.validate()
@@ -91,7 +91,7 @@ def run_pretrain(args) -> int:
 
 
 def run_classify(args) -> int:
-    from gptlab.encoder import ClassifyConfig, classify
+    from gptlab.training.tasks.encoder import ClassifyConfig, classify
     from gptlab.model.encoder import ENCODER_PRESETS
     t = fill(ClassifyConfig(), args)
     t.validate()
@@ -106,7 +106,7 @@ def run_classify(args) -> int:
 
 
 def run_predict(args) -> int:
-    from gptlab.encoder import KIND_CLASSIFIER, load_encoder, predict
+    from gptlab.training.tasks.encoder import KIND_CLASSIFIER, load_encoder, predict
     texts = read_texts(args.text)
     model, tok, cfg = load_encoder(args.model, args.device, kinds=(KIND_CLASSIFIER,))
     for text, top in zip(texts, predict(model, tok, cfg, texts, top=max(args.top, 1))):
@@ -116,8 +116,8 @@ def run_predict(args) -> int:
 
 def run_explain(args) -> int:
     from gptlab.data import normalize_text
-    from gptlab.encoder import load_encoder
-    from gptlab.explain_families import explain_encoder
+    from gptlab.training.tasks.encoder import load_encoder
+    from gptlab.explain.families import explain_encoder
     model, tok, cfg = load_encoder(args.model, args.device)
     labels = cfg.get("classifier", {}).get("labels")
     # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.

@@ -1,0 +1,1 @@
+"""Inference: sampling, generation loops, decoding for every family."""

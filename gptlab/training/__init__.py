@@ -1,0 +1,1 @@
+"""Training: one loop (loop.py) that runs every family as a task (tasks/)."""
