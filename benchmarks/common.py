@@ -25,7 +25,7 @@ from gptlab.data import Corpus, DataConfig, load_corpus, split_records  # noqa: 
 from gptlab.infer.quality import distinct_n, parse_template, template_valid  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
 
-WINE_CSV = "/work/shared/data/wine-reviews.csv"
+WINE_CSV = str(REPO.parent / "shared" / "data" / "wine-reviews.csv")  # ../shared beside the repo
 CTX = 80
 SEED = 42
 

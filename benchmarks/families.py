@@ -4,7 +4,7 @@
    unseen): exact match and chrF of greedy and beam search, against a retrieval baseline (the
    Spanish of the training number whose English is nearest by character n-gram TF-IDF).
 2. Encoder-only, wine variety (20 most common) from the description alone, on
-   /work/shared/data/wine-reviews.csv split by record: masked-LM pretrained + fine-tuned encoder
+   ../shared/data/wine-reviews.csv split by record: masked-LM pretrained + fine-tuned encoder
    vs the same encoder fine-tuned from scratch vs TF-IDF + logistic regression vs the majority class.
    Fine-tuning runs a fixed number of passes with each --word-dropout value; the one with the best
    accuracy on a dev slice of the training rows is the headline (the test rows pick nothing).
@@ -29,13 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab.training.tasks import encoder as enc
-from gptlab.training.tasks import seq2seq as s2s
+from gptlab.data.pairs import normalize
+from gptlab.data.texts import labelled_rows
+from gptlab.infer.translate import translate
+from gptlab.training.tasks.classify import ClassifyConfig, classify
+from gptlab.training.tasks.masked_lm import EncoderTrainConfig, pretrain
+from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, load_splits
+from gptlab.training.tasks.seq2seq import train as train_seq2seq
 from gptlab.data import DataConfig
 from gptlab.model.encoder import ENCODER_PRESETS
 from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
 
-WINE = Path("/work/shared/data/wine-reviews.csv")
+WINE = Path(__file__).resolve().parents[2] / "shared" / "data" / "wine-reviews.csv"  # ../shared beside the repo
 
 
 def retrieval_baseline(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> list[str]:
@@ -56,17 +61,17 @@ def scores(hyps: list[str], refs: list[str]) -> dict:
 
 
 def bench_numbers(quick: bool, threads: int) -> dict:
-    t = s2s.Seq2SeqTrainConfig(out="", preset="small", steps=4000 if not quick else 600,
+    t = Seq2SeqTrainConfig(out="", preset="small", max_steps=4000 if not quick else 600,
                                time_budget=540.0 if not quick else 120.0, batch_size=64, lr=2e-3,
                                warmup_steps=200, eval_interval=0, eval_pairs=0, progress=sys.stderr.isatty(),
                                device="cpu", threads=threads, seed=0)
-    splits = s2s.load_splits(t)
+    splits = load_splits(t)
     mcfg = SEQ2SEQ_PRESETS["small"]()
     t0 = time.perf_counter()
-    r = s2s.train(t, mcfg, splits=splits, save=False)
+    r = train_seq2seq(t, mcfg, splits=splits, save=False)
     train_s = time.perf_counter() - t0
     test = splits["test"]
-    refs = [s2s.normalize(r.tokenizer, y) for _, y in test]
+    refs = [normalize(r.tokenizer, y) for _, y in test]
     srcs = [x for x, _ in test]
     out = {"task": "English number words -> Spanish, numbers 0..9999 split by number (8000/1000/1000), test",
            "n_test": len(test), "train_pairs": len(splits["train"]), "params": r.model.num_params(),
@@ -74,10 +79,10 @@ def bench_numbers(quick: bool, threads: int) -> dict:
            "steps": r.config["metrics"]["steps"], "train_seconds": round(train_s, 1), "results": {}}
     base = retrieval_baseline(splits["train"], test)
     out["results"]["retrieval baseline (nearest training number)"] = scores(
-        [s2s.normalize(r.tokenizer, b) for b in base], refs)
+        [normalize(r.tokenizer, b) for b in base], refs)
     for beam in (1, 4):
         t1 = time.perf_counter()
-        hyps = s2s.translate(r.model, r.tokenizer, srcs, beam=beam)
+        hyps = translate(r.model, r.tokenizer, srcs, beam=beam)
         res = scores(hyps, refs)
         res["decode_seconds"] = round(time.perf_counter() - t1, 1)
         out["results"][f"seq2seq, {'greedy' if beam == 1 else f'beam {beam}'}"] = res
@@ -94,7 +99,7 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
     from sklearn.linear_model import LogisticRegression
     dcfg = DataConfig(data=str(csv), format="csv", val_fraction=0.15, seed=42,
                       max_records=12000 if quick else 0)
-    data = enc.labelled_rows(dcfg, "variety", "description", top=20)
+    data = labelled_rows(dcfg, "variety", "description", top=20)
     tr_x = [data.texts[i] for i in data.train]
     tr_y = [data.labels[i] for i in data.train]
     te_x = [data.texts[i] for i in data.val]
@@ -127,8 +132,8 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
                   precision="auto")
     mcfg = ENCODER_PRESETS["small"]()
     # Masked-LM pretraining on the TRAINING rows' descriptions only (same split, same seed).
-    pt = enc.EncoderTrainConfig(out="", preset="small", text_field="description", vocab_size=12000,
-                                steps=100000, time_budget=pre_budget, batch_size=64, lr=1e-3, warmup_steps=200,
+    pt = EncoderTrainConfig(out="", preset="small", text_field="description", vocab_size=12000,
+                                max_steps=100000, time_budget=pre_budget, batch_size=64, lr=1e-3, warmup_steps=200,
                                 **common)
     if pretrain_init:  # more pretraining of an encoder saved by an earlier run: a restart at half the peak rate
         pt.init, pt.lr, pt.min_lr, pt.seed = pretrain_init, 5e-4, 5e-5, 1
@@ -138,7 +143,7 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
         tmp = Path(pretrained)
     else:
         t0 = time.perf_counter()
-        pre = enc.pretrain(pt, dcfg, mcfg, save=False)
+        pre = pretrain(pt, dcfg, mcfg, save=False)
         out["pretrain"] = {"seconds": round(time.perf_counter() - t0, 1), **pre.config["metrics"],
                            "params": pre.model.num_params()}
         if pretrain_init:
@@ -151,13 +156,13 @@ def bench_wine(quick: bool, threads: int, csv: Path, pretrained: str = "", ft_ep
 
     def fine_tune(model_dir: str, lr: float, word_dropout: float) -> dict:
         # A fixed number of passes (not a time budget), so the result does not depend on the machine's load.
-        ct = enc.ClassifyConfig(out="", model=model_dir, label="variety", text_field="description", top=20,
+        ct = ClassifyConfig(out="", model=model_dir, label="variety", text_field="description", top=20,
                                 preset="small", vocab_size=12000, epochs=1.0 if quick else ft_epochs, time_budget=0,
                                 batch_size=32, lr=lr, min_lr=lr / 20, warmup_steps=200, pooling="mean",
                                 word_dropout=word_dropout, ema=ema,
                                 **{**common, "eval_interval": 300})  # 10% of the training rows pick the best step
         t1 = time.perf_counter()
-        r = enc.classify(ct, dcfg, None if model_dir else ENCODER_PRESETS["small"](), save=False, data=data)
+        r = classify(ct, dcfg, None if model_dir else ENCODER_PRESETS["small"](), save=False, data=data)
         m = r.config["metrics"]
         return {"accuracy": m["val_accuracy"], "steps": m["steps"], "best_step": m.get("best_step"),
                 "dev_accuracy": m.get("best_dev_accuracy"), "seconds": round(time.perf_counter() - t1, 1), "lr": lr,

@@ -5,7 +5,7 @@ without one.
     python benchmarks/gpu_check.py                 # ~3-6 minutes on one H100/H200
     python benchmarks/gpu_check.py --steps 100 --check-steps 100
 
-Data: the real reviews (--data, default /work/shared/data/wine-reviews.csv) when present, else the
+Data: the real reviews (--data, default ../shared/data/wine-reviews.csv beside the repo) when present, else the
 built-in synthetic corpus (same tokenizer family; throughput depends only on the shapes).
 """
 
@@ -26,7 +26,7 @@ from train_throughput import gptlab_contestant  # noqa: E402
 
 def losses(data, device: str, precision: str, compile: bool, steps: int) -> list[float]:
     """Per-step training loss of `book` (dropout 0, so runs are comparable) on the same batches."""
-    from gptlab.training import trainer
+    from gptlab.training.tasks.causal_lm import train
     from gptlab.training.config import RUN_PRESETS
     from gptlab.data import Corpus
     cfg = RUN_PRESETS["book"]()
@@ -36,7 +36,7 @@ def losses(data, device: str, precision: str, compile: bool, steps: int) -> list
     t.out, t.device, t.precision, t.compile = tempfile.mkdtemp(prefix="gptlab_gpu_"), device, precision, compile
     t.max_steps, t.log_interval, t.eval_interval, t.save_interval = steps, 1, 0, 0
     t.progress, t.tensorboard, t.sample_prompt = False, False, ""
-    res = trainer.train(cfg, Corpus(records=data.train_recs, source="train split", skipped=0))
+    res = train(cfg, Corpus(records=data.train_recs, source="train split", skipped=0))
     return [h["loss"] for h in res.history if "loss" in h]
 
 

@@ -49,7 +49,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import gptlab.model.gpt as gpt_mod
-    import gptlab.model.layers as layers_mod
     from gptlab.training.batches import BatchPlan
     from gptlab.model import GPT, book
 
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
     for name in names:
         torch.manual_seed(0)
         cfg = book(data.tok.vocab_size)
-        cfg.attn_dropout = 0.0  # the notebook's attention has no dropout on its weights
+        cfg.attn_impl = "sdpa" if "sdpa" in VARIANTS[name] else "auto"
         m = GPT(cfg).train()
         fused = "loop-adam" not in VARIANTS[name]
         models[name] = (m, torch.optim.Adam(m.parameters(), lr=1e-3, eps=1e-7, fused=fused or None))
@@ -78,7 +77,6 @@ def main(argv=None) -> int:
             m, opt = models[name]
             flags = VARIANTS[name]
             gpt_mod.token_nll = plain_nll if "plain-ce" in flags else fused_nll
-            layers_mod.CPU_LOW_PRECISION_EXPLICIT = "sdpa" not in flags
             for i in range(args.steps):
                 b = plan.make(rows[(rep * args.steps + i) % len(rows)])
                 c0 = time.process_time()
@@ -101,7 +99,7 @@ def main(argv=None) -> int:
                         times[name][k].append(v)
                     tokens[name] += b.n_tokens
                 step += 1
-    gpt_mod.token_nll, layers_mod.CPU_LOW_PRECISION_EXPLICIT = fused_nll, True
+    gpt_mod.token_nll = fused_nll
     print(f"\nCPU ms per step (medians; {(args.steps - 2) * args.repeats} steps each):")
     print(f"  {'variant':10s} " + " ".join(f"{k:>20s}" for k in parts) + f" {'total':>8s} {'non-pad tok/s':>14s}")
     for name in names:

@@ -90,8 +90,6 @@ def gptlab_config(args, out: Path):
         cfg.model.n_layer = args.n_layer
     if args.dropout is not None:
         cfg.model.dropout = args.dropout
-    if args.preset == "book" and not hasattr(cfg.model, "attn_dropout"):
-        cfg.model.attn_dropout = 0.0  # the notebook's MultiHeadAttention has no attention dropout
     for kv in args.set:
         section, _, rest = kv.partition(".")
         name, _, value = rest.partition("=")
@@ -103,7 +101,7 @@ def gptlab_config(args, out: Path):
 
 def run_gptlab(args, data, target: float | None) -> dict:
     import torch
-    from gptlab.training import trainer
+    from gptlab.training.tasks.causal_lm import train
     from gptlab.model import GPT
     out = Path(tempfile.mkdtemp(prefix="gptlab_ttq_"))
     cfg = gptlab_config(args, out)
@@ -117,7 +115,7 @@ def run_gptlab(args, data, target: float | None) -> dict:
             return args.stop_at_target
         return False
 
-    res = trainer.train(cfg, data.corpus, on_eval=on_eval)
+    res = train(cfg, data.corpus, on_eval=on_eval)
     hist = [h for h in res.history if "val_loss" in h]
     model, lm_tok = _load(out)
     q = quality_report(gptlab_next_probs(model), gptlab_sampler(model, lm_tok), data, n=args.quality_samples)

@@ -7,7 +7,7 @@ repeats interleaved so that a busy machine slows every contestant alike.
     python benchmarks/train_throughput.py --no-keras --device cuda --batch-size 1024
 
 The honest figure is non-padding tokens per second: padding is not text the model learns from.
-gptlab is measured through its real training loop (`gptlab.training.trainer.train`), Keras through
+gptlab is measured through its real training loop (`gptlab.training.tasks.causal_lm.train`, on `gptlab.training.loop`), Keras through
 `model.fit`; both per step after a warm-up, startup excluded.
 """
 
@@ -35,7 +35,7 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
     training time excludes nothing else here: no evaluation, no checkpoint until the end). On a
     GPU the loss is read every `log_interval` steps, the loop's only host sync.
     """
-    from gptlab.training import trainer
+    from gptlab.training.tasks.causal_lm import train
     from gptlab.training.config import RUN_PRESETS
     from gptlab.data import Corpus
 
@@ -49,12 +49,10 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
         t.batching, t.precision, t.batch_size, t.compile, t.device, t.threads = batching, precision, batch_size, compile, device, threads
         t.max_steps, t.log_interval, t.eval_interval, t.save_interval = warmup + steps, log_interval, 0, 0
         t.progress, t.tensorboard, t.sample_prompt = False, False, ""
-        if preset == "book" and not hasattr(cfg.model, "attn_dropout"):
-            cfg.model.attn_dropout = 0.0  # the notebook's MultiHeadAttention has no attention dropout
         for k, v in (extra or {}).items():
             section, field = k.split(".")
             setattr(getattr(cfg, section), field, v)
-        res = trainer.train(cfg, corpus)
+        res = train(cfg, corpus)
         recs = [h for h in res.history if "loss" in h and h["step"] >= warmup]
         if len(recs) < 2:
             raise SystemExit(f"{name}: too few measured steps ({steps}) for log interval {log_interval}")

@@ -15,7 +15,7 @@ def load(path, device=None):
 
 def train(cfg, corpus=None):
     """Train a GPT from a `gptlab.training.config.RunConfig` (the CLI's config objects); returns a TrainResult."""
-    from gptlab.training.trainer import train as _train
+    from gptlab.training.tasks.causal_lm import train as _train
     return _train(cfg, corpus)
 
 

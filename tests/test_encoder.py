@@ -13,7 +13,10 @@ from gptlab.cli import main
 from gptlab.data import DataConfig
 from gptlab.model import IGNORE_INDEX
 from gptlab.model.encoder import Classifier, Encoder, bert_tiny
-from gptlab.training.tasks import encoder as enc
+from gptlab.data.texts import labelled_rows
+from gptlab.infer.classify import predict
+from gptlab.training.tasks.classify import ClassifyConfig, classify, hide_words
+from gptlab.training.tasks.masked_lm import EncoderTrainConfig, mask_tokens, pretrain
 
 torch.set_num_threads(1)
 
@@ -66,7 +69,7 @@ def test_masking_proportions():
     ids = torch.randint(ns, V, (400, 500), generator=g)
     ids[:, :3] = torch.tensor([3, 1, 2])      # [CLS], [UNK], <|endoftext|>: specials
     ids[:, -20:] = 0                          # padding
-    inputs, targets = enc.mask_tokens(ids, n_special=ns, mask_id=mask_id, vocab_size=V, generator=g)
+    inputs, targets = mask_tokens(ids, n_special=ns, mask_id=mask_id, vocab_size=V, generator=g)
     words = ids >= ns
     selected = targets != IGNORE_INDEX
     assert not (selected & ~words).any(), "specials and padding are never selected"
@@ -89,23 +92,23 @@ def test_word_dropout_hides_only_words_in_proportion():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(ns, 1000, (300, 400), generator=g)
     ids[:, :1], ids[:, -30:] = 3, 0                # [CLS] and padding
-    out = enc.hide_words(ids, 0.1, first_word=ns, mask_id=mask_id, generator=g)
+    out = hide_words(ids, 0.1, first_word=ns, mask_id=mask_id, generator=g)
     words = ids >= ns
     assert (out[~words] == ids[~words]).all(), "specials and padding stay"
     changed = out != ids
     assert (out[changed] == mask_id).all()
     assert abs(int(changed.sum()) / int(words.sum()) - 0.1) < 0.005
-    assert enc.hide_words(ids, 0.0, first_word=ns, mask_id=mask_id) is ids
+    assert hide_words(ids, 0.0, first_word=ns, mask_id=mask_id) is ids
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "mlm"
-    t = enc.EncoderTrainConfig(out=str(out), preset="tiny", vocab_size=400, steps=60, batch_size=32, lr=3e-3,
+    t = EncoderTrainConfig(out=str(out), preset="tiny", vocab_size=400, max_steps=60, batch_size=32, lr=3e-3,
                                warmup_steps=10, eval_interval=0, progress=False, device="cpu", seed=0,
                                text_field="description")
     dcfg = DataConfig(builtin_size=400, val_fraction=0.1)
-    return enc.pretrain(t, dcfg), out, dcfg
+    return pretrain(t, dcfg), out, dcfg
 
 
 def test_mlm_loss_drops(pretrained):
@@ -120,13 +123,13 @@ def test_pretrain_init_continues_from_the_saved_encoder(pretrained, tmp_path):
     """--init: the saved weights, shape and tokenizer are the start (lr 0 keeps them exactly), and
     further masked-LM steps lower the loss from there."""
     r, mlm_dir, dcfg = pretrained
-    kw = dict(preset="tiny", steps=40, batch_size=32, warmup_steps=5, eval_interval=0, progress=False, device="cpu",
+    kw = dict(preset="tiny", max_steps=40, batch_size=32, warmup_steps=5, eval_interval=0, progress=False, device="cpu",
               seed=1, text_field="description", init=str(mlm_dir), vocab_size=50)  # vocab_size: ignored with init
-    same = enc.pretrain(enc.EncoderTrainConfig(out="", lr=0.0, min_lr=0.0, **kw), dcfg, save=False)
+    same = pretrain(EncoderTrainConfig(out="", lr=0.0, min_lr=0.0, **kw), dcfg, save=False)
     assert same.tokenizer.vocab_size == r.tokenizer.vocab_size
     for (k, a), b in zip(r.model.state_dict().items(), same.model.state_dict().values()):
         assert torch.equal(a, b), k
-    more = enc.pretrain(enc.EncoderTrainConfig(out="", lr=2e-3, min_lr=2e-4, **kw), dcfg, save=False)
+    more = pretrain(EncoderTrainConfig(out="", lr=2e-3, min_lr=2e-4, **kw), dcfg, save=False)
     assert more.config["metrics"]["init_steps"] == r.config["metrics"]["steps"]
     assert more.config["metrics"]["val_loss"] < r.config["metrics"]["val_loss"]
 
@@ -135,16 +138,16 @@ def test_fine_tune_from_pretrained_and_round_trip(pretrained, tmp_path):
     import gptlab
     r, mlm_dir, dcfg = pretrained
     out = tmp_path / "cls"
-    t = enc.ClassifyConfig(out=str(out), model=str(mlm_dir), label="country", top=3, steps=30, batch_size=32,
+    t = ClassifyConfig(out=str(out), model=str(mlm_dir), label="country", top=3, max_steps=30, batch_size=32,
                            lr=3e-3, warmup_steps=5, eval_interval=0, progress=False, device="cpu", seed=0)
-    res = enc.classify(t, DataConfig(builtin_size=400, val_fraction=0.1))
+    res = classify(t, DataConfig(builtin_size=400, val_fraction=0.1))
     m = res.config["metrics"]
     assert m["train_rows"] > 0 and m["val_rows"] > 0 and len(res.config["classifier"]["labels"]) == 3
     loaded = gptlab.load(out, device="cpu")
     assert loaded.kind == "classifier"
     texts = ["Crisp lemon and green apple with a flinty finish.", "Dark cherry, firm tannins, tobacco."]
-    assert enc.predict(loaded.model, loaded.tokenizer, loaded.config, texts, top=2) == \
-        enc.predict(res.model, res.tokenizer, res.config, texts, top=2)
+    assert predict(loaded.model, loaded.tokenizer, loaded.config, texts, top=2) == \
+        predict(res.model, res.tokenizer, res.config, texts, top=2)
     # The classifier started from the masked-LM weights: the untouched position table shows it.
     fresh = Classifier(res.model.cfg, 3)
     fresh.encoder.load_state_dict(r.model.state_dict())
@@ -154,10 +157,10 @@ def test_fine_tune_from_pretrained_and_round_trip(pretrained, tmp_path):
 def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
     mlm, cls = tmp_path / "mlm", tmp_path / "cls"
     common = ["--builtin-size", "300", "--no-progress", "--device", "cpu", "--batch-size", "32"]
-    assert main(["encoder", "pretrain", "--out", str(mlm), "--preset", "tiny", "--steps", "5", "--vocab-size", "300",
+    assert main(["encoder", "pretrain", "--out", str(mlm), "--preset", "tiny", "--max-steps", "5", "--vocab-size", "300",
                  "--text-field", "description", *common]) == 0
     assert main(["encoder", "classify", "--model", str(mlm), "--out", str(cls), "--label", "variety", "--top", "4",
-                 "--steps", "5", *common]) == 0
+                 "--max-steps", "5", *common]) == 0
     out = capsys.readouterr().out
     assert "validation accuracy" in out
     assert main(["encoder", "predict", "--model", str(cls), "--top", "2", "Ripe plum and cocoa."]) == 0
@@ -168,7 +171,7 @@ def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
     assert main(["encoder", "explain", "--model", str(cls), "Ripe plum and cocoa.", "--token", "plum",
                  "--html", str(html), "--json", str(js), "--no-color"]) == 0
     trace = json.loads(js.read_text())
-    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 1, "classifier")
+    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 2, "classifier")
     assert trace["tokens"][:3] == ["[CLS]", "ripe", "plum"] and trace["focus"] == 2
     T = len(trace["tokens"])
     assert len(trace["self_attention"]["layers"][0]) == T and len(trace["self_attention"]["layers"][0][0]) == T
@@ -180,7 +183,7 @@ def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
 
 
 def test_explain_object_renders_in_a_notebook(pretrained):
-    from gptlab.explain.families import explain_encoder
+    from gptlab.explain.capture import explain_encoder
     r, _, _ = pretrained
     trace = explain_encoder(r.model, r.tokenizer, "black cherry and [MASK] on the finish")
     assert trace.focus == 0 and trace.tokens[0] == "[CLS]"
@@ -210,21 +213,21 @@ def test_label_column_absent_is_one_line_error(tmp_path, capsys):
         for i in range(20):
             w.writerow([f"a wine with notes of plum number {i}", "red" if i % 2 else "white"])
     out = tmp_path / "cls"
-    rc = main(["encoder", "classify", "--data", str(p), "--label", "variety", "--out", str(out), "--steps", "1",
+    rc = main(["encoder", "classify", "--data", str(p), "--label", "variety", "--out", str(out), "--max-steps", "1",
                "--preset", "tiny", "--no-progress"])
     _one_line_error(capsys, rc, "no column 'variety'")
     assert not (out / "config.json").exists()
-    rc = main(["encoder", "classify", "--label", "nosuch", "--builtin-size", "50", "--out", str(out), "--steps", "1",
+    rc = main(["encoder", "classify", "--label", "nosuch", "--builtin-size", "50", "--out", str(out), "--max-steps", "1",
                "--preset", "tiny", "--no-progress"])
     _one_line_error(capsys, rc, "no column 'nosuch'")
     txt = tmp_path / "plain.txt"
     txt.write_text("one line\nanother line\n")
     rc = main(["encoder", "classify", "--data", str(txt), "--text-field", "", "--label", "x", "--out", str(out),
-               "--steps", "1", "--preset", "tiny", "--no-progress"])
+               "--max-steps", "1", "--preset", "tiny", "--no-progress"])
     _one_line_error(capsys, rc, "no columns")
-    rc = main(["encoder", "classify", "--builtin-size", "50", "--out", str(out), "--steps", "1",
+    rc = main(["encoder", "classify", "--builtin-size", "50", "--out", str(out), "--max-steps", "1",
                "--preset", "tiny", "--no-progress", "--word-dropout", "1"])
-    _one_line_error(capsys, rc, "--word-dropout must be in [0, 1)")
+    _one_line_error(capsys, rc, "--word-dropout must be >= 0 and < 1")
 
 
 def test_wrong_model_kind_is_one_line_error(tmp_path, capsys):
@@ -235,69 +238,10 @@ def test_wrong_model_kind_is_one_line_error(tmp_path, capsys):
     _one_line_error(capsys, rc, "'gpt' model where 'classifier' is needed")
 
 
-def _loop(**kw):
-    from gptlab.training.tasks.seq2seq import LoopConfig
-    return LoopConfig(**{**dict(lr=1e-2, min_lr=1e-3, warmup_steps=0, weight_decay=0.0, beta2=0.99, grad_clip=0.0,
-                                eval_interval=5, progress=False), **kw})
-
-
-def test_fit_with_ema_keeps_the_average_of_the_trajectory_it_would_have_taken():
-    """--ema: training steps are unchanged (evaluation swaps the average in and back out), evaluation
-    sees the averaged weights, and the model ends as the moving average of the weights after each step."""
-    from gptlab.training.tasks.seq2seq import fit
-
-    def run(ema):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 1)
-        x, y = torch.randn(64, 4), torch.randn(64, 1)
-        trail = [model.weight.detach().clone()]  # the weights before step 1, 2, ... (loss_of runs first)
-        seen = []
-
-        def loss_of(step):
-            if step:
-                trail.append(model.weight.detach().clone())
-            return ((model(x) - y) ** 2).mean()
-
-        fit(model, _loop(ema=ema), 20, loss_of, lambda: seen.append(model.weight.detach().clone()) or {},
-            "t", torch.device("cpu"))
-        return model.weight.detach().clone(), trail, seen
-
-    plain, trail_plain, _ = run(0.0)
-    averaged, trail, seen = run(0.9)
-    assert all(torch.equal(a, b) for a, b in zip(trail, trail_plain)) and len(trail) == 20
-    shadow = trail[0]
-    expected = []
-    for step, w in enumerate(trail[1:] + [plain], start=1):
-        shadow = torch.lerp(shadow, w, 1 - min(0.9, (1 + step) / (10 + step)))
-        expected.append(shadow)
-    assert torch.allclose(averaged, expected[-1], atol=1e-6) and not torch.allclose(averaged, plain, atol=1e-4)
-    assert torch.allclose(seen[0], expected[4], atol=1e-6)  # the evaluation after step 5 saw the average
-
-
-def test_fit_keeps_the_weights_of_the_best_evaluation():
-    """Early stopping: with best_of, the model ends with the weights it had at its best evaluation."""
-    from gptlab.training.tasks.seq2seq import fit
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    x, y = torch.randn(64, 4), torch.randn(64, 1)
-    t = _loop(eval_interval=5)
-    scores = iter([0.1, 0.9, 0.5, 0.3])  # evaluations at steps 5, 10, 15 and after the last step (20)
-    snapshots = {}
-
-    def evaluate():
-        snapshots[len(snapshots)] = model.weight.detach().clone()
-        return {"acc": next(scores)}
-
-    history, stats = fit(model, t, 20, lambda step: ((model(x) - y) ** 2).mean(), evaluate, "t", torch.device("cpu"),
-                          best_of="acc")
-    assert stats["best_step"] == 10 and stats["best_acc"] == 0.9 and len(history) == 4
-    assert torch.equal(model.weight, snapshots[1])
-    assert not torch.equal(snapshots[1], snapshots[3])
-
 
 @pytest.mark.parametrize("argv,fix", [
-    (["encoder", "pretrain", "--init", "{missing}", "--out", "{out}", "--steps", "1"], "`gptlab encoder pretrain --out"),
-    (["encoder", "classify", "--model", "{missing}", "--out", "{out}", "--steps", "1"], "`gptlab encoder pretrain --out"),
+    (["encoder", "pretrain", "--init", "{missing}", "--out", "{out}", "--max-steps", "1"], "`gptlab encoder pretrain --out"),
+    (["encoder", "classify", "--model", "{missing}", "--out", "{out}", "--max-steps", "1"], "`gptlab encoder pretrain --out"),
     (["encoder", "predict", "--model", "{missing}", "some text"], "`gptlab encoder classify --out"),
     (["seq2seq", "translate", "--model", "{missing}", "three"], "`gptlab seq2seq train --out"),
 ])

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlab.training import scale, trainer
+from gptlab.training import scale
+from gptlab.training.tasks import causal_lm
 from gptlab.cli import main
 from gptlab.data import Corpus, split_records
 
@@ -123,13 +124,13 @@ def test_tiny_ladder_end_to_end_then_resume(corpus_file, tmp_path, monkeypatch, 
     before = {r["name"]: r["best_val_loss"] for r in rows}
     (out / "n-16" / "result.json").unlink()
     calls = []
-    real_train = trainer.train
+    real_train = causal_lm.train
 
     def counting_train(cfg, corpus=None, **kwargs):
         calls.append((Path(cfg.train.out).name, cfg.train.resume))
         return real_train(cfg, corpus, **kwargs)
 
-    monkeypatch.setattr(trainer, "train", counting_train)
+    monkeypatch.setattr(causal_lm, "train", counting_train)
     assert main(tiny_args(corpus_file, out, "--data-sizes", "600", "1200", "2400", "--data-model-size", "16")) == 0
     assert calls == [("n-16", True)]
     after = {r["name"]: r["best_val_loss"] for r in csv.DictReader((out / "points.csv").open())}

@@ -10,7 +10,9 @@ import torch
 
 from gptlab.cli import main
 from gptlab.model.seq2seq import Seq2Seq, Seq2SeqConfig, seq2seq_tiny
-from gptlab.training.tasks import seq2seq as s2s
+from gptlab.data.pairs import english_number, normalize, number_pairs, read_pairs, spanish_number
+from gptlab.infer.translate import beam_search, greedy_decode, translate
+from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, load_splits, train
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give
 
@@ -122,35 +124,35 @@ def test_kv_cache_decoding_equals_full_recompute():
 def test_beam_size_one_is_greedy_and_beams_are_consistent():
     model = tiny_model(seed=3)
     srcs = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
-    greedy = s2s.greedy_decode(model, srcs, bos_id=3, eos_id=2, max_len=12)
-    beam1 = s2s.beam_search(model, srcs, bos_id=3, eos_id=2, beam_size=1, max_len=12)
+    greedy = greedy_decode(model, srcs, bos_id=3, eos_id=2, max_len=12)
+    beam1 = beam_search(model, srcs, bos_id=3, eos_id=2, beam_size=1, max_len=12)
     assert greedy == beam1
     # Padding a source in a batch changes nothing: each sentence decodes as it does alone.
-    assert greedy == [s2s.greedy_decode(model, [s], bos_id=3, eos_id=2, max_len=12)[0] for s in srcs]
+    assert greedy == [greedy_decode(model, [s], bos_id=3, eos_id=2, max_len=12)[0] for s in srcs]
     # Batched beam search gives each sentence what it gets alone.
-    batched = s2s.beam_search(model, srcs, bos_id=3, eos_id=2, beam_size=3, max_len=12)
-    alone = [s2s.beam_search(model, [s], bos_id=3, eos_id=2, beam_size=3, max_len=12)[0] for s in srcs]
+    batched = beam_search(model, srcs, bos_id=3, eos_id=2, beam_size=3, max_len=12)
+    alone = [beam_search(model, [s], bos_id=3, eos_id=2, beam_size=3, max_len=12)[0] for s in srcs]
     assert batched == alone
 
 
 # -- data -----------------------------------------------------------------------------------------
 def test_number_words_and_split_by_number():
     pytest.importorskip("num2words")
-    assert s2s.english_number(342) == "three hundred forty-two"
-    assert s2s.spanish_number(342) == "trescientos cuarenta y dos"
-    splits = s2s.number_pairs(max_number=999, seed=0, val_fraction=0.1, test_fraction=0.1)
+    assert english_number(342) == "three hundred forty-two"
+    assert spanish_number(342) == "trescientos cuarenta y dos"
+    splits = number_pairs(max_number=999, seed=0, val_fraction=0.1, test_fraction=0.1)
     sources = {k: {s for s, _ in v} for k, v in splits.items()}
     assert len(sources["test"]) == 100 and len(sources["val"]) == 100 and len(sources["train"]) == 800
     assert not sources["test"] & sources["train"] and not sources["val"] & sources["train"]
-    assert splits == s2s.number_pairs(max_number=999, seed=0), "the split is fixed by its seed"
+    assert splits == number_pairs(max_number=999, seed=0), "the split is fixed by its seed"
 
 
 def test_read_pairs_takes_two_columns(tmp_path):
     p = tmp_path / "spa-eng.txt"
     p.write_text("Go.\tVe.\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272 (CM)\n\nHi.\tHola.\n",
                  encoding="utf-8")
-    assert s2s.read_pairs(p) == [("Go.", "Ve."), ("Hi.", "Hola.")]
-    assert s2s.read_pairs(p, reverse=True) == [("Ve.", "Go."), ("Hola.", "Hi.")]
+    assert read_pairs(p) == [("Go.", "Ve."), ("Hi.", "Hola.")]
+    assert read_pairs(p, reverse=True) == [("Ve.", "Go."), ("Hola.", "Hi.")]
 
 
 # -- training, checkpoints, CLI -------------------------------------------------------------------
@@ -164,18 +166,18 @@ PAIRS = [("one two", "uno dos"), ("two three", "dos tres"), ("three", "tres"), (
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("s2s") / "model"
-    t = s2s.Seq2SeqTrainConfig(out=str(out), steps=250, batch_size=20, lr=3e-3, warmup_steps=20,
+    t = Seq2SeqTrainConfig(out=str(out), max_steps=250, batch_size=20, lr=3e-3, warmup_steps=20,
                                eval_interval=0, eval_pairs=20, progress=False, device="cpu", seed=0)
     cfg = seq2seq_tiny()
     cfg.d_model, cfg.d_ff = 48, 96
-    r = s2s.train(t, cfg, splits={"train": PAIRS, "val": PAIRS, "test": []})
+    r = train(t, cfg, splits={"train": PAIRS, "val": PAIRS, "test": []})
     return r, out
 
 
 def test_overfits_twenty_pairs_to_exact_match(trained):
     r, _ = trained
     assert r.config["metrics"]["val_exact_match"] == 1.0
-    assert s2s.translate(r.model, r.tokenizer, [s for s, _ in PAIRS], beam=3) == [t for _, t in PAIRS]
+    assert translate(r.model, r.tokenizer, [s for s, _ in PAIRS], beam=3) == [t for _, t in PAIRS]
 
 
 def test_save_load_round_trip(trained):
@@ -199,7 +201,7 @@ def test_cli_translate_and_explain(trained, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "seis" in text and "six" in text
     trace = json.loads(js.read_text())
-    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 1, "seq2seq")
+    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 2, "seq2seq")
     assert trace["source_tokens"] == ["six", "two", "one"]
     assert trace["target_tokens"] == ["seis", "dos", "uno", "<|endoftext|>"]
     layers = trace["cross_attention"]["layers"]
@@ -210,7 +212,7 @@ def test_cli_translate_and_explain(trained, tmp_path, capsys):
 
 
 def test_explain_object_renders_in_a_notebook(trained):
-    from gptlab.explain.families import explain_translation
+    from gptlab.explain.capture import explain_translation
     r, _ = trained
     trace = explain_translation(r.model, r.tokenizer, "ten three")
     assert "<table" in trace._repr_html_()
@@ -237,7 +239,7 @@ def test_bad_pairs_file_is_one_line_error(tmp_path, capsys, content, words):
     p = tmp_path / "pairs.tsv"
     p.write_text(content, encoding="utf-8")
     out = tmp_path / "model"
-    rc = main(["seq2seq", "train", "--data", str(p), "--out", str(out), "--steps", "1", "--no-progress"])
+    rc = main(["seq2seq", "train", "--data", str(p), "--out", str(out), "--max-steps", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2
     assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

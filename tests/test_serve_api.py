@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -250,18 +249,27 @@ def test_body_size_is_413(client):
     assert complete(client).status_code == 200
 
 
+# The tests below act at moments (a worker is busy, a request is queued, a worker is free again) that
+# they wait for on events, never on sleeps: a loaded machine makes them slower, not wrong. Timeouts
+# on those waits only turn a hang into a failure.
+WAIT_S = 30
+
+
 class Held:
     """Wrap a model's generate so calls wait until released: a worker stays busy on demand."""
 
     def __init__(self, lm):
         self.lm, self.real = lm, lm.generate
-        self.release, self.started = threading.Event(), threading.Semaphore(0)
+        self.release, self.started, self.done = threading.Event(), threading.Semaphore(0), threading.Event()
 
     def __enter__(self):
         def held(*a, **kw):
             self.started.release()
-            self.release.wait(30)
-            return self.real(*a, **kw)
+            try:
+                self.release.wait(WAIT_S)
+                return self.real(*a, **kw)
+            finally:
+                self.done.set()
         self.lm.generate = held
         return self
 
@@ -269,9 +277,45 @@ class Held:
         self.release.set()
         del self.lm.generate   # back to the class's method
 
+    def wait_started(self) -> None:
+        assert self.started.acquire(timeout=WAIT_S), "no worker ever called generate"
+
+
+class GateWatch:
+    """A Gate's on_event hook that records what the gate reports, for a test to wait on."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event: str) -> None:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def wait(self, event: str, count: int = 1) -> None:
+        """Block until the gate has reported `event` `count` times in all."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self.events.count(event) >= count, WAIT_S)
+        assert ok, f"the gate reported {self.events}, not {count} x {event!r}"
+
+
+def test_gate_reports_each_request_and_survives_a_failing_hook():
+    events = []
+
+    def hook(event):
+        events.append(event)
+        raise RuntimeError("a broken observer")
+
+    gate = Gate(workers=1, queue=0, timeout_s=30, on_event=hook)
+    assert asyncio.run(gate.run(lambda: 42)) == 42
+    assert events == ["admitted", "started", "finished"] and gate.in_flight == 0
+    gate.shutdown()
+
 
 def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
-    app = create_app(models_dir, ServeSettings(workers=1, queue=1, timeout_s=30))
+    watch = GateWatch()
+    app = create_app(models_dir, ServeSettings(workers=1, queue=1, timeout_s=30), on_gate_event=watch)
     lm = app.state.registry.get("wine")
     body = {"model": "wine", "prompt": PROMPT, "max_tokens": 3, "seed": 1}
 
@@ -280,12 +324,9 @@ def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             with Held(lm) as held:
                 first = asyncio.create_task(c.post("/v1/completions", json=body))        # runs, held
-                await asyncio.to_thread(held.started.acquire, True, 10)
+                await asyncio.to_thread(held.wait_started)
                 second = asyncio.create_task(c.post("/v1/completions", json=body))       # waits in the queue
-                for _ in range(100):
-                    if app.state.gate.in_flight == 2:
-                        break
-                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(watch.wait, "admitted", 2)
                 third = await c.post("/v1/completions", json=body)                      # no room: 429
                 stream = await c.post("/v1/completions", json={**body, "stream": True})
                 health = await c.get("/healthz")                                         # the loop still answers
@@ -305,60 +346,57 @@ def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
 
 
 def test_timeout_is_504_and_frees_the_worker(models_dir):
-    app = create_app(models_dir, ServeSettings(workers=1, queue=4, timeout_s=0.3))
+    watch = GateWatch()
+    app = create_app(models_dir, ServeSettings(workers=1, queue=4, timeout_s=0.3), on_gate_event=watch)
     lm = app.state.registry.get("wine")
-    real = lm.generate
-
-    def slow(*a, **kw):
-        time.sleep(0.6)          # past the deadline before the first forward pass...
-        return real(*a, **kw)    # ...whose deadline hook then stops it at once
-    lm.generate = slow
     forwards = []
     handle = lm.model.register_forward_hook(lambda *a: forwards.append(1))
     with TestClient(app) as c:
-        t0 = time.monotonic()
-        assert_error(c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": 64}), 504, "timeout")
-        assert time.monotonic() - t0 < 0.6
-        for _ in range(200):   # the worker gives its place back soon after, without running 64 steps
-            if app.state.gate.in_flight == 0:
-                break
-            time.sleep(0.01)
+        with Held(lm) as held:
+            r = c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": 64})
+            assert_error(r, 504, "timeout")
+            assert not held.done.is_set()   # the 504 came while the generation was still held: it did not wait
+            held.release.set()              # the generation goes on past its deadline...
+            watch.wait("finished")          # ...and the worker gives its place back, without running 64 steps
         assert app.state.gate.in_flight == 0
         assert forwards == []  # the deadline hook stopped it before its first forward pass
         handle.remove()
-        del lm.generate
         assert c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": 2}).status_code == 200
 
 
 def test_timeout_inside_a_stream_and_explain(models_dir):
-    app = create_app(models_dir, ServeSettings(timeout_s=1e-6))
+    watch = GateWatch()
+    app = create_app(models_dir, ServeSettings(timeout_s=1e-6), on_gate_event=watch)
     with TestClient(app) as c:
         assert_error(c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "stream": True}), 504)
         assert_error(c.post("/v1/explain", json={"model": "wine", "prompt": PROMPT}), 504)
+        watch.wait("finished", 2)   # a 504 is sent without waiting for its worker, which finishes after
         assert c.get("/healthz").json()["in_flight"] == 0
 
 
 def test_gate_stream_stops_the_worker_when_the_client_leaves():
-    gate = Gate(workers=1, queue=0, timeout_s=30)
+    watch = GateWatch()
+    gate = Gate(workers=1, queue=0, timeout_s=30, on_event=watch)
     produced = []
+    client_left = threading.Event()
 
-    def slow_items():
+    def items():
         for i in range(1000):
-            time.sleep(0.005)
+            if i:   # the first item reaches the client; the producer runs on only after it has gone
+                client_left.wait(WAIT_S)
             produced.append(i)
             yield i
 
     async def scenario():
-        agen = gate.stream(slow_items)
+        agen = gate.stream(items)
         assert await agen.__anext__() == 0
         await agen.aclose()                 # the client went away
-        for _ in range(200):
-            if gate.in_flight == 0:
-                break
-            await asyncio.sleep(0.01)
+        client_left.set()
+        await asyncio.to_thread(watch.wait, "finished")
 
     asyncio.run(scenario())
     assert gate.in_flight == 0 and len(produced) < 100
+    assert produced == [0, 1]   # it stopped at the first item after the client left
     gate.shutdown()
 
 
@@ -367,7 +405,7 @@ def test_explain_returns_the_trace(client):
     r = client.post("/v1/explain", json={"model": "wine", "prompt": PROMPT, "steps": 3, "top": 4, "seed": 2})
     assert r.status_code == 200, r.text
     t = r.json()
-    assert t["format"] == "gptlab-trace" and t["version"] == 1 and t["top"] == 4
+    assert t["format"] == "gptlab-trace" and t["version"] == 2 and t["top"] == 4
     assert t["model"]["path"] == "wine"      # the model's name, not a path on the server's disk
     assert t["prompt_tokens"] == PROMPT.split()
     assert 1 <= len(t["steps"]) <= 3

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import gptlab
-from gptlab.training import trainer
+from gptlab.training import loop
+from gptlab.training.tasks.causal_lm import train
 from gptlab.cli import main
 from gptlab.training.config import RUN_PRESETS
 from gptlab.data import Corpus
@@ -66,8 +67,8 @@ def weights(out):
 
 
 def test_grad_accumulation_4x8_equals_1x32(tmp_path):
-    a = trainer.train(tiny_cfg(tmp_path / "a", grad_accum=1, max_steps=3), corpus())
-    b = trainer.train(tiny_cfg(tmp_path / "b", grad_accum=4, max_steps=3), corpus())
+    a = train(tiny_cfg(tmp_path / "a", grad_accum=1, max_steps=3), corpus())
+    b = train(tiny_cfg(tmp_path / "b", grad_accum=4, max_steps=3), corpus())
     assert losses(a) == pytest.approx(losses(b), abs=1e-5)
     wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
     for k in wa:
@@ -75,20 +76,20 @@ def test_grad_accumulation_4x8_equals_1x32(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    full = trainer.train(tiny_cfg(tmp_path / "full"), corpus())
+    full = train(tiny_cfg(tmp_path / "full"), corpus())
 
-    real_lr_at = trainer.lr_at
+    real_lr_at = loop.lr_at
 
-    def interrupt_at_3(step, progress, t):
+    def interrupt_at_3(step, progress, t, warmup=None):
         if step == 3:
             raise KeyboardInterrupt  # as Ctrl-C would, between two steps
-        return real_lr_at(step, progress, t)
+        return real_lr_at(step, progress, t, warmup)
 
-    monkeypatch.setattr(trainer, "lr_at", interrupt_at_3)
-    part = trainer.train(tiny_cfg(tmp_path / "part"), corpus())
+    monkeypatch.setattr(loop, "lr_at", interrupt_at_3)
+    part = train(tiny_cfg(tmp_path / "part"), corpus())
     assert part.interrupted and part.step == 3
-    monkeypatch.setattr(trainer, "lr_at", real_lr_at)
-    rest = trainer.train(tiny_cfg(tmp_path / "part", resume=True), corpus())
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    rest = train(tiny_cfg(tmp_path / "part", resume=True), corpus())
     assert rest.step == 6
     assert losses(part) + losses(rest) == pytest.approx(losses(full), abs=1e-6)
     wf, wr = weights(tmp_path / "full"), weights(tmp_path / "part")
@@ -138,7 +139,7 @@ def test_end_to_end_cli_train_then_load(tmp_path, corpus_file, capsys):
 
 def test_learns_the_fixture_template(tmp_path):
     """After a short run the model knows which provinces follow `wine review : germany :`."""
-    res = trainer.train(tiny_cfg(tmp_path / "m", max_steps=300, lr=5e-3, warmup_steps=10), corpus())
+    res = train(tiny_cfg(tmp_path / "m", max_steps=300, lr=5e-3, warmup_steps=10), corpus())
     lm = gptlab.load(tmp_path / "m", device="cpu")
     ids = lm.encode("wine review : germany :")
     p = torch.softmax(lm.model(torch.tensor([ids])).logits[0, -1].detach(), -1)
@@ -177,7 +178,7 @@ def run_cli(args):
 BAD = [
     (["--d-model", "30", "--n-head", "4"], "not divisible"),
     (["--context-length", "1"], "context_length"),
-    (["--batch-size", "0"], "batch_size"),
+    (["--batch-size", "0"], "--batch-size"),
     (["--preset", "huge"], "unknown preset"),
     (["--batching", "zip"], "batching"),
 ]

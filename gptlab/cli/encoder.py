@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from typing import Any
 
-from gptlab.cli.seq2seq import FMT, add_fields, add_use_flags, add_view_flags, fill, read_texts, show_trace
-
-
-def _data_fields(parser, skip=()):
-    """DataConfig's flags as `gptlab train` spells them: --data, --format, ..., --data-seed."""
-    from gptlab.data import DataConfig
-    group = parser.add_argument_group("data")
-    for f in fields(DataConfig):
-        if f.name in skip:
-            continue
-        flag = "--data-seed" if f.name == "seed" else "--" + f.name.replace("_", "-")
-        default = getattr(DataConfig(), f.name)
-        kw = ({"action": argparse.BooleanOptionalAction} if isinstance(default, bool)
-              else {"type": type(default), "metavar": {int: "N", float: "X"}.get(type(default), "S")})
-        group.add_argument(flag, dest=f"data__{f.name}", default=default,
-                           help=f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%"), **kw)
+from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, show_trace
+from gptlab.cli.options import Section, add_options, read_options
+from gptlab.data import DataConfig
+from gptlab.errors import UserError
+from gptlab.training.config import loop_fields
 
 
-def register(sub) -> None:
-    from gptlab.training.tasks.encoder import ClassifyConfig, EncoderTrainConfig
+def _sections(train_cls: type, model_title: str, data_skip: tuple[str, ...] = ()) -> list[Section]:
+    from gptlab.model import ModelConfig
     from gptlab.model.encoder import ENCODER_PRESETS
+    own = [n for n in train_cls.__dataclass_fields__ if n not in loop_fields() or n == "out"]
+    return [Section("train", train_cls, "training", first=own),
+            Section("model", ModelConfig, f"{model_title} (flags not given come from --preset; defaults shown are the small preset's)",
+                    ENCODER_PRESETS["small"](), skip=("vocab_size",)),
+            Section("data", DataConfig, "data", skip=data_skip)]
+
+
+def _base(train_cls: type) -> Any:
+    def base(values: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        from gptlab.model.encoder import ENCODER_PRESETS
+        t = train_cls()
+        preset = values["train"].get("preset", t.preset)
+        if preset not in ENCODER_PRESETS:
+            raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(ENCODER_PRESETS)}")
+        return {"train": t, "model": ENCODER_PRESETS[preset](), "data": DataConfig()}
+    return base
+
+
+def register(sub: Any) -> None:
+    from gptlab.training.tasks.classify import ClassifyConfig
+    from gptlab.training.tasks.masked_lm import EncoderTrainConfig
 
     p = sub.add_parser("encoder", help="encoder-only transformer (BERT): masked-LM pretraining, classification, attention",
                        description="The encoder-only family: the GPT's blocks with bidirectional attention. "
@@ -36,19 +46,13 @@ def register(sub) -> None:
     pre = ss.add_parser("pretrain", help="masked-LM pretraining on a corpus (default: the built-in wine reviews)",
                         description="15% of word tokens are selected; 80% of those become [MASK], 10% a random "
                                     "word, 10% stay; the model learns to restore them from both sides.")
-    add_fields(pre, EncoderTrainConfig(), "training")
-    add_fields(pre, ENCODER_PRESETS["small"](), "model (flags not given come from --preset)", dest_prefix="m_",
-               skip=("vocab_size",), default_none=True, shown="small preset")
-    _data_fields(pre)
+    add_options(pre, _sections(EncoderTrainConfig, "model"))
     pre.set_defaults(func=run_pretrain)
 
     cl = ss.add_parser("classify", help="fine-tune a classifier on a labelled column (e.g. wine variety or country)",
                        description="Predict --label from --text-field alone. With --model PRETRAINED the encoder "
                                    "starts from masked-LM weights; without, from scratch.")
-    add_fields(cl, ClassifyConfig(), "training", skip=("mask_prob", "init"))
-    add_fields(cl, ENCODER_PRESETS["small"](), "model when training from scratch (flags not given come from --preset)",
-               dest_prefix="m_", skip=("vocab_size",), default_none=True, shown="small preset")
-    _data_fields(cl, skip=("template",))
+    add_options(cl, _sections(ClassifyConfig, "model when training from scratch", data_skip=("template",)))
     cl.set_defaults(func=run_classify)
 
     pr = ss.add_parser("predict", help="label texts with a trained classifier", formatter_class=FMT)
@@ -70,34 +74,28 @@ def register(sub) -> None:
     ex.set_defaults(func=run_explain)
 
 
-def _data_config(args):
-    from gptlab.data import DataConfig
-    return fill(DataConfig(), args, prefix="data__")
-
-
-def run_pretrain(args) -> int:
-    from gptlab.training.tasks.encoder import EncoderTrainConfig, pretrain
-    from gptlab.model.encoder import ENCODER_PRESETS
-    t = fill(EncoderTrainConfig(), args)
-    t.validate()
-    mcfg = fill(ENCODER_PRESETS[t.preset](), args, prefix="m_")
-    r = pretrain(t, _data_config(args), mcfg)
-    m = r.config["metrics"]
+def run_pretrain(args: argparse.Namespace) -> int:
+    from gptlab.training.tasks.masked_lm import EncoderTrainConfig, pretrain
+    objs = read_options(args, _base(EncoderTrainConfig), "encoder pretrain")
+    t = objs["train"]
+    r = pretrain(t, objs["data"], None if t.init else objs["model"])
+    m = r.metrics
     print(f"pretrained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
           f"saved to {t.out}")
     if "val_loss" in m:
         print(f"validation masked-LM loss {m['val_loss']:.3f} (train {m['train_loss']:.3f})")
-    return 0
+    return 130 if r.interrupted else 0
 
 
-def run_classify(args) -> int:
-    from gptlab.training.tasks.encoder import ClassifyConfig, classify
-    from gptlab.model.encoder import ENCODER_PRESETS
-    t = fill(ClassifyConfig(), args)
-    t.validate()
-    mcfg = None if t.model else fill(ENCODER_PRESETS[t.preset](), args, prefix="m_")
-    r = classify(t, _data_config(args), mcfg)
-    m = r.config["metrics"]
+def run_classify(args: argparse.Namespace) -> int:
+    from gptlab.training.tasks.classify import ClassifyConfig, classify
+    objs = read_options(args, _base(ClassifyConfig), "encoder classify")
+    t = objs["train"]
+    r = classify(t, objs["data"], None if t.model else objs["model"])
+    if r.interrupted:
+        print(f"stopped at step {r.step}; continue with --resume")
+        return 130
+    m = r.metrics
     print(f"fine-tuned on {m['train_rows']} rows ({len(r.config['classifier']['labels'])} labels of "
           f"{t.label!r}) for {m['steps']} steps in {m['train_seconds']}s; saved to {t.out}")
     print(f"validation accuracy {m['val_accuracy']:.1%} on {m['val_rows']} rows "
@@ -105,8 +103,8 @@ def run_classify(args) -> int:
     return 0
 
 
-def run_predict(args) -> int:
-    from gptlab.training.tasks.encoder import KIND_CLASSIFIER, load_encoder, predict
+def run_predict(args: argparse.Namespace) -> int:
+    from gptlab.infer.classify import KIND_CLASSIFIER, load_encoder, predict
     texts = read_texts(args.text)
     model, tok, cfg = load_encoder(args.model, args.device, kinds=(KIND_CLASSIFIER,))
     for text, top in zip(texts, predict(model, tok, cfg, texts, top=max(args.top, 1))):
@@ -114,10 +112,10 @@ def run_predict(args) -> int:
     return 0
 
 
-def run_explain(args) -> int:
+def run_explain(args: argparse.Namespace) -> int:
     from gptlab.data import normalize_text
-    from gptlab.training.tasks.encoder import load_encoder
-    from gptlab.explain.families import explain_encoder
+    from gptlab.infer.classify import load_encoder
+    from gptlab.explain.capture import explain_encoder
     model, tok, cfg = load_encoder(args.model, args.device)
     labels = cfg.get("classifier", {}).get("labels")
     # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.

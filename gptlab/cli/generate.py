@@ -11,36 +11,27 @@ import json
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, fields
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
 
 from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
+from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.infer.sampling import SamplingConfig
 
-# Flag spellings where the field name alone is not what users type.
-FLAGS = {"temperature": ["-T", "--temperature"], "max_new_tokens": ["--max-tokens", "--max-new-tokens"]}
-TYPES = {"float": float, "int": int, "int | None": int}
-
 
 def add_sampling_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    group = parser.add_argument_group("sampling")
-    for f in fields(SamplingConfig):
-        if f.name in skip:
-            continue
-        names = FLAGS.get(f.name, ["--" + f.name.replace("_", "-")])
-        if f.type == "list[str]":
-            group.add_argument(*names, dest=f.name, action="append", default=[], metavar="TEXT",
-                               help=f.metadata["help"] + " (repeat for several)")
-        else:
-            group.add_argument(*names, dest=f.name, type=TYPES[f.type], default=f.default,
-                               help=f.metadata["help"] + " (default: %(default)s)")
+    """SamplingConfig's fields as flags (and TOML keys of a --config file), -T for the temperature."""
+    add_options(parser, [Section("sampling", SamplingConfig, "sampling", skip=skip,
+                                 aliases={"temperature": ["-T"], "max_new_tokens": ["--max-tokens"]})])
 
 
-def sampling_from_args(args: argparse.Namespace, **overrides) -> SamplingConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(SamplingConfig) if hasattr(args, f.name)}
-    defaults = {f.name: f.default for f in fields(SamplingConfig) if f.default is not MISSING}
-    return SamplingConfig(**{**defaults, **values, **overrides}).validate()
+def sampling_from_args(args: argparse.Namespace, **overrides: Any) -> SamplingConfig:
+    cfg = read_options(args, lambda values: {"sampling": SamplingConfig()}, args.command)["sampling"]
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg.validate()
 
 
 def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:

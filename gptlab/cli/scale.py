@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptlab.training.config import FLAG_NAMES, add_config_args, config_from_args, load_toml
+from gptlab.cli.options import add_options, given
+from gptlab.cli.train import config_from_args, run_sections
 from gptlab.errors import UserError
 
 # Settings the sweep chooses for every run unless the user gives them (flag or TOML key).
@@ -67,7 +68,7 @@ def register(sub) -> None:
                    help="fit L = E + (x_c/x)^alpha (an entropy floor E) instead of L = (x_c/x)^alpha")
     g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for the exponent's 95%% interval (0 = Jacobian error only)")
-    add_config_args(p, base=_help_base())
+    add_options(p, run_sections(_help_base()))
     p.set_defaults(func=run)
 
 
@@ -83,20 +84,17 @@ def _help_base():
 
 def user_set(args: argparse.Namespace) -> set[tuple[str, str]]:
     """(section, field) of every setting given by a flag or in the --config TOML file."""
-    given = {tuple(dest.split("__")[1:]) for dest, v in vars(args).items() if dest.startswith("cfg__") and v is not None}
-    if getattr(args, "config", None):
-        given |= {(s, k) for s, vals in load_toml(args.config).items() for k in vals}
-    return given
+    return {(s, k) for s, vals in given(args, "scale").items() for k in vals}
 
 
 def build_configs(args: argparse.Namespace):
     from gptlab.training.scale import DATA_FRACTIONS, DEFAULT_SIZES, DEFAULT_TOKENS, ScaleConfig, parse_count
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, "scale")
     given = user_set(args)
     for key, why in CONTROLLED.items():
         if key in given:
-            raise UserError(f"--{FLAG_NAMES[key].replace('_', '-')} is not a setting of gptlab scale: {why}")
+            raise UserError(f"--{args._options.flags[key].replace('_', '-')} is not a setting of gptlab scale: {why}")
     for (section, name), value in SCALE_DEFAULTS.items():
         if (section, name) not in given:
             setattr(getattr(cfg, section), name, value)

@@ -3,98 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import fields
+from typing import Any
 
+from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, show_trace
+from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
-
-FMT = argparse.ArgumentDefaultsHelpFormatter
-
-
-# -- flags from dataclasses (one way to configure: the dataclass is the source of truth) ------------
-def add_fields(parser: argparse.ArgumentParser, obj, title: str, dest_prefix: str = "", skip=(),
-               default_none: bool = False, shown: str = "default") -> None:
-    """One --flag per dataclass field, help from its metadata, the default shown.
-
-    default_none: keep None in the namespace so only flags typed override (model fields, where the
-    preset `obj` supplies the rest; `shown` names where the shown default comes from).
-    """
-    from gptlab.training.tasks.seq2seq import LoopConfig
-    group = parser.add_argument_group(title)
-    # A family's own fields (--data, --out, ...) before the training-loop fields they share.
-    loop = {f.name for f in fields(LoopConfig)} if isinstance(obj, LoopConfig) else set()
-    for f in sorted(fields(obj), key=lambda f: f.name in loop):
-        if f.name in skip:
-            continue
-        default = getattr(obj, f.name)
-        help_text = f"{f.metadata.get('help', '')} ({shown}: {default!r})".replace("%", "%%")
-        kw = dict(dest=dest_prefix + f.name, default=None if default_none else default, help=help_text)
-        if isinstance(default, bool):
-            group.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, **kw)
-        else:
-            typ = type(default)
-            group.add_argument("--" + f.name.replace("_", "-"), type=typ,
-                               metavar={int: "N", float: "X"}.get(typ, "S"), **kw)
+from gptlab.training.config import loop_fields
 
 
-def fill(obj, args: argparse.Namespace, prefix: str = ""):
-    """Copy the flags that hold a value back into a dataclass instance."""
-    for f in fields(obj):
-        v = getattr(args, prefix + f.name, None)
-        if v is not None:
-            setattr(obj, f.name, v)
-    return obj
+def _sections() -> list[Section]:
+    from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2SeqConfig
+    from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig
+    own = [n for n in Seq2SeqTrainConfig.__dataclass_fields__ if n not in loop_fields() or n == "out"]
+    return [Section("train", Seq2SeqTrainConfig, "training", first=own),
+            Section("model", Seq2SeqConfig, "model (flags not given come from --preset; defaults shown are the small preset's)",
+                    SEQ2SEQ_PRESETS["small"](), skip=("vocab_size",))]
 
 
-# -- flags of the commands that use a trained model (translate/explain, predict/explain) ----------
-def add_use_flags(parser: argparse.ArgumentParser, *, text_help: str, many: bool, model: str, model_help: str) -> None:
-    """The text(s) to work on, --model and --device."""
-    if many:
-        parser.add_argument("text", nargs="*", help=f"{text_help} (default: one per line from stdin)")
-    else:
-        parser.add_argument("text", help=text_help)
-    parser.add_argument("--model", default=model, help=model_help)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
-
-
-def add_view_flags(parser: argparse.ArgumentParser, *, layer_help: str) -> None:
-    """The explain commands' choice of layer and their outputs besides the terminal."""
-    parser.add_argument("--layer", default="mean", help=layer_help)
-    parser.add_argument("--html", metavar="FILE", help="write an HTML view here")
-    parser.add_argument("--json", metavar="FILE", help="write the trace (format gptlab-trace, version 1) here")
-    parser.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
-                        help="ANSI colours (default: when stdout is a terminal)")
-
-
-def show_trace(terminal: str, trace, args: argparse.Namespace) -> int:
-    """Print the terminal view, then write the --html / --json files asked for."""
-    print(terminal)
-    if args.html:
-        trace.save_html(args.html)
-        print(f"wrote {args.html}")
-    if args.json:
-        trace.save_json(args.json)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def read_texts(texts: list[str]) -> list[str]:
-    """The texts given, or one per line from stdin when none are."""
-    if texts:
-        return texts
-    if sys.stdin is None or sys.stdin.isatty():
-        raise UserError("no text given: pass it as an argument or pipe lines on stdin")
-    lines = [ln.rstrip("\n") for ln in sys.stdin]
-    if not any(ln.strip() for ln in lines):
-        raise UserError("stdin held no text: pass the text as an argument")
-    return lines
-
-
-# -- the command ----------------------------------------------------------------------------------
-def register(sub) -> None:
+def _base(values: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
     from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig
+    t = Seq2SeqTrainConfig()
+    preset = values["train"].get("preset", t.preset)
+    if preset not in SEQ2SEQ_PRESETS:
+        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(SEQ2SEQ_PRESETS)}")
+    return {"train": t, "model": SEQ2SEQ_PRESETS[preset]()}
 
+
+def register(sub: Any) -> None:
     p = sub.add_parser("seq2seq", help="encoder-decoder transformer: train a translator, translate, show its cross-attention",
                        description="The original Transformer family (Vaswani et al.; T5, BART): an encoder reads the "
                                    "source sentence both ways, a decoder writes the translation with masked "
@@ -106,9 +42,7 @@ def register(sub) -> None:
                        description="Train a translation model. --data numbers: English number words -> Spanish "
                                    "(0..9999, test numbers unseen). --data FILE: source<TAB>target lines (the "
                                    "Tatoeba/Anki spa-eng.txt works as is; extra columns are ignored).")
-    add_fields(tr, Seq2SeqTrainConfig(), "training")
-    add_fields(tr, SEQ2SEQ_PRESETS["small"](), "model (flags not given come from --preset)", dest_prefix="m_",
-               skip=("vocab_size",), default_none=True, shown="small preset")
+    add_options(tr, _sections())
     tr.set_defaults(func=run_train)
 
     t = ss.add_parser("translate", help="translate text with a trained model", formatter_class=FMT)
@@ -129,31 +63,29 @@ def register(sub) -> None:
     e.set_defaults(func=run_explain)
 
 
-def run_train(args) -> int:
-    from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
-    from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, evaluate_translation, train
-    t = fill(Seq2SeqTrainConfig(), args)
-    t.validate()
-    mcfg = SEQ2SEQ_PRESETS[t.preset]()
-    fill(mcfg, args, prefix="m_")
-    r = train(t, mcfg)
-    m = r.config["metrics"]
+def run_train(args: argparse.Namespace) -> int:
+    from gptlab.infer.translate import evaluate_translation
+    from gptlab.training.tasks.seq2seq import train
+    objs = read_options(args, _base, "seq2seq train")
+    t = objs["train"]
+    r = train(t, objs["model"])
+    m = r.metrics
     print(f"trained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
           f"saved to {t.out}")
     if "val_loss" in m:
         print(f"validation: loss {m['val_loss']:.3f}, exact match {m.get('val_exact_match', float('nan')):.1%}"
               + (f", chrF {m['val_chrf']:.1f}" if m.get("val_chrf") is not None else ""))
-    if r.splits.get("test"):
+    if r.splits and r.splits.get("test") and not r.interrupted:
         ev = evaluate_translation(r.model, r.tokenizer, r.splits["test"][:500])
         print(f"test ({ev['n']} held-out pairs): exact match {ev['exact_match']:.1%}"
               + (f", chrF {ev['chrf']:.1f}" if ev.get("chrf") is not None else ""))
         for x in ev["examples"][:3]:
             print(f"  {x['source']}  ->  {x['output']}" + ("" if x["output"] == x["reference"] else f"   (want: {x['reference']})"))
-    return 0
+    return 130 if r.interrupted else 0
 
 
-def run_translate(args) -> int:
-    from gptlab.training.tasks.seq2seq import load, translate
+def run_translate(args: argparse.Namespace) -> int:
+    from gptlab.infer.translate import load, translate
     texts = read_texts(args.text)
     model, tok, _ = load(args.model, args.device)
     for line in translate(model, tok, texts, beam=args.beam):
@@ -161,10 +93,9 @@ def run_translate(args) -> int:
     return 0
 
 
-def run_explain(args) -> int:
-    from gptlab.explain.families import explain_translation
-    from gptlab.training.tasks.seq2seq import load
+def run_explain(args: argparse.Namespace) -> int:
+    from gptlab.explain.capture import explain_translation
+    from gptlab.infer.translate import load
     model, tok, _ = load(args.model, args.device)
     trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
     return show_trace(trace.terminal(color=args.color, values=args.values), trace, args)
-

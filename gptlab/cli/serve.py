@@ -8,17 +8,9 @@ import os
 import socket
 import sys
 import warnings
-from dataclasses import fields
 
+from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
-
-# CLI flag -> ServeSettings field (help texts come from the dataclass, so they cannot drift).
-FLAGS = {
-    "--max-tokens": "max_tokens", "--max-prompt-chars": "max_prompt_chars", "--max-choices": "max_choices",
-    "--max-explain-steps": "max_explain_steps", "--max-body-bytes": "max_body_bytes", "--workers": "workers",
-    "--queue": "queue", "--timeout": "timeout_s", "--max-loaded": "max_loaded", "--device": "device", "--dtype": "dtype",
-}
-
 
 def register(sub) -> None:
     from gptlab.serve.settings import ServeSettings  # no fastapi needed to build the parser
@@ -29,20 +21,14 @@ def register(sub) -> None:
                     "model): a page at / to generate and step through what the model saw, "
                     "OpenAI-compatible /v1/models and /v1/completions, and /v1/explain. "
                     "Listens on loopback only unless --host says otherwise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--models", default="runs", help="folder of model folders (each with config.json), or one model folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to your network")
-    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one and prints it)")
+    p.add_argument("--models", default="runs", help="folder of model folders (each with config.json), or one model folder (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to your network (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one and prints it) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch threads for the whole server (0: the CPU cores divided among the workers)")
+                   help="torch threads for the whole server (0: the CPU cores divided among the workers) (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    by_name = {f.name: f for f in fields(ServeSettings)}
-    defaults = ServeSettings()
-    for flag, name in FLAGS.items():
-        f = by_name[name]
-        kind = float if name == "timeout_s" else (str if name in ("device", "dtype") else int)
-        p.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name), help=f.metadata["help"])
+    add_options(p, [Section("limits", ServeSettings, "limits and models", aliases={"timeout_s": ["--timeout"]})])
     p.set_defaults(func=run)
 
 
@@ -65,12 +51,11 @@ def run(args) -> int:
         raise UserError(f"gptlab serve needs {e.name}: pip install 'gptlab[serve]'") from None
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port: pick one in 1-65535, or 0 for any free one")
-    settings = ServeSettings(**{name: getattr(args, name) for name in FLAGS.values()})
+    settings = read_options(args, lambda values: {"limits": ServeSettings()}, "serve")["limits"]
     try:
         settings.validate()
     except ValueError as e:
-        flag = next((f for f, n in FLAGS.items() if str(e).startswith(n)), None)
-        raise UserError(f"{flag or 'bad setting'}: {e}") from None
+        raise UserError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0 (got {args.threads}): 0 picks one from the cores and workers")
     import torch

@@ -5,8 +5,9 @@ This package is pure Python (no torch): it turns a data source into a list of do
 
 from gptlab.data.catalog import WineCatalog
 from gptlab.data.config import DataConfig
-from gptlab.data.corpora import Corpus, load_corpus, split_records
+from gptlab.data.corpora import load_corpus
 from gptlab.data.normalize import normalize_text
+from gptlab.data.records import Corpus, split_records
 from gptlab.data.synthetic import builtin_corpus, synthetic_reviews
 
 __all__ = [

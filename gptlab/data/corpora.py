@@ -12,15 +12,12 @@ import csv
 import io
 import itertools
 import json
-import math
-import random
-import string
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from gptlab.data.config import FORMATS, DataConfig
 from gptlab.data.normalize import normalize_text
+from gptlab.data.records import Corpus, apply_template, template_fields
 from gptlab.errors import UserError
 
 # Extension -> format for --format auto.
@@ -36,22 +33,13 @@ EXTENSIONS = {
 WINE_COLUMNS = ("country", "province", "variety", "description")
 
 
-@dataclass
-class Corpus:
-    records: list[str]  # one document per entry, template applied, normalised if asked
-    source: str  # human description, e.g. "wine-reviews.csv (Kaggle wine layout)"
-    skipped: int  # rows dropped because a template field was missing or empty
-    fields: list[dict] | None = None  # raw row per record for tabular sources, same order
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
 def load_corpus(cfg: DataConfig) -> Corpus:
     """Read the corpus that ``cfg.data`` names and turn it into documents."""
     cfg.validate()
     if cfg.data == "builtin":
-        from gptlab.data.synthetic import builtin_corpus  # the generator is big; load on demand
+        from gptlab.data.synthetic import (
+            builtin_corpus,  # the generator is big; load on demand
+        )
 
         return builtin_corpus(cfg)
     if cfg.data.startswith("hf:"):
@@ -74,74 +62,6 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     else:  # "wine": a Kaggle file, CSV or JSON, told apart by its first character
         columns, rows = (_json_rows if text.lstrip()[:1] == "[" else _csv_rows)(text, path)
     return _from_table(rows, columns, path.name, fmt, cfg)
-
-
-def split_records(records: list, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split record indices into (train, val), each sorted, reproducible by seed.
-
-    Whole records go to one side, so no document leaks across the split. Validation gets
-    round(n * val_fraction) records, at least one when n >= 2 and val_fraction > 0, and never
-    all of them.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    n = len(records)
-    n_val = round(n * val_fraction)
-    if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    else:
-        n_val = 0
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def template_fields(template: str) -> list[str]:
-    """The distinct ``{name}`` fields of a str.format template, in order of appearance."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise UserError(
-            f"bad --template {template!r}: {e}; write fields as {{name}} and literal braces as {{{{ }}}}"
-        ) from None
-    names: list[str] = []
-    for _literal, name, _spec, _conversion in parsed:
-        if name is None:
-            continue
-        if name == "" or name.isdigit() or "." in name or "[" in name:
-            raise UserError(
-                f"--template field {{{name}}} must be a plain column name, e.g. {{description}}"
-            )
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise UserError(f"--template {template!r} names no field; use e.g. '{{title}} : {{body}}'")
-    return names
-
-
-def apply_template(
-    rows: Iterable[dict], template: str, names: list[str], cfg: DataConfig
-) -> tuple[list[str], list[dict], int]:
-    """Render each row with the template: (documents, the rows used, rows skipped)."""
-    records: list[str] = []
-    used: list[dict] = []
-    skipped = 0
-    for row in rows:
-        values = {}
-        for name in names:
-            value = _cell_text(row.get(name))
-            if not value:
-                break
-            values[name] = value
-        else:
-            doc = template.format_map(values)
-            records.append(normalize_text(doc) if cfg.normalize else doc)
-            used.append(row)
-            if cfg.max_records and len(records) >= cfg.max_records:
-                break
-            continue
-        skipped += 1
-    return records, used, skipped
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -206,13 +126,6 @@ def _read_text(path: Path, encoding: str) -> str:
             f"{encoding}; pass {hint}, or convert the file: iconv -f latin1 -t utf-8 {path} > fixed{path.suffix}"
         ) from None
     return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark would glue onto the first column name
-
-
-def _cell_text(value: Any) -> str:
-    """A field as text; missing values (None, NaN, blank) become ''."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value).strip()
 
 
 def _csv_rows(text: str, path: Path) -> tuple[list[str], list[dict]]:

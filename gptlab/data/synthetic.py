@@ -25,12 +25,19 @@ from functools import lru_cache
 
 from gptlab.data.catalog import Sampler, WeylStream, WineCatalog
 from gptlab.data.config import DataConfig
-from gptlab.data.corpora import Corpus, apply_template, template_fields
 from gptlab.data.grapes import GrapeProfile, profile_for
 from gptlab.data.places import (
-    COUNTRY_PRICE, DESIGNATIONS, GERMAN_SWEETNESS, PLACE_POINTS, PLACE_PRICE, PORT_DESIGNATIONS,
-    REGION_CHOICES, SPARKLING_DESIGNATIONS, WINERY_STYLES,
+    COUNTRY_PRICE,
+    DESIGNATIONS,
+    GERMAN_SWEETNESS,
+    PLACE_POINTS,
+    PLACE_PRICE,
+    PORT_DESIGNATIONS,
+    REGION_CHOICES,
+    SPARKLING_DESIGNATIONS,
+    WINERY_STYLES,
 )
+from gptlab.data.records import Corpus, apply_template, template_fields
 from gptlab.errors import UserError
 
 MIN_WORDS, MAX_WORDS = 25, 70  # the span of most real WineEnthusiast descriptions

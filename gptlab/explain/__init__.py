@@ -1,19 +1,40 @@
-"""Explanations: capture (tensors -> Trace) and renderers (Trace -> HTML / terminal text).
+"""Explanations for every family: capture (model -> Trace) and renderers (Trace -> HTML / terminal).
 
-`trace`, `render_html` and `render_term` read plain data and never import torch; `capture` runs
-the model and is imported only when asked for, so loading and rendering a saved trace stays light.
+- `trace`: the one versioned schema ("gptlab-trace" version 2, a `kind` per family) and its
+  loader, `load_trace`, which also reads version-1 files;
+- `capture`: runs a model with attention capture (GPT steps, encoder/classifier, seq2seq);
+- `render_html`, `render_term`: one view per kind behind one entry point each; `heatmap` and
+  `style` hold the pictures and the colours, CSS and escaping they share.
+
+Everything but `capture` reads plain data and never imports torch; `capture` is imported only when
+asked for, so loading and rendering a saved trace stays light.
 """
 
 from gptlab.explain.render_html import render_html
-from gptlab.explain.render_term import render_terminal, use_color
-from gptlab.explain.trace import FORMAT, VERSION, Candidate, Trace, TraceStep
+from gptlab.explain.render_term import render_terminal
+from gptlab.explain.style import use_color
+from gptlab.explain.trace import (
+    FORMAT,
+    KINDS,
+    VERSION,
+    Candidate,
+    EncoderTrace,
+    GPTTrace,
+    Seq2SeqTrace,
+    Trace,
+    TraceStep,
+    load_trace,
+)
 
-__all__ = ["FORMAT", "VERSION", "Candidate", "Trace", "TraceStep", "render_html", "render_terminal",
-           "use_color", "explain", "capture_step"]
+_FROM_CAPTURE = ("explain", "capture_step", "capture_attention", "explain_encoder", "explain_translation")
+
+__all__ = ["FORMAT", "KINDS", "VERSION", "Candidate", "EncoderTrace", "GPTTrace", "Seq2SeqTrace", "Trace",
+           "TraceStep", "capture_attention", "capture_step", "explain", "explain_encoder", "explain_translation",
+           "load_trace", "render_html", "render_terminal", "use_color"]
 
 
 def __getattr__(name: str):
-    if name in ("explain", "capture_step"):
+    if name in _FROM_CAPTURE:
         from gptlab.explain import capture
         return getattr(capture, name)
     raise AttributeError(f"module 'gptlab.explain' has no attribute {name!r}")

@@ -1,20 +1,17 @@
-"""Rendering attention as pictures: an HTML heatmap (inline CSS, no scripts, no CDN), a terminal
-heatmap, and a highlighted sentence (one token's attention over the others).
+"""Attention as pictures: a heatmap (rows attend over columns) and a highlighted sentence (one
+token's attention over the others), each as HTML (a table or spans, no scripts) and as terminal
+text. Pure Python on lists of floats: no torch, so it renders saved JSON traces anywhere.
 
-Pure Python on lists of floats: no torch, so it renders saved JSON traces anywhere.
+Colours, escaping and the stylesheet come from `gptlab.explain.style`, shared with the GPT view.
 """
 
 from __future__ import annotations
 
-import html
-import os
-import sys
-from typing import Sequence
+from collections.abc import Sequence
+
+from gptlab.explain.style import CSS, alpha, ansi_highlight, css_rgba, esc, fit, page, shade, top_weight, use_color
 
 Matrix = Sequence[Sequence[float]]
-SHADES = " ░▒▓█"
-# One hue (a blue) for weight: opacity carries the value, so light and dark page themes both work.
-RGB = (37, 99, 235)
 
 
 def _check(matrix: Matrix, row_labels: Sequence[str], col_labels: Sequence[str]) -> None:
@@ -25,9 +22,13 @@ def _check(matrix: Matrix, row_labels: Sequence[str], col_labels: Sequence[str])
             raise ValueError(f"a row has {len(r)} values but there are {len(col_labels)} column labels")
 
 
-def _scale(matrix: Matrix, vmax: float | None) -> float:
-    top = vmax if vmax is not None else max((max(r) for r in matrix if len(r)), default=1.0)
-    return top if top > 0 else 1.0
+def _matrix_top(matrix: Matrix, vmax: float | None) -> float:
+    return top_weight((v for r in matrix for v in r), vmax)
+
+
+def _standalone(title: str, body: str) -> str:
+    # Called on its own (not through render_html), the picture brings its stylesheet along.
+    return page(title, f'<div class="gptlab-trace">{body}<style>{CSS}</style></div>')
 
 
 # -- HTML -----------------------------------------------------------------------------------------
@@ -40,32 +41,24 @@ def html_heatmap(matrix: Matrix, row_labels: Sequence[str], col_labels: Sequence
     (default: the largest in the matrix). standalone=True wraps it in a whole HTML page.
     """
     _check(matrix, row_labels, col_labels)
-    top = _scale(matrix, vmax)
-    e = html.escape
-    cell = "padding:0;width:2.6em;height:1.9em;text-align:center;font-size:11px;border:1px solid #fff"
-    parts = ['<div class="gptlab-heatmap" style="font-family:system-ui,sans-serif;overflow-x:auto">']
+    top = _matrix_top(matrix, vmax)
+    parts = ['<div class="gptlab-heatmap">']
     if title:
-        parts.append(f'<div style="font-weight:600;margin:4px 0">{e(title)}</div>')
-    parts.append('<table style="border-collapse:collapse">')
-    parts.append(f'<tr><th style="text-align:right;font-size:11px;color:#666;vertical-align:bottom">'
-                 f'{e(row_title)}{" ↓ / " if row_title and col_title else ""}{e(col_title)}{" →" if col_title else ""}</th>')
-    for c in col_labels:
-        parts.append('<th style="vertical-align:bottom;padding:2px;font-weight:normal;font-size:12px">'
-                     f'<div style="writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap">{e(str(c))}</div></th>')
+        parts.append(f'<div class="title">{esc(title)}</div>')
+    corner = f'{esc(row_title)}{" ↓ / " if row_title and col_title else ""}{esc(col_title)}{" →" if col_title else ""}'
+    parts.append(f'<table><tr><th class="corner">{corner}</th>')
+    parts += [f'<th class="col"><div>{esc(c)}</div></th>' for c in col_labels]
     parts.append("</tr>")
     for label, row in zip(row_labels, matrix):
-        parts.append(f'<tr><th style="text-align:right;padding-right:6px;font-weight:normal;font-size:12px;'
-                     f'white-space:nowrap">{e(str(label))}</th>')
+        parts.append(f'<tr><th class="row">{esc(label)}</th>')
         for c, v in zip(col_labels, row):
-            a = max(0.0, min(1.0, v / top))
-            fg = "#fff" if a > 0.55 else "#222"
             text = f"{v:.2f}".lstrip("0") if values and v >= 0.005 else ""
-            parts.append(f'<td title="{e(str(label))} → {e(str(c))}: {v:.3f}" style="{cell};'
-                         f'background:rgba({RGB[0]},{RGB[1]},{RGB[2]},{a:.3f});color:{fg}">{text}</td>')
+            parts.append(f'<td title="{esc(label)} → {esc(c)}: {v:.3f}" '
+                         f'style="background:{css_rgba(alpha(v, top))}">{text}</td>')
         parts.append("</tr>")
     parts.append("</table></div>")
     body = "".join(parts)
-    return _page(title, body) if standalone else body
+    return _standalone(title, body) if standalone else body
 
 
 def html_highlight(tokens: Sequence[str], weights: Sequence[float], *, title: str = "",
@@ -73,73 +66,43 @@ def html_highlight(tokens: Sequence[str], weights: Sequence[float], *, title: st
     """The sentence with each token's background shaded by its weight; `focus` is outlined."""
     if len(tokens) != len(weights):
         raise ValueError(f"{len(tokens)} tokens but {len(weights)} weights")
-    top = _scale([weights], vmax)
-    e = html.escape
-    parts = ['<div class="gptlab-highlight" style="font-family:system-ui,sans-serif;line-height:2.1">']
+    top = top_weight(weights, vmax)
+    parts = ['<div class="gptlab-highlight">']
     if title:
-        parts.append(f'<div style="font-weight:600;margin:4px 0">{e(title)}</div>')
+        parts.append(f'<div class="title">{esc(title)}</div>')
     for i, (t, w) in enumerate(zip(tokens, weights)):
-        a = max(0.0, min(1.0, w / top))
-        border = "outline:2px solid #e11d48;" if i == focus else ""
-        fg = "#fff" if a > 0.55 else "#222"
-        parts.append(f'<span title="{w:.3f}" style="{border}background:rgba({RGB[0]},{RGB[1]},{RGB[2]},{a:.3f});'
-                     f'color:{fg};padding:2px 3px;margin:1px;border-radius:3px">{e(str(t))}</span> ')
+        cls = "hl focus" if i == focus else "hl"
+        parts.append(f'<span class="{cls}" title="{w:.3f}" style="background:{css_rgba(alpha(w, top))}">{esc(t)}</span> ')
     parts.append("</div>")
     body = "".join(parts)
-    return _page(title, body) if standalone else body
-
-
-def _page(title: str, body: str) -> str:
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title or 'gptlab attention')}</title></head>"
-            f"<body style=\"margin:16px\">{body}</body></html>\n")
+    return _standalone(title, body) if standalone else body
 
 
 # -- terminal -------------------------------------------------------------------------------------
-def use_color(stream=None) -> bool:
-    """ANSI colour when writing to a terminal that has not asked for none (NO_COLOR)."""
-    stream = stream or sys.stdout
-    return hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
-
-
-def _fit(s: str, width: int) -> str:
-    s = str(s)
-    return s if len(s) <= width else s[: max(width - 1, 1)] + "…"
-
-
-def _ansi_bg(a: float) -> str:
-    # The 24-step grey ramp (232..255) from dark to light: heavier weight = lighter cell.
-    return f"\x1b[48;5;{232 + round(a * 23)}m"
-
-
 def terminal_heatmap(matrix: Matrix, row_labels: Sequence[str], col_labels: Sequence[str], *,
                      title: str = "", color: bool | None = None, values: bool = False,
                      vmax: float | None = None, cell_width: int = 0, label_width: int = 16) -> str:
-    """Rows labelled on the left, columns numbered on top with a legend below, cells shaded.
+    """Rows labelled on the left, columns on top (numbered, with a legend, when a word does not fit).
 
-    Without colour the shade is drawn with block characters (░▒▓█), so it survives a pipe or a
-    log file; values=True prints the weights (x100) in the cells instead.
+    In colour a cell's background is shaded by weight; without, the cell is block characters
+    (░▒▓█), so the picture survives a pipe or a log file. values=True prints the weights (x100).
     """
     _check(matrix, row_labels, col_labels)
     color = use_color() if color is None else color
-    top = _scale(matrix, vmax)
+    top = _matrix_top(matrix, vmax)
     width = cell_width or max(3, min(8, max((len(str(c)) for c in col_labels), default=3) + 1))
     lw = min(label_width, max((len(str(r)) for r in row_labels), default=1))
     lines = [title] if title else []
-    # Column headers: the token itself when it fits the cell, else its number (see the legend).
     fits = all(len(str(c)) < width for c in col_labels)
-    head = [(_fit(c, width - 1) if fits else str(j)).center(width) for j, c in enumerate(col_labels)]
+    head = [(fit(c, width - 1) if fits else str(j)).center(width) for j, c in enumerate(col_labels)]
     lines.append(" " * (lw + 1) + "".join(head))
     for label, row in zip(row_labels, matrix):
         cells = []
         for v in row:
-            a = max(0.0, min(1.0, v / top))
-            if values:
-                txt = f"{round(v * 100):d}".rjust(width - 1) + " "
-            else:
-                txt = SHADES[min(int(a * (len(SHADES) - 1) + 0.5), len(SHADES) - 1)] * (width - 1) + " "
-            cells.append(f"{_ansi_bg(a)}{txt}\x1b[0m" if color and values else txt)
-        lines.append(_fit(label, lw).rjust(lw) + " " + "".join(cells))
+            a = alpha(v, top)
+            txt = f"{round(v * 100):d}".rjust(width - 1) if values else ""
+            cells.append((ansi_highlight(txt.ljust(width - 1), a) if color else txt or shade(a, width - 1)) + " ")
+        lines.append(fit(label, lw).rjust(lw) + " " + "".join(cells))
     if not fits:
         lines.append("columns: " + "  ".join(f"{j}={c}" for j, c in enumerate(col_labels)))
     return "\n".join(lines)
@@ -147,18 +110,13 @@ def terminal_heatmap(matrix: Matrix, row_labels: Sequence[str], col_labels: Sequ
 
 def terminal_highlight(tokens: Sequence[str], weights: Sequence[float], *, color: bool | None = None,
                        focus: int | None = None, vmax: float | None = None) -> str:
-    """The sentence with weights: shaded backgrounds in colour, else `token(37)` in percent."""
+    """The sentence with weights: shaded backgrounds in colour, else `token(37)` in percent; `*` marks the focus."""
     if len(tokens) != len(weights):
         raise ValueError(f"{len(tokens)} tokens but {len(weights)} weights")
     color = use_color() if color is None else color
-    top = _scale([weights], vmax)
+    top = top_weight(weights, vmax)
     out = []
     for i, (t, w) in enumerate(zip(tokens, weights)):
         mark = "*" if i == focus else ""
-        if color:
-            a = max(0.0, min(1.0, w / top))
-            fg = "\x1b[30m" if a > 0.5 else "\x1b[97m"
-            out.append(f"{_ansi_bg(a)}{fg}{mark}{t}\x1b[0m")
-        else:
-            out.append(f"{mark}{t}({round(w * 100)})")
+        out.append(ansi_highlight(f"{mark}{t}", alpha(w, top)) if color else f"{mark}{t}({round(w * 100)})")
     return " ".join(out)

@@ -1,43 +1,29 @@
-"""A Trace as HTML: a standalone page (CSS and JS inline, opens offline) or a notebook fragment.
+"""Any Trace as HTML: a standalone page (CSS and JS inline, opens offline) or a notebook fragment,
+one entry point (`render_html`) that draws each kind its way:
 
-It reproduces the course notebook's `print_probs`: per step, the words the model saw, highlighted
-by the predicting position's attention (light blue, alpha = attention / max, mean over heads),
-then the most likely next words with their probabilities, here as bars. A small inline script
-lets the reader pick any layer or head (or the mean) and repaints the highlights from the data
-embedded in the page. No torch here: this module reads plain data only.
+- gpt: the course notebook's `print_probs`: per step, the words the model saw, highlighted by the
+  predicting position's attention (alpha = attention / max, mean over heads), then the most
+  likely next words with their probabilities as bars. A small inline script lets the reader pick
+  any layer or head (or the mean) and repaints the highlights from the data embedded in the page.
+- encoder / classifier: the prediction, the sentence highlighted by the focus token's attention,
+  and every token's attention as a heatmap.
+- seq2seq: the cross-attention heatmap (generated words x source words) and the probability each
+  word was written with.
+
+No torch here: this module reads plain data only.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from gptlab.explain.trace import Candidate, Trace, TraceStep
+from gptlab.explain import heatmap
+from gptlab.explain.style import CSS, RGB, alpha, css_rgba, esc, page, script_json, top_weight
 
-HIGHLIGHT_RGB = "135,206,250"  # the notebook's highlight: rgba(135, 206, 250, attention / max)
-
-CSS = """
-.gptlab-trace{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;max-width:60em}
-.gptlab-trace h2{font-size:1.15em;margin:.3em 0}
-.gptlab-trace .gen{font-weight:600;color:#0b5394}
-.gptlab-trace .meta{color:#666;font-size:.85em;margin:.2em 0 .6em}
-.gptlab-trace .controls{font-size:.85em;margin:.4em 0 .8em}
-.gptlab-trace .step{border-top:1px solid #ddd;padding:.5em 0}
-.gptlab-trace .stephead{font-size:.85em;color:#555;margin-bottom:.3em}
-.gptlab-trace .ctx{font-family:ui-monospace,Menlo,Consolas,monospace;line-height:1.9;white-space:pre-wrap}
-.gptlab-trace .t{border-radius:3px;padding:1px 0}
-.gptlab-trace .next{font-weight:700;color:#0b5394}
-.gptlab-trace table.top{border-collapse:collapse;font-size:.85em;margin-top:.3em;table-layout:fixed;width:44em}
-.gptlab-trace table.top col.w{width:12em}.gptlab-trace table.top col.bar{width:16em}.gptlab-trace table.top col.num{width:5.3em}
-.gptlab-trace table.top td,.gptlab-trace table.top th{padding:1px 6px;text-align:left}
-.gptlab-trace table.top th{color:#777;font-weight:400}
-.gptlab-trace td.w{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;overflow:hidden;text-overflow:ellipsis}
-.gptlab-trace td.bar div{background:rgb(135,206,250);height:.9em;border-radius:2px}
-.gptlab-trace td.num{text-align:right;font-variant-numeric:tabular-nums}
-.gptlab-trace tr.chosen td.w{font-weight:700}
-.gptlab-trace tr.chosen td.w::after{content:" \\2190 chosen";font-weight:400;color:#0b5394}
-"""
+if TYPE_CHECKING:  # types only: trace.py calls these renderers, so a runtime import would be a cycle
+    from gptlab.explain.trace import Candidate, EncoderTrace, GPTTrace, Layer, Seq2SeqTrace, Trace, TraceStep
 
 # Recolours the highlights for the selected layer/head from the JSON embedded beside it.
 JS = """
@@ -66,20 +52,15 @@ JS = """
 """
 
 
-def _script_json(obj) -> str:
-    """JSON that cannot end the <script> element it sits in."""
-    return (json.dumps(obj, separators=(",", ":"), allow_nan=False)
-            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
-
-
 def _pct(p: float) -> str:
     return f"{100 * p:.2f}%"
 
 
+# -- gpt ------------------------------------------------------------------------------------------
 def _context_html(step: TraceStep, row: list[float], joiner: str) -> str:
-    m = max(row) or 1.0
-    spans = [f'<span class="t" title="attention {a:.4f}" style="background-color:rgba({HIGHLIGHT_RGB},{a / m:.3f})">'
-             f"{html.escape(tok)}</span>" for tok, a in zip(step.tokens, row)]
+    top = top_weight(row)
+    spans = [f'<span class="t" title="attention {a:.4f}" style="background-color:{css_rgba(alpha(a, top))}">'
+             f"{esc(tok)}</span>" for tok, a in zip(step.tokens, row)]
     lead = "\u2026 " if step.start > 0 else ""
     return lead + joiner.join(spans)
 
@@ -91,7 +72,7 @@ def _top_html(step: TraceStep, top: int) -> str:
     rows = []
     for c in shown:
         cls = ' class="chosen"' if c.id == step.chosen.id else ""
-        rows.append(f'<tr{cls}><td class="w">{html.escape(c.token)}</td>'
+        rows.append(f'<tr{cls}><td class="w">{esc(c.token)}</td>'
                     f'<td class="bar"><div style="width:{min(100.0, 100 * c.p_sample):.1f}%"></div></td>'
                     f'<td class="num">{_pct(c.p_sample)}</td><td class="num">{_pct(c.p)}</td>'
                     f'<td class="num">{c.logit:.2f}</td></tr>')
@@ -100,7 +81,7 @@ def _top_html(step: TraceStep, top: int) -> str:
             '<th>logit</th></tr>' + "".join(rows) + "</table>")
 
 
-def _settings(trace: Trace) -> str:
+def _settings(trace: GPTTrace) -> str:
     s = trace.sampling
     parts = ["greedy" if s.get("temperature") == 0 else f"temperature {s.get('temperature')}"]
     for key, off, name in (("top_k", 0, "top-k"), ("top_p", 1.0, "top-p"), ("min_p", 0.0, "min-p"),
@@ -112,43 +93,69 @@ def _settings(trace: Trace) -> str:
             f"context {m.get('context_length', '?')} \u00b7 " + ", ".join(parts))
 
 
-def render_html(trace: Trace, *, full_page: bool = True, layer: int | str | None = None,
-                head: int | str | None = None) -> str:
-    """The trace as HTML; `layer`/`head` pick the attention shown first (default: last layer, mean of heads)."""
-    uid = "gptlab-trace-" + secrets.token_hex(4)
-    esc = html.escape
+def _select(cls: str, opts: list[tuple[str, str]], chosen: object) -> str:
+    return f'<select class="{cls}">' + "".join(
+        f'<option value="{v}"{" selected" if v == str(chosen) else ""}>{label}</option>' for v, label in opts) + "</select>"
+
+
+def _step_html(k: int, step: TraceStep, trace: GPTTrace, layer: Layer, head: Layer, joiner: str) -> str:
+    finish = f" \u00b7 finished ({esc(step.finish)})" if step.finish else ""
+    return (f'<div class="step"><div class="stephead">step {k + 1} \u00b7 chose <b>{esc(step.chosen.token)}</b> '
+            f"({_pct(step.chosen.p_sample)}) \u00b7 entropy {step.entropy:.2f} bits, drawn from "
+            f"{step.entropy_sample:.2f} bits{finish}</div>"
+            f'<div class="ctx">{_context_html(step, step.attention_row(layer, head), joiner)}{joiner}'
+            f'<span class="next">\u2192 {esc(step.chosen.token)}</span></div>{_top_html(step, trace.top)}</div>')
+
+
+def _gpt_body(trace: GPTTrace, uid: str, layer: Layer, head: Layer, **_) -> str:
     joiner = " " if trace.model.get("tokenizer", "word") == "word" else ""
-    layer = trace.n_layer - 1 if layer is None else layer
+    layer = trace.n_layer - 1 if layer is None else layer  # default: the last layer, as the notebook shows
     head = "mean" if head is None else head
     layer_opts = [(str(i), f"layer {i + 1}") for i in range(trace.n_layer)] + [("mean", "mean of layers")]
     head_opts = [("mean", "mean of heads")] + [(str(h), f"head {h + 1}") for h in range(trace.n_head)]
+    steps = "".join(_step_html(k, step, trace, layer, head, joiner) for k, step in enumerate(trace.steps))
+    data = script_json({"attention": [s.attention for s in trace.steps]})
+    return (f'<h2>{esc(trace.prompt)}<span class="gen">{esc(trace.completion)}</span></h2>'
+            f'<div class="meta">{esc(_settings(trace))}</div>'
+            f'<div class="controls">highlight = attention of the predicting position, scaled by its maximum: '
+            f'{_select("layer", layer_opts, layer)} {_select("head", head_opts, head)}</div>{steps}'
+            f'<script type="application/json" class="gptlab-data">{data}</script>'
+            f"<script>{JS % {'uid': uid, 'rgb': ','.join(map(str, RGB))}}</script>")
 
-    def select(cls: str, opts, chosen) -> str:
-        return f'<select class="{cls}">' + "".join(
-            f'<option value="{v}"{" selected" if v == str(chosen) else ""}>{label}</option>' for v, label in opts) + "</select>"
 
-    steps = []
-    for k, step in enumerate(trace.steps):
-        row = step.attention_row(layer, head)
-        finish = f" \u00b7 finished ({esc(step.finish)})" if step.finish else ""
-        steps.append(
-            f'<div class="step"><div class="stephead">step {k + 1} \u00b7 chose <b>{esc(step.chosen.token)}</b> '
-            f"({_pct(step.chosen.p_sample)}) \u00b7 entropy {step.entropy:.2f} bits, drawn from {step.entropy_sample:.2f} bits{finish}</div>"
-            f'<div class="ctx">{_context_html(step, row, joiner)}{joiner}<span class="next">\u2192 {esc(step.chosen.token)}</span></div>'
-            f"{_top_html(step, trace.top)}</div>")
+# -- encoder / classifier / seq2seq ---------------------------------------------------------------
+def _prediction_html(text: str) -> str:
+    return f'<div class="pred">{esc(text)}</div>' if text else ""
 
-    body = (
-        f'<div class="gptlab-trace" id="{uid}">'
-        f'<h2>{esc(trace.prompt)}<span class="gen">{esc(trace.completion)}</span></h2>'
-        f'<div class="meta">{esc(_settings(trace))}</div>'
-        f'<div class="controls">highlight = attention of the predicting position, scaled by its maximum: '
-        f'{select("layer", layer_opts, layer)} {select("head", head_opts, head)}</div>'
-        + "".join(steps)
-        + f'<script type="application/json" class="gptlab-data">{_script_json({"attention": [s.attention for s in trace.steps]})}</script>'
-        f"<style>{CSS}</style><script>{JS % {'uid': uid, 'rgb': HIGHLIGHT_RGB}}</script></div>"
-    )
-    if not full_page:
-        return body
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>gptlab trace: {esc(trace.prompt)}</title></head><body>{body}</body></html>\n")
+
+def _encoder_body(trace: EncoderTrace, uid: str, layer: Layer, head: Layer, matrix: bool = True, **_) -> str:
+    parts = [_prediction_html(trace.prediction_text()),
+             heatmap.html_highlight(trace.tokens, trace.weights(layer, head=head), title=trace.title(layer, head),
+                                    focus=trace.focus)]
+    if matrix:
+        parts.append(heatmap.html_heatmap(trace.matrix(layer, head), trace.tokens, trace.tokens,
+                                          values=len(trace.tokens) <= 24, row_title="query", col_title="key",
+                                          title="every token's attention (rows: query, columns: key)"))
+    return "".join(parts)
+
+
+def _seq2seq_body(trace: Seq2SeqTrace, uid: str, layer: Layer, head: Layer, **_) -> str:
+    return (heatmap.html_heatmap(trace.matrix(layer, head), trace.target_tokens, trace.source_tokens,
+                                 title=trace.title(layer, head), row_title="generated", col_title="source")
+            + _prediction_html(trace.prediction_text() and "written with: " + trace.prediction_text()))
+
+
+BODIES: dict[str, Callable[..., str]] = {"gpt": _gpt_body, "encoder": _encoder_body, "classifier": _encoder_body,
+                                         "seq2seq": _seq2seq_body}
+
+
+def render_html(trace: Trace, *, full_page: bool = True, layer: Layer = None, head: Layer = None,
+                matrix: bool = True) -> str:
+    """The trace as HTML, whatever its kind; `layer`/`head` pick the attention shown (default: the
+    kind's own: the last layer for gpt, the trace's `layer` ("mean") for the others; mean of heads).
+    matrix=False leaves out an encoder trace's full heatmap."""
+    uid = "gptlab-trace-" + secrets.token_hex(4)
+    body = BODIES[trace.kind](trace, uid, layer, head, matrix=matrix)
+    fragment = (f'<div class="gptlab-trace" data-kind="{esc(trace.kind)}" id="{uid}">'
+                f"{body}<style>{CSS}</style></div>")
+    return page(trace.title(layer, head), fragment) if full_page else fragment

@@ -1,52 +1,42 @@
-"""A Trace for the terminal: attention as a coloured background behind each word (the notebook's
-light blue, alpha = attention / max), the top next tokens as unicode bars. Plain text when the
-output is not a terminal or NO_COLOR is set. No torch here: this module reads plain data only."""
+"""Any Trace for the terminal, one entry point (`render_terminal`) that draws each kind its way:
+
+- gpt: attention as a coloured background behind each word (the notebook's light blue, alpha =
+  attention / max), the top next tokens as unicode bars;
+- encoder / classifier: the prediction and the sentence with the focus token's attention, and
+  optionally every token's attention as a heatmap;
+- seq2seq: the cross-attention heatmap (generated words x source words).
+
+Plain text when the output is not a terminal or NO_COLOR is set. No torch here: plain data only.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from gptlab.explain.trace import Trace, TraceStep
+from gptlab.explain import heatmap
+from gptlab.explain.style import alpha, ansi_highlight, bar, bold, top_weight, use_color
 
-HIGHLIGHT = (135, 206, 250)  # the notebook's rgba(135, 206, 250, a), blended over white
-BAR_WIDTH = 24
-EIGHTHS = " \u258f\u258e\u258d\u258c\u258b\u258a\u2589"  # 0/8 .. 7/8 of a cell
-RESET = "\x1b[0m"
+if TYPE_CHECKING:  # types only: trace.py calls these renderers, so a runtime import would be a cycle
+    from gptlab.explain.trace import EncoderTrace, GPTTrace, Layer, Seq2SeqTrace, Trace, TraceStep
 
-
-def use_color(stream: TextIO | None = None) -> bool:
-    """Colour only for a terminal, and never with NO_COLOR set (https://no-color.org)."""
-    stream = sys.stdout if stream is None else stream
-    if os.environ.get("NO_COLOR"):
-        return False
-    return bool(getattr(stream, "isatty", lambda: False)())
+__all__ = ["bar", "render_terminal", "use_color"]
 
 
-def bar(fraction: float, width: int = BAR_WIDTH) -> str:
-    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
-    full, part = divmod(eighths, 8)
-    return ("\u2588" * full + (EIGHTHS[part] if part else "")).ljust(width)
-
-
-def _highlight(tok: str, alpha: float) -> str:
-    r, g, b = (round(255 + (c - 255) * alpha) for c in HIGHLIGHT)
-    return f"\x1b[38;2;0;0;0;48;2;{r};{g};{b}m{tok}{RESET}"
-
-
-def _step_lines(k: int, step: TraceStep, trace: Trace, color: bool, layer, head, joiner: str) -> list[str]:
+# -- gpt ------------------------------------------------------------------------------------------
+def _step_lines(k: int, step: TraceStep, trace: GPTTrace, color: bool, layer: Layer, head: Layer,
+                joiner: str) -> list[str]:
     row = step.attention_row(layer, head)
-    m = max(row) or 1.0
-    words = [_highlight(t, a / m) if color else t for t, a in zip(step.tokens, row)]
+    top = top_weight(row)
+    words = [ansi_highlight(t, alpha(a, top)) if color else t for t, a in zip(step.tokens, row)]
     lead = "\u2026 " if step.start > 0 else ""
-    chosen = f"\x1b[1m{step.chosen.token}{RESET}" if color else step.chosen.token
     lines = [f"step {k + 1}: chose {step.chosen.token!r} ({100 * step.chosen.p_sample:.1f}%), "
              f"entropy {step.entropy:.2f} bits (drawn from {step.entropy_sample:.2f})"
              + (f", finished ({step.finish})" if step.finish else ""),
-             "  " + lead + joiner.join(words) + joiner + "\u2192 " + chosen]
+             "  " + lead + joiner.join(words) + joiner + "\u2192 " + bold(step.chosen.token, color)]
     ranked = sorted(range(len(row)), key=lambda i: -row[i])[:5]
-    lines.append("  attends most to: " + ", ".join(f"{step.tokens[i].strip() or repr(step.tokens[i])} {row[i] / m:.2f}" for i in ranked))
+    lines.append("  attends most to: " + ", ".join(
+        f"{step.tokens[i].strip() or repr(step.tokens[i])} {row[i] / top:.2f}" for i in ranked))
     shown = step.candidates[:trace.top]
     if all(c.id != step.chosen.id for c in shown):
         shown = shown + [step.chosen]
@@ -57,10 +47,7 @@ def _step_lines(k: int, step: TraceStep, trace: Trace, color: bool, layer, head,
     return lines
 
 
-def render_terminal(trace: Trace, *, color: bool | None = None, layer: int | str | None = None,
-                    head: int | str | None = None) -> str:
-    """The trace as text. color=None decides from stdout (a TTY and no NO_COLOR)."""
-    color = use_color() if color is None else color
+def _gpt_text(trace: GPTTrace, color: bool, layer: Layer, head: Layer, **_) -> str:
     joiner = " " if trace.model.get("tokenizer", "word") == "word" else ""
     what = f"layer {int(layer) + 1}" if layer not in (None, "mean") else ("mean of layers" if layer == "mean" else "last layer")
     what += f", head {int(head) + 1}" if head not in (None, "mean") else ", mean of heads"
@@ -70,3 +57,38 @@ def render_terminal(trace: Trace, *, color: bool | None = None, layer: int | str
         lines.append("")
         lines += _step_lines(k, step, trace, color, layer, head, joiner)
     return "\n".join(lines)
+
+
+# -- encoder / classifier / seq2seq ---------------------------------------------------------------
+def _encoder_text(trace: EncoderTrace, color: bool, layer: Layer, head: Layer, matrix: bool = False,
+                  values: bool = False, **_) -> str:
+    lines = [trace.prediction_text()] if trace.prediction_text() else []
+    lines += [trace.title(layer, head),
+              heatmap.terminal_highlight(trace.tokens, trace.weights(layer, head=head), color=color, focus=trace.focus)]
+    if matrix:
+        lines.append(heatmap.terminal_heatmap(trace.matrix(layer, head), trace.tokens, trace.tokens,
+                                              color=color, values=values))
+    return "\n".join(lines)
+
+
+def _seq2seq_text(trace: Seq2SeqTrace, color: bool, layer: Layer, head: Layer, values: bool = False, **_) -> str:
+    text = heatmap.terminal_heatmap(trace.matrix(layer, head), trace.target_tokens, trace.source_tokens,
+                                    title=trace.title(layer, head) + "\nrows: generated words; columns: source words",
+                                    color=color, values=values)
+    pred = trace.prediction_text()
+    return text + (f"\nwritten with: {pred}" if pred else "")
+
+
+VIEWS: dict[str, Callable[..., str]] = {"gpt": _gpt_text, "encoder": _encoder_text, "classifier": _encoder_text,
+                                        "seq2seq": _seq2seq_text}
+
+
+def render_terminal(trace: Trace, *, color: bool | None = None, layer: Layer = None, head: Layer = None,
+                    values: bool = False, matrix: bool = False) -> str:
+    """The trace as text, whatever its kind. color=None decides from stdout (a TTY and no NO_COLOR).
+
+    values: print attention weights (x100) in heatmap cells; matrix: add an encoder trace's full
+    heatmap. Both leave a gpt trace as it is.
+    """
+    color = use_color() if color is None else color
+    return VIEWS[trace.kind](trace, color, layer, head, values=values, matrix=matrix)

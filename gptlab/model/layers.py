@@ -20,11 +20,6 @@ import torch.nn.functional as F
 from gptlab.model.config import ModelConfig
 
 
-# Train attention through explicit matmuls + softmax on the CPU in bf16 (see Attention.forward);
-# a switch so benchmarks/step_profile.py can measure the fused kernel instead.
-CPU_LOW_PRECISION_EXPLICIT = True
-
-
 class KVCache:
     """Keys and values of past positions, preallocated, for incremental decoding.
 
@@ -96,8 +91,9 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=cfg.bias)
         self.out = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
         # Dropout on the attention weights: GPT-2 has it; Keras's MultiHeadAttention (the notebook)
-        # has none by default. (`attn_dropout` is read only if the config has that field.)
-        self.dropout = getattr(cfg, "attn_dropout", cfg.dropout)
+        # has none by default.
+        self.dropout = cfg.dropout if cfg.attn_dropout < 0 else cfg.attn_dropout
+        self.impl = cfg.attn_impl
 
     def _heads(self, x_BxTxI: torch.Tensor) -> torch.Tensor:
         B, T, _ = x_BxTxI.shape
@@ -128,8 +124,8 @@ class Attention(nn.Module):
         # On the CPU in bf16, scaled_dot_product_attention's fused kernel trains (forward + backward)
         # ~2x slower than plain matmuls + softmax at these sizes (measured for T 80-256, head widths
         # 64 and 256): train through the explicit path there.
-        explicit = return_attn or (CPU_LOW_PRECISION_EXPLICIT and q.device.type == "cpu"
-                                   and q.dtype != torch.float32 and torch.is_grad_enabled())
+        explicit = return_attn or self.impl == "explicit" or (
+            self.impl == "auto" and q.device.type == "cpu" and q.dtype != torch.float32 and torch.is_grad_enabled())
         if explicit:
             mask = build_mask(T, S, causal=causal, offset=offset, key_mask_BxS=key_mask_BxS,
                               device=x_BxTxC.device, self_attention=not self.cross)

@@ -7,8 +7,8 @@ counts as it goes; tests check the pieces join to `LoadedModel.generate`'s text 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from gptlab.api import LoadedModel
 from gptlab.infer.generate import TextTracker, check_generative, encode_prompts, text_steps

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from starlette.exceptions import HTTPException
 
 T = TypeVar("T")
+log = logging.getLogger("gptlab.serve")
+
+# A request's moments in the gate: admitted (on the event loop), started and finished (on its worker).
+GateEvent = Literal["admitted", "started", "finished"]
+GateHook = Callable[[GateEvent], None]
 
 
 class Busy(Exception):
@@ -66,21 +73,38 @@ def install_deadline_hook(model: torch.nn.Module) -> None:
 
 
 class Gate:
-    """Admission (429 past capacity), a thread pool for generation, and deadlines (504)."""
+    """Admission (429 past capacity), a thread pool for generation, and deadlines (504).
 
-    def __init__(self, workers: int, queue: int, timeout_s: float):
+    `on_event`, if given, is told each GateEvent as it happens, on the thread it happens on; by
+    "finished" the request no longer counts in `in_flight`. It is the one way to watch the gate
+    without polling it: metrics, or a test that must act the moment a worker is busy instead of
+    sleeping and hoping. It must be quick; an exception from it is logged, never raised.
+    """
+
+    def __init__(self, workers: int, queue: int, timeout_s: float, on_event: GateHook | None = None):
         self.workers = workers
         self.capacity = workers + queue
         self.timeout_s = timeout_s
+        self.on_event = on_event
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gptlab-serve")
         self._lock = threading.Lock()
         self.in_flight = 0  # admitted and not yet finished in its worker thread
+
+    def _notify(self, event: GateEvent) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception:
+            # An observer must not break the accounting: an admitted request is always released.
+            log.exception("the gate's on_event hook failed on %r", event)
 
     def _admit(self) -> Job:
         with self._lock:
             if self.in_flight >= self.capacity:
                 raise Busy()
             self.in_flight += 1
+        self._notify("admitted")
         return Job(time.monotonic() + self.timeout_s)
 
     def _release(self) -> None:
@@ -92,12 +116,14 @@ class Gate:
         # timed-out generation still counts against capacity while it winds down.
         try:
             job.check()  # it may have waited in the queue past its deadline
+            self._notify("started")
             _current.job = job
             with torch.no_grad():
                 return fn()
         finally:
             _current.job = None
             self._release()
+            self._notify("finished")
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run blocking `fn` on a worker; Busy, DeadlineExceeded or fn's own exception."""
@@ -112,7 +138,7 @@ class Gate:
             job.cancelled.set()
             raise
 
-    async def stream(self, make_iter: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    async def stream(self, make_iter: Callable[[], Iterator[T]]) -> AsyncGenerator[T, None]:
         """Run the blocking iterator from `make_iter` on one worker and yield its items here.
 
         Admission happens at the first `__anext__`, so Busy (and errors raised before the first
@@ -128,7 +154,7 @@ class Gate:
                     job.check()
                     loop.call_soon_threadsafe(items.put_nowait, ("item", item))
                 loop.call_soon_threadsafe(items.put_nowait, ("end", None))
-            except BaseException as e:  # handed to the consumer, which re-raises it
+            except BaseException as e:  # noqa: BLE001 - not swallowed: the consumer re-raises it
                 loop.call_soon_threadsafe(items.put_nowait, ("error", e))
 
         fut = loop.run_in_executor(self.executor, self._in_worker, job, produce)

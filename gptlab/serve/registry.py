@@ -12,8 +12,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gptlab.api import LoadedModel, load
 from gptlab.checkpoint import CONFIG, WEIGHTS, read_config

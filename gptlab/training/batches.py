@@ -108,3 +108,62 @@ def eval_batches(seqs: list[np.ndarray], batch_size: int, pad_id: int, context_l
         count = min(count, limit)
     for i in range(count):
         yield collate(seqs[i * batch_size:(i + 1) * batch_size], pad_id, context_length + 1)
+
+
+# -- batches of the other families: rows of a table, in an order that is a pure function of (seed, epoch)
+def same_length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Batches of row indices whose sequences all have the same length (one pass; shuffled with rng).
+
+    No padding: no compute spent on it and no mask to build (seq2seq sources; targets are still
+    padded, which causality hides).
+    """
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths.tolist()):
+        groups.setdefault(n, []).append(i)
+    batches = []
+    for members in groups.values():
+        rows = np.asarray(members)
+        if rng is not None:
+            rows = rows[rng.permutation(len(rows))]
+        batches += [rows[j:j + batch_size] for j in range(0, len(rows), batch_size)]
+    if rng is not None:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
+def similar_length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One pass of batches of similar length (little padding), in random order: rows are shuffled,
+    cut into chunks of 50 batches, each chunk sorted by length and cut into batches."""
+    order = rng.permutation(len(lengths))
+    chunk = 50 * batch_size
+    batches = []
+    for i in range(0, len(lengths), chunk):
+        part = order[i:i + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    return [batches[j] for j in rng.permutation(len(batches))]
+
+
+class RowBatches:
+    """The row indices of step s's batch, a pure function of (seed, s): epoch e is laid out by a
+    generator seeded with (seed, e), so a resumed run sees the batches an uninterrupted one would."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, same_length: bool = False):
+        if not lengths:
+            raise ValueError("no rows to batch")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = min(batch_size, len(lengths))
+        self.seed = seed
+        self.layout = same_length_batches if same_length else similar_length_batches
+        self._epoch: tuple[int, list[np.ndarray]] | None = None
+        self.steps_per_epoch = len(self._batches(0))
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch = (epoch, self.layout(self.lengths, self.batch_size, rng))
+        return self._epoch[1]
+
+    def rows(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        return self._batches(epoch)[i]

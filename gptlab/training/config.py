@@ -1,66 +1,88 @@
-"""One way to configure a run: typed dataclasses, presets as functions, TOML files and CLI flags
-all mapping onto the same fields.
+"""Training settings: the loop's own (LoopConfig, shared by every family) and the GPT's run
+(RunConfig = model + data + train), with named presets as plain functions.
 
-Precedence: preset < TOML file (`--config run.toml`) < flags given on the command line.
-A TOML file may use sections ([model], [data], [train]) or flat keys.
+Precedence on the command line: preset < TOML file (`--config run.toml`) < flags typed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from gptlab.data.config import DataConfig
 from gptlab.errors import UserError
 from gptlab.model.config import PRESETS as MODEL_PRESETS
 from gptlab.model.config import ModelConfig
+from gptlab.settings import check, setting
+
+DEVICES_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
 
 
 @dataclass
-class TrainConfig:
-    out: str = field(default="runs/gpt", metadata={"help": "output folder for the model, checkpoints and TensorBoard logs"})
-    preset: str = field(default="small", metadata={"help": f"starting point for every other setting: {', '.join(MODEL_PRESETS)}"})
-    tokenizer: str = field(default="word", metadata={"help": "word (the notebook's, with a vocabulary cap) or bpe (byte-level)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per optimizer step (split over --grad-accum and GPUs)"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    epochs: float = field(default=5.0, metadata={"help": "passes over the training records (ignored when --max-steps is set)"})
-    max_steps: int = field(default=0, metadata={"help": "optimizer steps to run; 0 = from --epochs"})
-    time_budget: float = field(default=0.0, metadata={"help": "stop after this many seconds of training (0 = no limit); the LR schedule is planned for the budget"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw, or adam (the notebook's Keras Adam)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine schedule"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
-    beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
-    beta2: float = field(default=0.95, metadata={"help": "Adam beta2"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warmup steps"})
-    schedule: str = field(default="cosine", metadata={"help": "cosine (after warmup) or constant"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0 = off)"})
-    batching: str = field(default="bucket", metadata={"help": "pad (the notebook: every record padded to the context), bucket (records of similar length together: little padding) or pack (records concatenated: no padding)"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware is fast at it), fp32 or bf16"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = all cores)"})
-    eval_interval: int = field(default=200, metadata={"help": "steps between validation losses (0 = only at the end)"})
-    eval_batches: int = field(default=20, metadata={"help": "validation batches per evaluation (0 = the whole split)"})
-    sample_prompt: str = field(default="wine review :", metadata={"help": "prompt for the sample printed at each evaluation ('' = no samples)"})
-    sample_temperature: float = field(default=1.0, metadata={"help": "temperature of that sample"})
-    save_interval: int = field(default=500, metadata={"help": "steps between checkpoints (0 = only at the end)"})
-    log_interval: int = field(default=10, metadata={"help": "steps between TensorBoard/progress updates"})
-    seed: int = field(default=1337, metadata={"help": "seed for initialisation, data order and dropout"})
-    resume: bool = field(default=False, metadata={"help": "continue the run saved in --out exactly where it stopped"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a model already in --out"})
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars to OUT/tb"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+class LoopConfig:
+    """What the one training loop reads. Each family's config adds its data and model fields and
+    may change a default (a translator warms up longer than a GPT)."""
+    out: str = setting("runs/model", "output folder for the model, checkpoints and TensorBoard logs ('' = keep nothing)")
+    max_steps: int = setting(0, "optimizer steps to run; 0 = from --epochs", min=0)
+    epochs: float = setting(1.0, "passes over the training data (ignored when --max-steps is set)", min=0)
+    time_budget: float = setting(0.0, "stop after this many seconds of training (0 = no limit); the LR schedule is planned for the budget", min=0)
+    batch_size: int = setting(32, "items (sequences, pairs, rows) per optimizer step, split over --grad-accum and processes", min=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
+    optimizer: str = setting("adamw", "adamw, or adam (the notebook's Keras Adam)", choices=("adamw", "adam"))
+    lr: float = setting(1e-3, "peak learning rate", min=0)
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine schedule", min=0)
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)", min=0)
+    beta1: float = setting(0.9, "Adam beta1", min=0, below=1)
+    beta2: float = setting(0.95, "Adam beta2", min=0, below=1)
+    adam_eps: float = setting(1e-8, "Adam epsilon", above=0)
+    warmup_steps: int = setting(100, "linear learning-rate warmup steps (a run shorter than 4x this warms up for a quarter of its steps)", min=0)
+    schedule: str = setting("cosine", "cosine (after warmup) or constant", choices=("cosine", "constant"))
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", min=0)
+    ema: float = setting(0.0, "decay of an exponential moving average of the weights, which is what is evaluated and kept (e.g. 0.999; 0 = off)", min=0, below=1)
+    keep_best: bool = setting(False, "end with the weights of the best evaluation by the task's metric (early stopping)")
+    precision: str = setting("auto", "auto (bf16 where the hardware is fast at it), fp32 or bf16", choices=("auto", "fp32", "bf16"))
+    compile: bool = setting(False, "torch.compile the model")
+    device: str = setting("auto", DEVICES_HELP)
+    threads: int = setting(0, "CPU threads for torch (0 = torch's default: all cores)", min=0)
+    eval_interval: int = setting(200, "steps between evaluations (0 = only at the end)", min=0)
+    save_interval: int = setting(500, "steps between checkpoints (0 = only at the end)", min=0)
+    log_interval: int = setting(10, "steps between TensorBoard/progress updates", min=1)
+    seed: int = setting(1337, "seed for initialisation, data order, masking and dropout", min=0, max=2**63 - 1)
+    resume: bool = setting(False, "continue the run saved in --out exactly where it stopped")
+    overwrite: bool = setting(False, "replace a model already in --out")
+    tensorboard: bool = setting(True, "write TensorBoard scalars to OUT/tb")
+    progress: bool = setting(True, "show a progress bar")
+
+    def validate(self) -> None:
+        check(self)
+        if self.batch_size % self.grad_accum:
+            raise UserError(f"--batch-size {self.batch_size} must be a multiple of --grad-accum {self.grad_accum}")
+        if self.max_steps == 0 and self.epochs == 0 and self.time_budget == 0:
+            raise UserError("nothing to train: set --epochs, --max-steps or --time-budget above 0")
+        if self.resume and not self.out:
+            raise UserError("--resume needs --out: the folder of the run to continue")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def loop_fields() -> set[str]:
+    """The names of the loop's own fields (the CLI lists a family's own flags before them)."""
+    return {f.name for f in fields(LoopConfig)}
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """`gptlab train`: the loop's settings with the GPT's defaults, and its own."""
+    out: str = setting("runs/gpt", "output folder for the model, checkpoints and TensorBoard logs")
+    preset: str = setting("small", f"starting point for every other setting: {', '.join(MODEL_PRESETS)}", choices=tuple(MODEL_PRESETS))
+    tokenizer: str = setting("word", "word (the notebook's, with a vocabulary cap) or bpe (byte-level)", choices=("word", "bpe"))
+    epochs: float = setting(5.0, "passes over the training records (ignored when --max-steps is set)", min=0)
+    batching: str = setting("bucket", "pad (the notebook: every record padded to the context), bucket (records of similar length together: little padding) or pack (records concatenated: no padding)", choices=("pad", "bucket", "pack"))
+    eval_batches: int = setting(20, "validation batches per evaluation (0 = the whole split)", min=0)
+    sample_prompt: str = setting("wine review :", "prompt for the sample printed at each evaluation ('' = no samples)")
+    sample_temperature: float = setting(1.0, "temperature of that sample", min=0)
 
 
 @dataclass
@@ -74,7 +96,7 @@ class RunConfig:
                 "train": dataclasses.asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         return cls(ModelConfig(**d["model"]), DataConfig(**d["data"]), TrainConfig(**d["train"]))
 
 
@@ -104,99 +126,3 @@ def preset_gpt2() -> RunConfig:
 
 
 RUN_PRESETS = {"book": preset_book, "small": preset_small, "tiny": preset_tiny, "gpt2": preset_gpt2}
-
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-
-
-def _flag_names() -> dict[tuple[str, str], str]:
-    """(section, field) -> flag name. A field name used by two sections gets its section as prefix
-    in the later one (data.seed -> --data-seed)."""
-    names: dict[tuple[str, str], str] = {}
-    used: set[str] = set()
-    for section in ("train", "model", "data"):
-        for f in fields(SECTIONS[section]):
-            name = f.name if f.name not in used else f"{section}_{f.name}"
-            used.add(name)
-            names[(section, f.name)] = name
-    return names
-
-
-FLAG_NAMES = _flag_names()
-
-
-def add_config_args(parser: argparse.ArgumentParser, base: RunConfig | None = None) -> None:
-    """Add one flag per config field. Defaults are shown in help but kept as None in the namespace,
-    so only flags the user typed override the preset and the TOML file."""
-    base = base or preset_small()
-    parser.add_argument("--config", metavar="TOML", help="TOML file with settings ([model]/[data]/[train] sections or flat keys)")
-    titles = {"train": "training", "model": "model (defaults shown are the small preset's)", "data": "data"}
-    for section in ("train", "model", "data"):
-        group = parser.add_argument_group(titles[section])
-        obj = getattr(base, section)
-        for f in fields(obj):
-            flag = "--" + FLAG_NAMES[(section, f.name)].replace("_", "-")
-            default = getattr(obj, f.name)
-            help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
-            dest = f"cfg__{section}__{f.name}"
-            if f.type in (bool, "bool"):
-                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            else:
-                typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-                metavar = {int: "N", float: "X", str: "S"}[typ]
-                group.add_argument(flag, dest=dest, type=typ, default=None, metavar=metavar, help=help_text)
-
-
-def _coerce(section: str, name: str, value: Any, typ) -> Any:
-    tname = typ if isinstance(typ, str) else typ.__name__
-    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}[tname]
-    if not ok(value):
-        raise UserError(f"config key {section}.{name} must be {tname}, got {value!r}")
-    return float(value) if tname == "float" else value
-
-
-def load_toml(path: str) -> dict[str, dict[str, Any]]:
-    """Read a TOML file into {section: {field: value}}; flat keys are placed by their flag name."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {path} not found: check the path")
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {path} is not valid TOML ({e}): fix it") from None
-    by_flag = {flag: key for key, flag in FLAG_NAMES.items()}
-    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key, value in raw.items():
-        if key in SECTIONS and isinstance(value, dict):
-            known = {f.name: f.type for f in fields(SECTIONS[key])}
-            for k, v in value.items():
-                if k not in known:
-                    raise UserError(f"config file {path}: unknown key {key}.{k}; known: {', '.join(known)}")
-                out[key][k] = _coerce(key, k, v, known[k])
-        elif key.replace("-", "_") in by_flag:
-            section, name = by_flag[key.replace("-", "_")]
-            typ = {f.name: f.type for f in fields(SECTIONS[section])}[name]
-            out[section][name] = _coerce(section, name, value, typ)
-        else:
-            raise UserError(f"config file {path}: unknown key {key!r}; see `gptlab train --help` for the names")
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    toml = load_toml(args.config) if getattr(args, "config", None) else {s: {} for s in SECTIONS}
-    flags: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for dest, value in vars(args).items():
-        if dest.startswith("cfg__") and value is not None:
-            _, section, name = dest.split("__")
-            flags[section][name] = value
-    preset = flags["train"].get("preset") or toml["train"].get("preset") or "small"
-    if preset not in RUN_PRESETS:
-        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(RUN_PRESETS)}")
-    cfg = RUN_PRESETS[preset]()
-    for layer in (toml, flags):
-        for section, values in layer.items():
-            obj = getattr(cfg, section)
-            for k, v in values.items():
-                setattr(obj, k, v)
-    return cfg

@@ -121,7 +121,7 @@ def check_scale_config(base: RunConfig, sc: ScaleConfig) -> None:
                             "use larger dataset sizes")
     if sc.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0 (got {sc.bootstrap})")
-    from gptlab.training.trainer import check_config
+    from gptlab.training.tasks.causal_lm import check_config
     for d in sizes:  # every other setting, before the first run rather than at the tenth
         check_config(size_config(base, d))
 
@@ -225,12 +225,13 @@ def _comparable(cfg_dict: dict) -> dict:
 def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, overwrite: bool,
             fingerprint: str = "") -> dict:
     """Train one rung (resuming its checkpoint if an earlier sweep was interrupted) and write result.json."""
-    from gptlab.training import trainer
+    from gptlab.training.state import STATE_JSON
+    from gptlab.training.tasks.causal_lm import train
 
     cfg = RunConfig.from_dict(spec.cfg.to_dict())
     run_dir = out / spec.name
     cfg.train.out = str(run_dir)
-    has_state = (run_dir / CONFIG).exists() and (run_dir / trainer.STATE_JSON).exists()
+    has_state = (run_dir / CONFIG).exists() and (run_dir / STATE_JSON).exists()
     cfg.train.resume = has_state and not overwrite
     cfg.train.overwrite = not cfg.train.resume
     run_corpus = corpus
@@ -243,7 +244,7 @@ def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, o
     # One tokenizer for every run: a subset's own would differ, and losses in nats per token only
     # compare under one vocabulary.
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
-        res = trainer.train(cfg, run_corpus, tokenizer=tok)
+        res = train(cfg, run_corpus, tokenizer=tok)
     wall = time.perf_counter() - t0
     if res.interrupted:
         raise KeyboardInterrupt

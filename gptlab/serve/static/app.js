@@ -184,7 +184,7 @@ async function explain() {
 
 function clampT(t) { return Math.min(3, Math.max(0.1, t)); }
 
-// The trace JSON (format "gptlab-trace", version 1; see gptlab/explain/trace.py) -> what the view draws.
+// The trace JSON (format "gptlab-trace", version 2, kind "gpt"; see gptlab/explain/trace.py) -> what the view draws.
 function normaliseTrace(raw) {
   if (raw.format !== "gptlab-trace") throw new Error("the server sent something that is not a gptlab trace");
   const nPrompt = (raw.prompt_tokens || []).length;

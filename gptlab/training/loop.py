@@ -1,0 +1,478 @@
+"""The one training loop. Every family is a `Task`: it makes the batch of a step, sums its loss,
+evaluates, and may print a sample; `fit` does everything else, the same way for all of them:
+gradient accumulation, DDP through torchrun, bf16 autocast, torch.compile, the LR schedule
+(planned for a time budget when there is one), EMA, keep-best, progress, TensorBoard, atomic
+checkpoints, exact resume, and save-and-exit on Ctrl-C or SIGTERM.
+
+The loss of an optimizer step is the summed loss over the whole global batch divided by its item
+count (target tokens, or rows for a classifier), however the batch is split (micro-batches, DDP
+ranks): so 4 micro-batches of 8 equal 1 batch of 32, and 2 processes equal 1, up to float rounding.
+Resume is exact because a task's batch is a pure function of (seed, step) and the optimizer, the
+RNG, the weight average and the best weights are saved with the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptlab import __version__
+from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_weights, read_config, save_model
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.errors import UserError
+from gptlab.training.config import LoopConfig
+from gptlab.training.env import Runtime
+from gptlab.training.optim import WeightAverage, build_optimizer, lr_at, warmup_for
+from gptlab.training.state import STATE_JSON, load_train_state, save_train_state
+
+NO_LIMIT = 10**12
+
+
+@dataclass
+class Batch:
+    tensors: dict[str, torch.Tensor]  # each (B, ...): rows are split over micro-batches and processes
+    count: int                        # loss items in the whole batch: target tokens, or rows
+
+
+class Task:
+    """One training objective. Subclasses set `kind`, `model` and `tokenizer` and implement
+    `steps_per_epoch`, `batch` and `loss_sum`; the rest is optional."""
+    kind: str
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    best_metric: str | None = None  # the evaluate() key that --keep-best maximises
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def batch(self, step: int) -> Batch:
+        """The global batch of `step`: the same for the same step, so a resumed run sees what the
+        uninterrupted one saw."""
+        raise NotImplementedError
+
+    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss summed over the items of these rows (the loop divides by the global count)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:
+        return {}
+
+    def sample(self, model: torch.nn.Module, rt: Runtime, step: int) -> str | None:
+        return None
+
+    def final_metrics(self, model: torch.nn.Module, rt: Runtime) -> dict[str, Any]:
+        """Metrics computed once after training (e.g. accuracy on held-out rows)."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        """config.json without the loop's keys: at least {"model": ...} and the family's own."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return ""
+
+    def format_metrics(self, metrics: dict[str, float]) -> str:
+        """The evaluation's line in the log."""
+        return ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+@dataclass
+class TrainResult:
+    out: Path | None
+    step: int
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.config.get("metrics", {})
+
+    @property
+    def train_loss(self) -> float:
+        return float(self.metrics.get("train_loss", float("nan")))
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.metrics.get("val_loss")
+
+    @property
+    def val_loss_with_padding(self) -> float | None:
+        return self.metrics.get("val_loss_with_padding")
+
+
+# -- the output folder ----------------------------------------------------------------------------
+def _comparable(model: dict) -> dict:
+    """The parts of a model config that must match to continue training the same model."""
+    return {k: v for k, v in model.items() if k not in ("vocab_size", "dropout", "attn_dropout")}
+
+
+def prepare_out(t: LoopConfig, kind: str, model: dict, make: str) -> Tokenizer | None:
+    """Check --out before any data is read or time spent: refuse to clobber a model, check that a
+    resumed run is the same model. Returns the saved tokenizer when resuming (the task must use it).
+
+    model: the model config asked for (as a dict); make: the command that trains this kind.
+    """
+    if not t.out:
+        return None
+    out = Path(t.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a folder")
+    has_model = (out / CONFIG).exists()
+    if t.resume:
+        if not has_model:
+            raise UserError(f"--resume: {out} holds no model to resume; drop --resume to start a new run")
+        if not (out / STATE_JSON).exists():
+            raise UserError(f"--resume: {out} has a model but no {STATE_JSON} (a finished export?); "
+                            "start a new run in another --out")
+        saved = read_config(out, make=make)
+        # Keys a saved config lacks come from a version that did not have them: not a difference.
+        diff = {k: (saved["model"][k], v) for k, v in _comparable(model).items()
+                if k in saved["model"] and saved["model"][k] != v}
+        if saved.get("kind") != kind or diff:
+            raise UserError(f"--resume: {out} holds a model of another config {diff or saved.get('kind')} "
+                            "(saved, asked): resume with the saved settings, or use another --out")
+        return Tokenizer.load(out / TOKENIZER)
+    if has_model and not t.overwrite:
+        try:
+            saved = read_config(out, make=make)
+            same = saved.get("kind") == kind and _comparable(saved["model"]) == _comparable(model)
+        except UserError:
+            same = False
+        what = "a model of the same config" if same else "a model of another config"
+        raise UserError(f"{out} already holds {what}: use --resume to continue it, --overwrite to replace it, "
+                        "or pick another --out")
+    return None
+
+
+def total_steps(t: LoopConfig, steps_per_epoch: int) -> int:
+    if t.max_steps:
+        return t.max_steps
+    if t.epochs:
+        return max(1, math.ceil(t.epochs * steps_per_epoch))
+    return NO_LIMIT
+
+
+def fit(task: Task, t: LoopConfig, rt: Runtime, *, on_eval: Callable[[dict], bool] | None = None) -> TrainResult:
+    """Train task.model as `t` says, then save it (unless t.out is '').
+
+    on_eval(record) -> bool, if given, is called after each evaluation with its history record
+    (step, the task's metrics, time, and train_time / train_cpu_time: wall and process CPU seconds
+    without evaluation and checkpoints); returning True stops training there.
+    """
+    return _Run(task, t, rt, on_eval).run()
+
+
+class _Run:
+    """The state of one call of `fit`, split into steps small enough to read."""
+
+    def __init__(self, task: Task, t: LoopConfig, rt: Runtime, on_eval: Callable[[dict], bool] | None):
+        self.task, self.t, self.rt, self.on_eval = task, t, rt, on_eval
+        self.out = Path(t.out) if t.out else None
+        self.model = task.model.to(rt.device)
+        self.total = total_steps(t, task.steps_per_epoch())
+        self.warmup = warmup_for(t, self.total if self.total < NO_LIMIT else 0)
+        self.opt = build_optimizer(self.model, t, rt.device)
+        self.average = WeightAverage(self.model, t.ema) if t.ema else None
+        self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None
+        self.history: list[dict] = []
+        self.step = 0
+        self.tokens_seen = 0
+        self.lr = 0.0
+        self.stop_requested = False
+        self.side_time = self.side_cpu = 0.0  # evaluation, samples and checkpoints: not training time
+        self.writer: Any = None
+        self.bar: Any = None
+        if t.resume and self.out is not None:
+            self._restore()
+        self.first_new = len(self.history)  # records before it came from the run being resumed
+        self.trained_model = torch.compile(self.model) if t.compile else self.model
+        self.ddp_model = self.trained_model
+        if rt.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.ddp_model = DDP(self.trained_model, device_ids=ids)
+        self.micro = t.batch_size // t.grad_accum
+        if self.micro % rt.dist.world:
+            raise UserError(f"--batch-size / --grad-accum = {self.micro} must be a multiple of the "
+                            f"{rt.dist.world} processes")
+
+    # -- resume and checkpoints -------------------------------------------------------------------
+    def _restore(self) -> None:
+        assert self.out is not None
+        load_weights(self.model, self.out / WEIGHTS)
+        meta, extra = load_train_state(self.out, self.opt)
+        self.step = int(meta["step"])
+        self.history = list(meta.get("history", []))
+        self.tokens_seen = int(meta.get("tokens", 0))
+        if self.average is not None and "ema.0" in extra:
+            for i, s in enumerate(self.average.shadow):
+                s.copy_(extra[f"ema.{i}"])
+        if "best_step" in meta:
+            weights = {k[5:]: v.to(self.rt.device) for k, v in extra.items() if k.startswith("best.")}
+            self.best = (int(meta["best_step"]), float(meta["best_value"]), weights)
+
+    def _config(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": self.task.kind, "gptlab_version": __version__, **self.task.config(),
+                "train": self.t.to_dict(), "step": self.step, "metrics": metrics}
+
+    def checkpoint(self, metrics: dict[str, Any] | None = None) -> None:
+        if self.out is None or not self.rt.dist.main:
+            return
+        s0, c0 = time.perf_counter(), time.process_time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        extra: dict[str, Any] = {"history": self.history[-1000:], "tokens": self.tokens_seen}
+        tensors: dict[str, torch.Tensor] = {}
+        if self.average is not None:
+            tensors.update({f"ema.{i}": s for i, s in enumerate(self.average.shadow)})
+        if self.best is not None:
+            extra.update(best_step=self.best[0], best_value=self.best[1])
+            tensors.update({f"best.{k}": v for k, v in self.best[2].items()})
+        save_train_state(self.out, self.opt, self.step, extra, tensors)
+        save_model(self.out, self.model, self.task.tokenizer, self._config(metrics or self._train_metrics()))
+        self.side_time += time.perf_counter() - s0
+        self.side_cpu += time.process_time() - c0
+
+    # -- logging ------------------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if self.rt.dist.main:
+            from tqdm import tqdm
+            tqdm.write(msg, file=sys.stderr)
+
+    def _open_outputs(self) -> None:
+        if not self.rt.dist.main:
+            return
+        if self.t.tensorboard and self.out is not None:
+            try:
+                # Writing scalars needs no TensorFlow, but tensorboard imports it when installed
+                # (seconds of start-up and a screen of oneDNN logs): this marker selects its stub.
+                sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self.log("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+        if self.t.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total if self.total < NO_LIMIT else None, initial=self.step, unit="step",
+                            dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+
+    def _scalars(self, prefix: str, values: dict[str, Any]) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.writer.add_scalar(f"{prefix}/{k}", v, self.step)
+
+    # -- one optimizer step -------------------------------------------------------------------------
+    def _set_lr(self, elapsed: float) -> None:
+        progress = self.step / self.total if self.total < NO_LIMIT else 0.0
+        if self.t.time_budget:
+            progress = max(progress, elapsed / self.t.time_budget)
+        self.lr = lr_at(self.step, progress, self.t, self.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+
+    def _micro_batches(self, batch: Batch) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        rank, world, pin = self.rt.dist.rank, self.rt.dist.world, self.rt.device.type == "cuda"
+        for m in range(self.t.grad_accum):
+            rows = slice(m * self.micro + rank, (m + 1) * self.micro, world)
+            part = {}
+            for k, v in batch.tensors.items():
+                v = v[rows]
+                # Pinned host memory: the copy to the GPU then needs no host sync.
+                part[k] = (v.pin_memory() if pin else v).to(self.rt.device, non_blocking=True)
+            yield m, part
+
+    def train_step(self, loss_acc: torch.Tensor) -> None:
+        batch = self.task.batch(self.step)
+        world = self.rt.dist.world
+        for m, tensors in self._micro_batches(batch):
+            last_micro = m == self.t.grad_accum - 1
+            sync = contextlib.nullcontext() if (world == 1 or last_micro) else self.ddp_model.no_sync()
+            with sync:
+                with self.rt.autocast():
+                    loss_sum = self.task.loss_sum(self.ddp_model, tensors)
+                # DDP averages gradients over ranks; scale so the result is sum / global count.
+                (loss_sum * (world / max(batch.count, 1))).backward()
+            loss_acc += loss_sum.detach().float()
+        if self.t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += batch.count
+        if self.average is not None:
+            self.average.update(self.step)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self._open_outputs()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"{self.task.describe()}{n_params:,} parameters; "
+                 f"{self.total if self.total < NO_LIMIT else '?'} steps of {self.t.batch_size}; "
+                 f"{self.rt.device}{' bf16' if self.rt.amp else ' fp32'}"
+                 f"{f' x{self.rt.dist.world}' if self.rt.dist.world > 1 else ''}")
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        interrupted = False
+        with self._stop_signals():
+            try:
+                self._loop()
+            except KeyboardInterrupt:
+                self.stop_requested = True
+            interrupted = self.stop_requested
+        if interrupted:
+            self.log(f"interrupted at step {self.step}: saving a checkpoint to {self.out} (continue with --resume)")
+        if self.bar is not None:
+            self.bar.close()
+        return self._finish(interrupted)
+
+    def _loop(self) -> None:
+        self.model.train()
+        loss_acc = torch.zeros((), device=self.rt.device)
+        while self.step < self.total and not self.stop_requested:
+            elapsed = time.perf_counter() - self.t0
+            if self.t.time_budget and elapsed >= self.t.time_budget:
+                break
+            self._set_lr(elapsed)
+            self.train_step(loss_acc)
+            last = self.step == self.total
+            if self.step % self.t.log_interval == 0 or last:
+                self._log_train(loss_acc)
+            if self.bar is not None:
+                self.bar.update(1)
+            stop = False
+            if self.t.eval_interval and self.step % self.t.eval_interval == 0 and not last:
+                stop = self._evaluate()
+            if self.t.save_interval and self.step % self.t.save_interval == 0 and not last:
+                self.checkpoint()
+            if self._agree(stop or self.stop_requested) and not self.stop_requested:
+                break
+
+    def _agree(self, flag: bool) -> bool:
+        """Every process stops when one does (a signal or on_eval may reach only the main one)."""
+        if self.rt.dist.world == 1:
+            return flag
+        import torch.distributed as tdist
+        t = torch.tensor([float(flag)], device=self.rt.device)
+        tdist.all_reduce(t)
+        return bool(t.item())
+
+    def _log_train(self, loss_acc: torch.Tensor) -> None:
+        if self.rt.dist.world > 1:
+            import torch.distributed as tdist
+            tdist.all_reduce(loss_acc)
+        prev = next((h["tokens"] for h in reversed(self.history) if "loss" in h), 0)
+        loss = float(loss_acc) / max(self.tokens_seen - prev, 1)
+        loss_acc.zero_()
+        el = time.perf_counter() - self.t0
+        rec = {"step": self.step, "loss": loss, "lr": self.lr, "tokens": self.tokens_seen,
+               # items (target tokens, never padding; or rows) per second of training proper
+               "tokens_per_s": self.tokens_seen / max(el - self.side_time, 1e-9), "time": el,
+               "train_time": el - self.side_time, "train_cpu_time": time.process_time() - self.c0 - self.side_cpu}
+        self.history.append(rec)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
+        self._scalars("train", {"loss": loss, "lr": self.lr, "tokens_per_s": rec["tokens_per_s"]})
+
+    def _evaluate(self) -> bool:
+        """Evaluate (under the averaged weights, when there are), remember the best; True = stop."""
+        if not self.rt.dist.main:
+            return False
+        s0, c0 = time.perf_counter(), time.process_time()
+        with self.average.swapped() if self.average is not None else contextlib.nullcontext():
+            metrics = self.task.evaluate(self.model, self.rt)
+            self._remember_best(metrics)
+            sample = self.task.sample(self.model, self.rt, self.step)
+        self.model.train()
+        self.side_time += time.perf_counter() - s0
+        self.side_cpu += time.process_time() - c0
+        if not metrics:
+            return False
+        rec = {"step": self.step, **metrics, "time": time.perf_counter() - self.t0}
+        rec["train_time"] = rec["time"] - self.side_time
+        rec["train_cpu_time"] = time.process_time() - self.c0 - self.side_cpu
+        self.history.append(rec)
+        self._scalars("val", metrics)
+        self.log(f"step {self.step}: {self.task.format_metrics(metrics)}" + (f"\n  sample: {sample}" if sample else ""))
+        return bool(self.on_eval(dict(rec))) if self.on_eval else False
+
+    def _remember_best(self, metrics: dict[str, float]) -> None:
+        key = self.task.best_metric
+        if not self.t.keep_best or key is None or key not in metrics:
+            return
+        if self.best is None or metrics[key] > self.best[1]:
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = (self.step, metrics[key], weights)
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM (cluster pre-emption) ask the loop to stop after the current step, so
+        the saved RNG state matches the saved step; a second Ctrl-C stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum: int, frame: types.FrameType | None) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _train_metrics(self) -> dict[str, Any]:
+        last = next((h for h in reversed(self.history) if "loss" in h), {})
+        return {"steps": self.step, "train_seconds": round(time.perf_counter() - self.t0, 1),
+                "train_loss": last.get("loss", float("nan"))}
+
+    def _finish(self, interrupted: bool) -> TrainResult:
+        metrics = self._train_metrics()
+        if not interrupted:
+            mine = self.history[self.first_new:]
+            last_eval = mine[-1] if mine and "loss" not in mine[-1] else None
+            if last_eval is None or last_eval["step"] != self.step:
+                self._evaluate()
+            self._keep_final_weights(metrics)
+            final = next((h for h in reversed(self.history) if "loss" not in h), {})
+            metrics.update({k: v for k, v in final.items() if k not in ("step", "time", "train_time", "train_cpu_time")})
+            # On every process: each holds the same model, and each caller may report them.
+            metrics.update(self.task.final_metrics(self.model, self.rt))
+        self.checkpoint(metrics)
+        if self.writer is not None:
+            self.writer.close()
+        if self.rt.dist.world > 1:
+            import torch.distributed as tdist
+            tdist.barrier()
+        self.model.eval()
+        return TrainResult(self.out, self.step, self.model, self.task.tokenizer, self._config(metrics),
+                           self.history[self.first_new:], interrupted)
+
+    def _keep_final_weights(self, metrics: dict[str, Any]) -> None:
+        """The averaged weights become the model; then the best evaluation's, if it beat the last."""
+        if self.average is not None:
+            self.average.copy_to_model()
+        key = self.task.best_metric
+        if self.best is None or key is None:
+            return
+        final = next((h for h in reversed(self.history) if key in h), None)
+        if final is not None and self.best[1] > final[key]:
+            self.model.load_state_dict(self.best[2])
+            metrics.update(best_step=self.best[0], **{f"best_{key}": self.best[1]})
+        else:
+            metrics.update(best_step=self.step, **{f"best_{key}": final[key] if final else float("nan")})

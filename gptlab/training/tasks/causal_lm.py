@@ -1,0 +1,141 @@
+"""The GPT's task: next-token prediction on a corpus (`gptlab train`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptlab.data import Corpus, load_corpus, split_records
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.errors import UserError
+from gptlab.model import GPT, IGNORE_INDEX
+from gptlab.training.batches import BatchPlan, encode_records, eval_batches
+from gptlab.training.config import RunConfig
+from gptlab.training.env import Runtime
+from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
+
+KIND = "gpt"
+
+
+class CausalLM(Task):
+    kind = KIND
+
+    def __init__(self, cfg: RunConfig, corpus: Corpus, tokenizer: Tokenizer | None = None):
+        t = cfg.train
+        self.cfg, self.corpus = cfg, corpus
+        records = corpus.records
+        train_idx, val_idx = split_records(records, cfg.data.val_fraction, cfg.data.seed)
+        self.train_recs = [records[i] for i in train_idx]
+        self.val_recs = [records[i] for i in val_idx]
+        self.tokenizer = tokenizer or Tokenizer.train(self.train_recs, kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
+                                                      lowercase=cfg.data.normalize)
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.ctx = ctx = cfg.model.context_length
+        train_seqs = encode_records(self.tokenizer, self.train_recs, ctx, truncate=t.batching != "pack")
+        self.val_seqs = encode_records(self.tokenizer, self.val_recs, ctx)
+        self.plan = BatchPlan(train_seqs, t.batch_size, ctx, self.tokenizer.pad_id, t.batching, t.seed)
+        if self.plan.steps_per_epoch == 0:
+            raise UserError(f"the corpus yields no training sequence for context {ctx}: give more text or a smaller --context-length")
+        torch.manual_seed(t.seed)
+        self.model = GPT(cfg.model)
+        self._epoch: tuple[int, list] | None = None
+
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    def batch(self, step: int) -> Batch:
+        epoch, i = divmod(step, self.plan.steps_per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.plan.epoch(epoch))
+        b = self.plan.make(self._epoch[1][i])
+        return Batch({"x": b.x_BxT, "y": b.y_BxT}, b.n_tokens)
+
+    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(tensors["x"], tensors["y"]).nll_sum
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:
+        """NLL per non-padding token, and per position counting padding as the notebook's Keras loss does."""
+        if not self.val_seqs:
+            return {}
+        model.eval()
+        nll, n, nll_pad, n_pad = 0.0, 0, 0.0, 0
+        pad_id = self.tokenizer.pad_id
+        for b in eval_batches(self.val_seqs, self.cfg.train.batch_size, pad_id, self.ctx, self.cfg.train.eval_batches):
+            x, y = b.x_BxT.to(rt.device), b.y_BxT.to(rt.device)
+            with rt.autocast():
+                logits = model(x, return_logits=True).logits.float()
+            keep = y != IGNORE_INDEX
+            nll += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
+            n += int(keep.sum())
+            # The notebook's loss: padding is a target like any other word (its id is 0 in Keras).
+            y_pad = torch.where(keep, y, torch.full_like(y, pad_id))
+            nll_pad += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pad.reshape(-1), reduction="sum"))
+            n_pad += y.numel()
+        return {"val_loss": nll / max(n, 1), "val_loss_with_padding": nll_pad / max(n_pad, 1)}
+
+    @torch.no_grad()
+    def sample(self, model: torch.nn.Module, rt: Runtime, step: int) -> str | None:
+        """One sample for the progress log (the notebook's TextGenerator callback)."""
+        t = self.cfg.train
+        if not t.sample_prompt:
+            return None
+        model.eval()
+        tok = self.tokenizer
+        ids = tok.encode(t.sample_prompt)[-(self.ctx - 1):] or [tok.eot_id]
+        g = torch.Generator(device="cpu").manual_seed(t.seed + step)
+        cache = model.new_cache(1)
+        logits = model(torch.tensor([ids], device=rt.device), cache=cache, last_only=True).logits
+        new: list[int] = []
+        while cache.length < self.ctx:
+            probs = torch.softmax(logits[0, -1].float().cpu() / max(t.sample_temperature, 1e-6), -1)
+            nxt = int(torch.multinomial(probs, 1, generator=g))
+            if nxt == tok.eot_id:
+                break
+            new.append(nxt)
+            logits = model(torch.tensor([[nxt]], device=rt.device), cache=cache).logits
+        return t.sample_prompt + " " + tok.decode(new)
+
+    def format_metrics(self, metrics: dict[str, float]) -> str:
+        # Only the per-token loss: the notebook's figure (padding counted as a target) says little
+        # about a model never trained to predict padding; it stays in the history and TensorBoard.
+        return f"val loss {metrics['val_loss']:.3f} per token"
+
+    def config(self) -> dict[str, Any]:
+        d = self.cfg.to_dict()
+        return {"model": d["model"], "data": d["data"],
+                "corpus": {"source": self.corpus.source, "records": len(self.corpus.records),
+                           "skipped": self.corpus.skipped, "train_records": len(self.train_recs),
+                           "val_records": len(self.val_recs)}}
+
+    def describe(self) -> str:
+        c = self.corpus
+        skipped = f" ({c.skipped:,} skipped)" if c.skipped else ""
+        return (f"gptlab train: {c.source}: {len(self.train_recs):,} train / {len(self.val_recs):,} val records"
+                f"{skipped}; vocab {self.tokenizer.vocab_size:,}; ")
+
+
+def check_config(cfg: RunConfig) -> None:
+    try:
+        cfg.model.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    cfg.train.validate()
+    cfg.data.validate()
+
+
+def train(cfg: RunConfig, corpus: Corpus | None = None, *, on_eval=None, tokenizer: Tokenizer | None = None) -> TrainResult:
+    """Train a GPT as `cfg` says; `corpus` (a gptlab.data.Corpus) overrides cfg.data's source.
+
+    tokenizer: use this one instead of fitting a new one on the training records (runs whose
+    losses must compare, in nats per token, share one vocabulary). A resumed run keeps its own.
+    on_eval: see `gptlab.training.loop.fit`.
+    """
+    check_config(cfg)
+    rt = Runtime.create(cfg.train.device, cfg.train.precision, cfg.train.threads)
+    saved_tok = prepare_out(cfg.train, KIND, cfg.model.to_dict(), "gptlab train")
+    corpus = corpus if corpus is not None else load_corpus(cfg.data)
+    task = CausalLM(cfg, corpus, saved_tok or tokenizer)
+    return fit(task, cfg.train, rt, on_eval=on_eval)
