@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gptlab.cli import main
-from test_generate import tiny_model_dir
+from conftest import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

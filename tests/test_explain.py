@@ -15,7 +15,7 @@ import torch
 from gptlab.errors import UserError
 from gptlab.explain import Trace, render_html, render_terminal, use_color
 from gptlab.infer.generate import GenerationWarning
-from test_generate import tiny_model
+from conftest import tiny_model
 
 EXPLAIN_DIR = Path(__file__).resolve().parents[1] / "gptlab" / "explain"
 PROMPT = "wine review : germany"

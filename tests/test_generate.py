@@ -1,5 +1,5 @@
 """Generation: KV cache == full recompute (single, ragged batch, past the context), stops, streaming,
-warnings, determinism. Tiny random models; the other generation test files import the helpers."""
+warnings, determinism. Tiny random models (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,31 +15,7 @@ from gptlab.model import GPT, tiny
 from gptlab.infer.sampling import SamplingConfig, apply_repetition_penalty, process_logits
 from gptlab.data.tokenizer import Tokenizer
 
-LINES = [
-    "wine review : germany : mosel : riesling : while demure in color , this off - dry riesling is bright and juicy",
-    "wine review : us : california : pinot noir : ripe cherry and cola flavors with a touch of oak",
-    "wine review : france : alsace : riesling : crisp apple and lime , steely and dry",
-    "wine review : germany : pfalz : riesling : honeyed peach with a racy acidity",
-    "wine review : italy : tuscany : sangiovese : firm tannins , sour cherry and dried herbs",
-    "wine review : us : washington : merlot : plush plum and mocha , soft and round",
-]
-
-
-def tiny_model(seed: int = 0, **cfg_overrides) -> LoadedModel:
-    """A random tiny GPT (context 32) with a word-level tokenizer trained on LINES."""
-    tok = Tokenizer.train(LINES, vocab_size=200)
-    torch.manual_seed(seed)
-    cfg = tiny(tok.vocab_size)
-    for k, v in cfg_overrides.items():
-        setattr(cfg, k, v)
-    model = GPT(cfg).eval()
-    return LoadedModel(model, tok, {"kind": "gpt", "model": cfg.to_dict()})
-
-
-def tiny_model_dir(path, seed: int = 0):
-    lm = tiny_model(seed)
-    save_model(path, lm.model, lm.tokenizer, lm.config)
-    return path
+from conftest import LINES, tiny_model, tiny_model_dir  # noqa: E402
 
 
 def run_engine(model, prompts, cfg, **kw):

@@ -155,19 +155,12 @@ def _s2s(out, **kw):
 
 
 @pytest.mark.parametrize("run", [_mlm, _cls, _s2s], ids=["masked-lm", "classify", "seq2seq"])
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch, run):
+def test_resume_equals_uninterrupted(tmp_path, interrupt_at, run):
     full = run(tmp_path / "full")
-    real_lr_at = loop.lr_at
-
-    def interrupt_at_3(step, progress, t, warmup=None):
-        if step == 3:
-            raise KeyboardInterrupt  # as Ctrl-C would, between two steps
-        return real_lr_at(step, progress, t, warmup)
-
-    monkeypatch.setattr(loop, "lr_at", interrupt_at_3)
+    interrupt_at(3)
     part = run(tmp_path / "part")
     assert part.interrupted and part.step == 3
-    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    interrupt_at(None)
     rest = run(tmp_path / "part", resume=True)
     assert rest.step == 6 and not rest.interrupted
     assert _losses(part) + _losses(rest) == pytest.approx(_losses(full), abs=1e-6)

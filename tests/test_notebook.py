@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_generate import tiny_model_dir
+from conftest import tiny_model_dir
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -10,26 +9,9 @@ import pytest
 
 from gptlab.training import scale
 from gptlab.training.tasks import causal_lm
+from conftest import wine_lines
 from gptlab.cli import main
 from gptlab.data import Corpus, split_records
-
-
-def fixture_lines(n=240):
-    rng = random.Random(0)
-    lines = []
-    for _ in range(n):
-        c = rng.choice(["germany", "france", "us", "italy"])
-        words = rng.sample(["crisp", "ripe", "dry", "fresh", "oaky", "long", "bright", "dense", "soft"], 4)
-        lines.append(f"wine review : {c} : riesling : a {words[0]} , {words[1]} wine with {words[2]} fruit "
-                     f"and a {words[3]} finish .")
-    return lines
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    p = tmp_path / "corpus.txt"
-    p.write_text("\n".join(fixture_lines()) + "\n", encoding="utf-8")
-    return p
 
 
 def tiny_args(corpus_file, out, *extra):
@@ -150,7 +132,7 @@ def test_tiny_ladder_end_to_end_then_resume(corpus_file, tmp_path, monkeypatch, 
     assert "train.lr" in err and "--overwrite" in err and "\n" not in err
 
     # ... and so is another version of the corpus under the same name.
-    corpus_file.write_text("\n".join(fixture_lines()[::-1]) + "\n", encoding="utf-8")
+    corpus_file.write_text("\n".join(wine_lines()[::-1]) + "\n", encoding="utf-8")
     assert main(tiny_args(corpus_file, out)) == 2
     assert "another version of the corpus" in capsys.readouterr().err
 

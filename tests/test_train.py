@@ -13,32 +13,13 @@ from safetensors.torch import load_file
 import gptlab
 from gptlab.training import loop
 from gptlab.training.tasks.causal_lm import train
+from conftest import COUNTRIES, wine_lines
 from gptlab.cli import main
 from gptlab.training.config import RUN_PRESETS
 from gptlab.data import Corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
-COUNTRIES = {"germany": ["mosel", "pfalz", "baden"], "france": ["bordeaux", "alsace"], "us": ["california", "oregon"]}
-
-
-def fixture_lines(n=240):
-    import random
-    rng = random.Random(0)
-    lines = []
-    for i in range(n):
-        c = rng.choice(list(COUNTRIES))
-        p = rng.choice(COUNTRIES[c])
-        words = rng.sample(["crisp", "ripe", "dry", "fresh", "oaky", "long", "bright", "dense", "soft"], 4)
-        lines.append(f"wine review : {c} : {p} : riesling : a {words[0]} , {words[1]} wine with {words[2]} fruit and a {words[3]} finish .")
-    return lines
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-    p = tmp_path / "corpus.txt"
-    p.write_text("\n".join(fixture_lines()) + "\n", encoding="utf-8")
-    return p
 
 
 def tiny_cfg(out, **train):
@@ -55,7 +36,7 @@ def tiny_cfg(out, **train):
 
 
 def corpus():
-    return Corpus(records=fixture_lines(), source="fixture", skipped=0)
+    return Corpus(records=wine_lines(), source="fixture", skipped=0)
 
 
 def losses(result):
@@ -75,20 +56,12 @@ def test_grad_accumulation_4x8_equals_1x32(tmp_path):
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tmp_path, interrupt_at):
     full = train(tiny_cfg(tmp_path / "full"), corpus())
-
-    real_lr_at = loop.lr_at
-
-    def interrupt_at_3(step, progress, t, warmup=None):
-        if step == 3:
-            raise KeyboardInterrupt  # as Ctrl-C would, between two steps
-        return real_lr_at(step, progress, t, warmup)
-
-    monkeypatch.setattr(loop, "lr_at", interrupt_at_3)
+    interrupt_at(3)
     part = train(tiny_cfg(tmp_path / "part"), corpus())
     assert part.interrupted and part.step == 3
-    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    interrupt_at(None)
     rest = train(tiny_cfg(tmp_path / "part", resume=True), corpus())
     assert rest.step == 6
     assert losses(part) + losses(rest) == pytest.approx(losses(full), abs=1e-6)

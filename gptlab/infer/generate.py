@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -64,6 +65,73 @@ def fit_context(prompts: Sequence[Sequence[int]], context_length: int) -> list[l
     return [list(p[-context_length:]) for p in prompts]
 
 
+@dataclass
+class _Decoding:
+    """What the decoding loop carries from step to step."""
+    hist: list[list[int]]                 # every row's ids so far (prompt, then new tokens)
+    cache_steps: int                      # steps fed through the KV cache; after them the window slides
+    cache: Any = None
+    ids_BxT: torch.Tensor | None = None   # the next input: the prompts, then each row's newest token
+    pos_BxT: torch.Tensor | None = None
+    key_mask_BxS: torch.Tensor | None = None
+    next_pos_BxN: torch.Tensor | None = None
+    seen_BxV: torch.Tensor | None = None  # tokens already in each row (repetition penalty)
+
+
+def _start(model: torch.nn.Module, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, use_cache: bool,
+           device: torch.device) -> _Decoding:
+    C, B, L_max = model.cfg.context_length, len(hist), max(len(h) for h in hist)
+    # Step i feeds slot L_max + i - 1 of the cache; past the context, the window slides instead.
+    st = _Decoding(hist, C - L_max + 1 if use_cache else 0)
+    if cfg.repetition_penalty != 1.0:
+        st.seen_BxV = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)
+        for b, h in enumerate(hist):
+            st.seen_BxV[b, torch.tensor(h, device=device)] = True
+    if st.cache_steps > 0:
+        st.cache = model.new_cache(B, max_len=min(C, L_max + cfg.max_new_tokens - 1))
+        st.ids_BxT, st.pos_BxT, st.key_mask_BxS = _left_pad(hist, pad_id, device)
+        # Positions and key mask for every later step, sliced per step below (cheaper than
+        # building them each step; positions differ by row when prompts are left-padded).
+        lengths_Bx1 = torch.tensor([[len(h)] for h in hist], device=device)
+        st.next_pos_BxN = lengths_Bx1 - 1 + torch.arange(st.cache.max_len - L_max + 1, device=device)[None]
+        if st.key_mask_BxS is not None:
+            extra = st.key_mask_BxS.new_ones(B, st.cache.max_len - L_max)
+            st.key_mask_BxS = torch.cat([st.key_mask_BxS, extra], dim=1)
+    return st
+
+
+def _next_logits(model: torch.nn.Module, st: _Decoding, i: int, L_max: int, pad_id: int, capture: bool,
+                 device: torch.device) -> tuple[torch.Tensor, Any]:
+    """(logits_BxV of each row's next token, the attention of this step when capturing)."""
+    if i < st.cache_steps:
+        step_mask_BxS = None if st.key_mask_BxS is None else st.key_mask_BxS[:, :L_max + i]
+        if i > 0 and not capture and not model.training:  # one token per row: the lean decoding path
+            return model.decode(st.ids_BxT[:, 0], st.pos_BxT[:, 0], st.cache, step_mask_BxS).float(), None
+        out = model(st.ids_BxT, pos_BxT=st.pos_BxT, cache=st.cache, last_only=True, return_attn=capture,
+                    key_mask_BxS=step_mask_BxS)
+        return out.logits[:, -1].float(), out.attn
+    C = model.cfg.context_length
+    window_ids, window_pos, window_mask = _left_pad([h[-C:] for h in st.hist], pad_id, device)
+    out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True, return_attn=capture)
+    return out.logits[:, -1].float(), out.attn
+
+
+def _finish_rows(st: _Decoding, tokens_B: torch.Tensor, done: list[bool], i: int, last: bool,
+                 eot_id: int | None, stop_fn: Callable[[int, int], bool] | None) -> list[str | None]:
+    """Append each live row's new id; mark the rows that end here ("stop" or "length")."""
+    finish: list[str | None] = [None] * len(done)
+    for b, t in enumerate(tokens_B.tolist()):
+        if done[b]:
+            continue
+        st.hist[b].append(t)
+        if t == eot_id or (stop_fn is not None and stop_fn(b, t)):
+            finish[b] = "stop"
+        elif last:
+            finish[b] = "length"
+        done[b] = finish[b] is not None
+    return finish
+
+
 def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
                    eot_id: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
                    stop_fn: Callable[[int, int], bool] | None = None, capture: bool = False,
@@ -83,68 +151,26 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
     C = model.cfg.context_length
     device = model.tok_emb.weight.device
     hist = fit_context(prompts, C)
-    B = len(hist)
-    L_max = max(len(h) for h in hist)
-    if generator is None:
-        generator = make_generator(cfg.seed, device)
+    B, L_max = len(hist), max(len(h) for h in hist)
+    generator = generator if generator is not None else make_generator(cfg.seed, device)
     done = [False] * B
     arange_B = torch.arange(B, device=device)
-
     with torch.inference_mode():
-        seen_BxV = None
-        if cfg.repetition_penalty != 1.0:
-            seen_BxV = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)
-            for b, h in enumerate(hist):
-                seen_BxV[b, torch.tensor(h, device=device)] = True
-        # Step i feeds slot L_max + i - 1 of the cache; past the context, the window slides instead.
-        cache_steps = C - L_max + 1 if use_cache else 0
-        if cache_steps > 0:
-            cache = model.new_cache(B, max_len=min(C, L_max + cfg.max_new_tokens - 1))
-            ids_BxT, pos_BxT, key_mask_BxS = _left_pad(hist, pad_id, device)
-            # Positions and key mask for every later step, sliced per step below (cheaper than
-            # building them each step; positions differ by row when prompts are left-padded).
-            lengths_Bx1 = torch.tensor([[len(h)] for h in hist], device=device)
-            next_pos_BxN = lengths_Bx1 - 1 + torch.arange(cache.max_len - L_max + 1, device=device)[None]
-            if key_mask_BxS is not None:
-                key_mask_BxS = torch.cat([key_mask_BxS, key_mask_BxS.new_ones(B, cache.max_len - L_max)], dim=1)
-
+        st = _start(model, hist, cfg, pad_id, use_cache, device)
     for i in range(cfg.max_new_tokens):
         with torch.inference_mode():
             context = [h[-C:] for h in hist] if capture else None
-            attn = None
-            if i < cache_steps:  # ids_BxT: the prompts, then the last new tokens (set at the end of the step)
-                step_mask_BxS = None if key_mask_BxS is None else key_mask_BxS[:, :L_max + i]
-                if i > 0 and not capture and not model.training:  # one token per row: the lean decoding path
-                    logits_BxV = model.decode(ids_BxT[:, 0], pos_BxT[:, 0], cache, step_mask_BxS).float()
-                else:
-                    out = model(ids_BxT, pos_BxT=pos_BxT, cache=cache, last_only=True, return_attn=capture,
-                                key_mask_BxS=step_mask_BxS)
-                    logits_BxV, attn = out.logits[:, -1].float(), out.attn
-            else:
-                window_ids, window_pos, window_mask = _left_pad([h[-C:] for h in hist], pad_id, device)
-                out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True,
-                            return_attn=capture)
-                logits_BxV, attn = out.logits[:, -1].float(), out.attn
-            tokens_B, probs_BxV = sample(logits_BxV, cfg, generator, seen_BxV)
+            logits_BxV, attn = _next_logits(model, st, i, L_max, pad_id, capture, device)
+            tokens_B, probs_BxV = sample(logits_BxV, cfg, generator, st.seen_BxV)
             if any(done):
                 tokens_B = tokens_B.masked_fill(torch.tensor(done, device=device), pad_id)
-            if seen_BxV is not None:
-                seen_BxV[arange_B, tokens_B] = True
+            if st.seen_BxV is not None:
+                st.seen_BxV[arange_B, tokens_B] = True
             attn = [a[:, :, -1] for a in attn] if capture else None
-            if i + 1 < cache_steps:
-                ids_BxT, pos_BxT = tokens_B[:, None], next_pos_BxN[:, i + 1:i + 2]
-
+            if i + 1 < st.cache_steps:
+                st.ids_BxT, st.pos_BxT = tokens_B[:, None], st.next_pos_BxN[:, i + 1:i + 2]
         active = [not d for d in done]
-        finish: list[str | None] = [None] * B
-        for b, t in enumerate(tokens_B.tolist()):
-            if done[b]:
-                continue
-            hist[b].append(t)
-            if t == eot_id or (stop_fn is not None and stop_fn(b, t)):
-                finish[b] = "stop"
-            elif i == cfg.max_new_tokens - 1:
-                finish[b] = "length"
-            done[b] = finish[b] is not None
+        finish = _finish_rows(st, tokens_B, done, i, i == cfg.max_new_tokens - 1, eot_id, stop_fn)
         yield Step(i, tokens_B, logits_BxV, probs_BxV, active, finish, attn, context)
         if all(done):
             return

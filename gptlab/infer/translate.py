@@ -48,6 +48,34 @@ def greedy_decode(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id:
     return out
 
 
+def _advance(n: int, K: int, V: int, top_s: list[float], top_i: list[int], beams: list[list[int]],
+             finished: list[tuple[float, list[int]]], eos_id: int, length_penalty: float) -> tuple[list, bool]:
+    """Sentence n's K live moves (score, beam, token) from its 2K best candidates, and whether it is
+    done. An ending counts only if it is among the K best moves; the sentence is done once no live
+    beam can beat the K-th best ending (exact for length_penalty=0, where scores only fall; Hugging
+    Face's heuristic otherwise)."""
+    live: list[tuple[float, int, int]] = []
+    for rank, (s, i) in enumerate(zip(top_s, top_i)):
+        if s == -math.inf:
+            break
+        k, v = divmod(i, V)
+        if v == eos_id:
+            if rank < K:
+                hyp = beams[k]
+                finished.append((s / (len(hyp) + 1) ** length_penalty, hyp))
+            continue
+        live.append((s, k, v))
+        if len(live) == K:
+            break
+    if not live:
+        return [], True
+    if len(finished) >= K:
+        kth = sorted((f[0] for f in finished), reverse=True)[K - 1]
+        if live[0][0] / (len(beams[live[0][1]]) + 1) ** length_penalty <= kth:
+            return [], True
+    return live, False
+
+
 @torch.no_grad()
 def beam_search(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id: int, pad_id: int = 0,
                 beam_size: int = 4, max_len: int | None = None,
@@ -78,60 +106,35 @@ def beam_search(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id: i
     done = [False] * N
     last = torch.full((N * K, 1), bos_id, dtype=torch.long, device=dev)
     for _ in range(steps):
-        logits = model.decode(last, memory, mask, cache=cache, last_only=True).logits[:, -1]
-        logp_NKxV = logits.float().log_softmax(dim=-1)
+        logp_NKxV = model.decode(last, memory, mask, cache=cache, last_only=True).logits[:, -1].float().log_softmax(-1)
         V = logp_NKxV.shape[-1]
         cand_NxKV = (scores_NxK.reshape(N * K, 1) + logp_NKxV).reshape(N, K * V)
-        top_s, top_i = cand_NxKV.topk(min(2 * K, K * V), dim=-1)
-        top_s, top_i = top_s.tolist(), top_i.tolist()
+        top_s, top_i = (x.tolist() for x in cand_NxKV.topk(min(2 * K, K * V), dim=-1))
         rows, tokens, new_scores, new_beams = [], [], [], []
         for n in range(N):
             live: list[tuple[float, int, int]] = []
             if not done[n]:
-                for rank, (s, i) in enumerate(zip(top_s[n], top_i[n])):
-                    if s == -math.inf:
-                        break
-                    k, v = divmod(i, V)
-                    if v == eos_id:
-                        if rank < K:  # an ending counts only if it is among the K best moves
-                            hyp = beams[n][k]
-                            finished[n].append((s / (len(hyp) + 1) ** length_penalty, hyp))
-                        continue
-                    live.append((s, k, v))
-                    if len(live) == K:
-                        break
-                if not live:
-                    done[n] = True
-                elif len(finished[n]) >= K:
-                    # Done once no live beam can beat the K-th best ending (exact for
-                    # length_penalty=0, where scores only fall; Hugging Face's heuristic otherwise).
-                    kth = sorted((f[0] for f in finished[n]), reverse=True)[K - 1]
-                    hyp_len = len(beams[n][live[0][1]]) + 1
-                    done[n] = live[0][0] / hyp_len ** length_penalty <= kth
-            if done[n]:
-                live = []
+                live, done[n] = _advance(n, K, V, top_s[n], top_i[n], beams[n], finished[n], eos_id, length_penalty)
             live += [(-math.inf, 0, eos_id)] * (K - len(live))  # dead rows keep the batch square
-            for s, k, v in live:
-                rows.append(n * K + k)
-                tokens.append(v)
-                new_scores.append(s)
+            rows += [n * K + k for _, k, _ in live]
+            tokens += [v for _, _, v in live]
+            new_scores += [s for s, _, _ in live]
             new_beams.append([beams[n][k] + [v] if s > -math.inf else [] for s, k, v in live])
         if all(done):
             break
         beams = new_beams
-        rows_t = torch.tensor(rows, device=dev)
-        cache.select(rows_t)
+        cache.select(torch.tensor(rows, device=dev))
         scores_NxK = torch.tensor(new_scores, device=dev).reshape(N, K)
         last = torch.tensor(tokens, device=dev)[:, None]
-    results = []
-    for n in range(N):
-        if not finished[n]:  # ran out of length: rank the live beams as they stand
-            for k in range(K):
-                s = float(scores_NxK[n, k])
-                if s > -math.inf:
-                    finished[n].append((s / max(len(beams[n][k]), 1) ** length_penalty, beams[n][k]))
-        results.append(max(finished[n], key=lambda x: x[0])[1] if finished[n] else [])
-    return results
+    return [_best(finished[n], beams[n], scores_NxK[n].tolist(), length_penalty) for n in range(N)]
+
+
+def _best(finished: list[tuple[float, list[int]]], beams: list[list[int]], scores: list[float],
+          length_penalty: float) -> list[int]:
+    """The best ending; a sentence that ran out of length ranks its live beams as they stand."""
+    if not finished:
+        finished = [(s / max(len(b), 1) ** length_penalty, b) for s, b in zip(scores, beams) if s > -math.inf]
+    return max(finished, key=lambda x: x[0])[1] if finished else []
 
 
 def translate_ids(model: Seq2Seq, tok: Tokenizer, texts: list[str], beam: int = 1,

@@ -71,6 +71,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
+    # One function on purpose (~65 lines): every chunk shares the workspaces, the fp32 scratch and
+    # the gradient accumulators; split up, each piece would take a dozen of them as arguments.
     def forward(ctx, hidden_NxC, weight_VxC, bias_V, targets_N, chunk: int, dtype: torch.dtype,
                 masked: bool, ignore_index: int):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]

@@ -73,6 +73,31 @@ def loop_fields() -> set[str]:
 
 
 @dataclass
+class FamilyLoopConfig(LoopConfig):
+    """The loop's defaults for the encoder and encoder-decoder families: BERT's and Vaswani's
+    recipes rather than the GPT's (bigger batches, longer warmup, light weight decay, beta2 0.98,
+    fp32), and the tokenizer they fit on their training text."""
+    tokenizer: str = setting("word", "word or bpe", choices=("word", "bpe"))
+    vocab_size: int = setting(10000, "vocabulary cap", min=2)
+    batch_size: int = setting(64, "items (texts, pairs, rows) per step, split over --grad-accum and processes", min=1)
+    warmup_steps: int = setting(200, "linear warmup steps (a run shorter than 4x this warms up for a quarter of its steps)", min=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only)", min=0)
+    beta2: float = setting(0.98, "Adam beta2 (Vaswani et al.: 0.98)", min=0, below=1)
+    eval_interval: int = setting(500, "steps between evaluations (0 = only at the end)", min=0)
+    precision: str = setting("fp32", "fp32, bf16 or auto (bf16 where the hardware is fast at it)", choices=("auto", "fp32", "bf16"))
+
+
+def fit_vocab(mcfg: Any, vocab_size: int) -> Any:
+    """The model config sized for the tokenizer, checked: a bad shape is a one-line error."""
+    mcfg.vocab_size = vocab_size
+    try:
+        mcfg.validate()
+    except ValueError as e:
+        raise UserError(f"bad model setting: {e}") from None
+    return mcfg
+
+
+@dataclass
 class TrainConfig(LoopConfig):
     """`gptlab train`: the loop's settings with the GPT's defaults, and its own."""
     out: str = setting("runs/gpt", "output folder for the model, checkpoints and TensorBoard logs")

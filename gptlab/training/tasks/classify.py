@@ -19,13 +19,13 @@ from gptlab.model.encoder import ENCODER_PRESETS, POOLINGS, Classifier
 from gptlab.settings import setting
 from gptlab.model.padding import pad_batch
 from gptlab.training.batches import RowBatches
-from gptlab.training.config import LoopConfig
+from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
 from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
 
 
 @dataclass
-class ClassifyConfig(LoopConfig):
+class ClassifyConfig(FamilyLoopConfig):
     out: str = setting("runs/classifier", "output folder for the classifier")
     model: str = setting("", "pretrained encoder folder (from `gptlab encoder pretrain`); '' = train from scratch")
     preset: str = setting("small", f"model preset when training from scratch: {', '.join(ENCODER_PRESETS)}", choices=tuple(ENCODER_PRESETS))
@@ -35,19 +35,14 @@ class ClassifyConfig(LoopConfig):
     pooling: str = setting("mean", "sentence vector: mean (over real tokens), cls, or meanmax (mean and per-feature max, concatenated)", choices=POOLINGS)
     dev_fraction: float = setting(0.1, "training rows held out to pick the best step by accuracy (with --keep-best; evaluated every --eval-interval steps); 0 = none", min=0, below=0.5)
     word_dropout: float = setting(0.2, "fraction of the words of each training batch hidden as [MASK]: a regularizer for small labelled sets (0 = off)", min=0, below=1)
-    tokenizer: str = setting("word", "word or bpe (when training from scratch)", choices=("word", "bpe"))
-    vocab_size: int = setting(10000, "vocabulary cap (when training from scratch)", min=2)
-    # The loop's settings where fine-tuning differs from pretraining a GPT.
+    # The loop's settings where fine-tuning differs from pretraining.
     epochs: float = setting(3.0, "passes over the training rows (ignored when --max-steps > 0)", min=0)
-    batch_size: int = setting(64, "rows per step", min=1)
-    lr: float = setting(3e-4, "peak learning rate", above=0)
+    lr: float = setting(3e-4, "peak learning rate", min=0)
+    warmup_steps: int = setting(100, "linear warmup steps (a run shorter than 4x this warms up for a quarter of its steps)", min=0)
     min_lr: float = setting(1e-5, "learning rate at the end of the cosine", min=0)
-    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only)", min=0)
-    beta2: float = setting(0.98, "Adam beta2", min=0, below=1)
     ema: float = setting(0.999, "decay of an exponential moving average of the weights, which is what is evaluated and kept (0 = off)", min=0, below=1)
     keep_best: bool = setting(True, "end with the weights of the best dev-slice accuracy (early stopping)")
     eval_interval: int = setting(500, "steps between dev-slice accuracies (0 = only at the end)", min=0)
-    precision: str = setting("fp32", "fp32, bf16 or auto (bf16 where the hardware is fast at it)", choices=("auto", "fp32", "bf16"))
 
 
 def hide_words(ids_BxT: torch.Tensor, p: float, *, first_word: int, mask_id: int,
@@ -78,12 +73,7 @@ class Classification(Task):
         if not data.train:
             raise UserError(f"no training rows carry one of the labels of {t.label!r}")
         self.tokenizer = tok = tokenizer or train_tokenizer([data.texts[i] for i in data.train], t.tokenizer, t.vocab_size)
-        self.mcfg = mcfg = mcfg if mcfg is not None else ENCODER_PRESETS[t.preset]()
-        mcfg.vocab_size = tok.vocab_size
-        try:
-            mcfg.validate()
-        except ValueError as e:
-            raise UserError(f"bad model setting: {e}") from None
+        self.mcfg = mcfg = fit_vocab(mcfg if mcfg is not None else ENCODER_PRESETS[t.preset](), tok.vocab_size)
         torch.manual_seed(t.seed)
         self.model = Classifier(mcfg, len(data.names), t.pooling)
         if encoder is not None:

@@ -17,28 +17,19 @@ from gptlab.model.encoder import ENCODER_PRESETS, Encoder
 from gptlab.settings import setting
 from gptlab.model.padding import pad_batch
 from gptlab.training.batches import RowBatches
-from gptlab.training.config import LoopConfig
+from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
 from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
 
 
 @dataclass
-class EncoderTrainConfig(LoopConfig):
+class EncoderTrainConfig(FamilyLoopConfig):
     out: str = setting("runs/encoder", "output folder for the model")
     preset: str = setting("small", f"model preset: {', '.join(ENCODER_PRESETS)}", choices=tuple(ENCODER_PRESETS))
     text_field: str = setting("", "train on this column of a table (e.g. description); '' = the corpus's documents")
     mask_prob: float = setting(0.15, "fraction of word tokens selected for prediction (80% [MASK], 10% random, 10% kept)", above=0, below=1)
     init: str = setting("", "continue from this masked-LM encoder folder (its weights, shape and tokenizer): more pretraining, or adapting an encoder to a new corpus; '' = a new model from --preset")
-    tokenizer: str = setting("word", "word or bpe", choices=("word", "bpe"))
-    vocab_size: int = setting(10000, "vocabulary cap", min=2)
-    # The loop's settings where an encoder differs from a GPT.
     max_steps: int = setting(2000, "optimizer steps; 0 = from --epochs", min=0)
-    batch_size: int = setting(64, "texts per step", min=1)
-    warmup_steps: int = setting(200, "linear warmup steps (a run shorter than 4x this warms up for a quarter of its steps)", min=0)
-    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only)", min=0)
-    beta2: float = setting(0.98, "Adam beta2", min=0, below=1)
-    eval_interval: int = setting(500, "steps between validation losses (0 = only at the end)", min=0)
-    precision: str = setting("fp32", "fp32, bf16 or auto (bf16 where the hardware is fast at it)", choices=("auto", "fp32", "bf16"))
 
 
 def mask_tokens(ids_BxT: torch.Tensor, *, n_special: int, mask_id: int, vocab_size: int,
@@ -77,12 +68,7 @@ class MaskedLM(Task):
             warn_if_other_split(init_cfg, dcfg)
             self.extra = {"init": t.init, "init_steps": init_cfg.get("metrics", {}).get("steps")}
         self.tokenizer = tok = tokenizer or train_tokenizer([texts[i] for i in train_idx], t.tokenizer, t.vocab_size)
-        self.mcfg = mcfg = mcfg if mcfg is not None else ENCODER_PRESETS[t.preset]()
-        mcfg.vocab_size = tok.vocab_size
-        try:
-            mcfg.validate()
-        except ValueError as e:
-            raise UserError(f"bad model setting: {e}") from None
+        self.mcfg = mcfg = fit_vocab(mcfg if mcfg is not None else ENCODER_PRESETS[t.preset](), tok.vocab_size)
         seqs = encode_texts(tok, texts, mcfg.context_length)
         self.train_seqs = [seqs[i] for i in train_idx]
         self.val_seqs = [seqs[i] for i in val_idx]

@@ -18,7 +18,7 @@ from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig
 from gptlab.settings import check, setting
 from gptlab.model.padding import pad_batch
 from gptlab.training.batches import RowBatches, same_length_batches
-from gptlab.training.config import LoopConfig
+from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
 from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
 
@@ -27,7 +27,7 @@ Pairs = list[tuple[str, str]]
 
 
 @dataclass
-class Seq2SeqTrainConfig(LoopConfig):
+class Seq2SeqTrainConfig(FamilyLoopConfig):
     data: str = setting("numbers", "'numbers' (built-in English -> Spanish number words) or a TSV pairs file (source<TAB>target, e.g. Tatoeba spa-eng.txt)")
     out: str = setting("runs/seq2seq", "output folder for the model")
     preset: str = setting("small", f"model preset: {', '.join(SEQ2SEQ_PRESETS)}", choices=tuple(SEQ2SEQ_PRESETS))
@@ -38,17 +38,9 @@ class Seq2SeqTrainConfig(LoopConfig):
     test_fraction: float = setting(0.1, "pairs (or numbers) held out for the final test", min=0, below=0.5)
     data_seed: int = setting(0, "seed of the train/val/test split", min=0)
     eval_pairs: int = setting(500, "validation pairs translated for exact match at the end", min=0)
-    tokenizer: str = setting("word", "word or bpe; one vocabulary for both languages", choices=("word", "bpe"))
-    vocab_size: int = setting(15000, "vocabulary cap (shared by source and target)", min=2)
-    # The loop's settings where a translator differs from a GPT (Vaswani et al.'s betas and epsilon).
+    vocab_size: int = setting(15000, "vocabulary cap (one vocabulary for source and target)", min=2)
     max_steps: int = setting(3000, "optimizer steps; 0 = from --epochs", min=0)
-    batch_size: int = setting(64, "pairs per step", min=1)
-    warmup_steps: int = setting(200, "linear warmup steps (a run shorter than 4x this warms up for a quarter of its steps)", min=0)
-    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only)", min=0)
-    beta2: float = setting(0.98, "Adam beta2 (Vaswani: 0.98)", min=0, below=1)
     adam_eps: float = setting(1e-9, "Adam epsilon (Vaswani: 1e-9)", above=0)
-    eval_interval: int = setting(500, "steps between validation losses (0 = only at the end)", min=0)
-    precision: str = setting("fp32", "fp32, bf16 or auto (bf16 where the hardware is fast at it)", choices=("auto", "fp32", "bf16"))
 
 
 def load_splits(t: Seq2SeqTrainConfig) -> dict[str, Pairs]:
@@ -74,11 +66,7 @@ class Translation(Task):
         if not splits.get("train"):
             raise UserError("no training pairs: pass a bigger pairs file or lower --val-fraction/--test-fraction")
         self.tokenizer = tok = tokenizer or train_tokenizer(splits["train"], t.tokenizer, t.vocab_size)
-        mcfg.vocab_size = tok.vocab_size
-        try:
-            mcfg.validate()
-        except ValueError as e:
-            raise UserError(f"bad model setting: {e}") from None
+        fit_vocab(mcfg, tok.vocab_size)
         self.train_data = encode_pairs(tok, splits["train"], mcfg.context_length)
         self.val_data = encode_pairs(tok, splits.get("val", []), mcfg.context_length)
         if not self.train_data.src:

@@ -1,0 +1,81 @@
+"""What the test files share: tiny models and corpora made on the spot (never the real data), and
+a way to interrupt training between two steps as Ctrl-C would."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from gptlab.api import LoadedModel
+from gptlab.checkpoint import save_model
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.model import GPT, tiny
+from gptlab.training import loop
+
+LINES = [
+    "wine review : germany : mosel : riesling : while demure in color , this off - dry riesling is bright and juicy",
+    "wine review : us : california : pinot noir : ripe cherry and cola flavors with a touch of oak",
+    "wine review : france : alsace : riesling : crisp apple and lime , steely and dry",
+    "wine review : germany : pfalz : riesling : honeyed peach with a racy acidity",
+    "wine review : italy : tuscany : sangiovese : firm tannins , sour cherry and dried herbs",
+    "wine review : us : washington : merlot : plush plum and mocha , soft and round",
+]
+
+COUNTRIES = {"germany": ["mosel", "pfalz", "baden"], "france": ["bordeaux", "alsace"], "us": ["california", "oregon"]}
+
+
+def tiny_model(seed: int = 0, **cfg_overrides) -> LoadedModel:
+    """A random tiny GPT (context 32) with a word-level tokenizer trained on LINES."""
+    tok = Tokenizer.train(LINES, vocab_size=200)
+    torch.manual_seed(seed)
+    cfg = tiny(tok.vocab_size)
+    for k, v in cfg_overrides.items():
+        setattr(cfg, k, v)
+    model = GPT(cfg).eval()
+    return LoadedModel(model, tok, {"kind": "gpt", "model": cfg.to_dict()})
+
+
+def tiny_model_dir(path, seed: int = 0):
+    """tiny_model(seed) saved as a model folder at `path`."""
+    lm = tiny_model(seed)
+    save_model(path, lm.model, lm.tokenizer, lm.config)
+    return path
+
+
+def wine_lines(n: int = 240) -> list[str]:
+    """n template lines over COUNTRIES with random descriptions (seeded): a corpus a tiny GPT learns."""
+    rng = random.Random(0)
+    lines = []
+    for _ in range(n):
+        c = rng.choice(list(COUNTRIES))
+        p = rng.choice(COUNTRIES[c])
+        words = rng.sample(["crisp", "ripe", "dry", "fresh", "oaky", "long", "bright", "dense", "soft"], 4)
+        lines.append(f"wine review : {c} : {p} : riesling : a {words[0]} , {words[1]} wine with {words[2]} fruit "
+                     f"and a {words[3]} finish .")
+    return lines
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """wine_lines() as a text corpus file, one document per line."""
+    p = tmp_path / "corpus.txt"
+    p.write_text("\n".join(wine_lines()) + "\n", encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """interrupt_at(step): the next training run stops before `step` as Ctrl-C would (between two
+    steps); interrupt_at(None) lets runs go on."""
+    real = loop.lr_at
+
+    def install(stop_step: int | None) -> None:
+        def lr_at(step, progress, t, warmup=None):
+            if step == stop_step:
+                raise KeyboardInterrupt
+            return real(step, progress, t, warmup)
+        monkeypatch.setattr(loop, "lr_at", lr_at if stop_step is not None else real)
+
+    return install
