@@ -20,10 +20,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gptlab.training.batches import encode_records  # noqa: E402
 from gptlab.data import Corpus, DataConfig, load_corpus, split_records  # noqa: E402
-from gptlab.infer.quality import distinct_n, parse_template, template_valid  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
+from gptlab.infer.quality import distinct_n, parse_template, template_valid  # noqa: E402
+from gptlab.training.batches import encode_records  # noqa: E402
 
 WINE_CSV = str(REPO.parent / "shared" / "data" / "wine-reviews.csv")  # ../shared beside the repo
 CTX = 80

@@ -29,16 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptlab.data import DataConfig
 from gptlab.data.pairs import normalize
 from gptlab.data.texts import labelled_rows
 from gptlab.infer.translate import translate
+from gptlab.model.encoder import ENCODER_PRESETS
+from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
 from gptlab.training.tasks.classify import ClassifyConfig, classify
 from gptlab.training.tasks.masked_lm import EncoderTrainConfig, pretrain
 from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, load_splits
 from gptlab.training.tasks.seq2seq import train as train_seq2seq
-from gptlab.data import DataConfig
-from gptlab.model.encoder import ENCODER_PRESETS
-from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
 
 WINE = Path(__file__).resolve().parents[2] / "shared" / "data" / "wine-reviews.csv"  # ../shared beside the repo
 

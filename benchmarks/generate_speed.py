@@ -38,10 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptlab.api import LoadedModel, with_dtype  # noqa: E402
-from gptlab.infer.generate import generate_steps  # noqa: E402
-from gptlab.model import GPT, book  # noqa: E402
-from gptlab.infer.sampling import SamplingConfig, make_generator, sample  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
+from gptlab.infer.generate import generate_steps  # noqa: E402
+from gptlab.infer.sampling import SamplingConfig, make_generator, sample  # noqa: E402
+from gptlab.model import GPT, book  # noqa: E402
 
 PROMPT_LEN, NEW_TOKENS, VOCAB = 4, 76, 10000
 
@@ -151,17 +151,17 @@ def main() -> None:
     for B in args.batches:
         prompts = torch.randint(3, VOCAB, (B, PROMPT_LEN), generator=torch.Generator().manual_seed(B))
         n = B * args.new_tokens
-        base = n / median_time(lambda: run_recompute(model, prompts, args.new_tokens), args.repeats)
+        base = n / median_time(lambda p=prompts: run_recompute(model, p, args.new_tokens), args.repeats)
         row = f"{B:>5}  {base:>10,.0f}"
         for m in variants.values():
-            ours = n / median_time(lambda: run_gptlab(m, prompts, args.new_tokens), args.repeats)
+            ours = n / median_time(lambda m=m, p=prompts: run_gptlab(m, p, args.new_tokens), args.repeats)
             row += f"  {ours:>12,.0f}  {ours / base:>5.1f}x"
         if hf is not None:
-            theirs = n / median_time(lambda: run_hf(hf, prompts, args.new_tokens), args.repeats)
+            theirs = n / median_time(lambda p=prompts: run_hf(hf, p, args.new_tokens), args.repeats)
             row += f"  {theirs:>12,.0f}  {theirs / base:>5.1f}x"
         else:
             row += f"  {'skipped':>12}  {'':>6}"
-        ceiling = n / median_time(lambda: run_forward_only(model, prompts, args.new_tokens), args.repeats)
+        ceiling = n / median_time(lambda p=prompts: run_forward_only(model, p, args.new_tokens), args.repeats)
         row += f"  {ceiling:>12,.0f}  {ceiling / base:>5.1f}x"
         print(row, flush=True)
 

@@ -26,9 +26,9 @@ from train_throughput import gptlab_contestant  # noqa: E402
 
 def losses(data, device: str, precision: str, compile: bool, steps: int) -> list[float]:
     """Per-step training loss of `book` (dropout 0, so runs are comparable) on the same batches."""
-    from gptlab.training.tasks.causal_lm import train
-    from gptlab.training.config import RUN_PRESETS
     from gptlab.data import Corpus
+    from gptlab.training.config import RUN_PRESETS
+    from gptlab.training.tasks.causal_lm import train
     cfg = RUN_PRESETS["book"]()
     cfg.model.dropout = 0.0
     cfg.data.val_fraction = 0.0
@@ -99,6 +99,7 @@ def main(argv=None) -> int:
 def _data_from(corpus):
     """WineData-like object from an in-memory corpus (the built-in one)."""
     from types import SimpleNamespace
+
     from gptlab.data import split_records
     from gptlab.data.tokenizer import Tokenizer
     from gptlab.training.batches import encode_records

@@ -45,9 +45,9 @@ def make_model(folder: Path, preset: str) -> Path:
     import torch
 
     from gptlab.checkpoint import save_model
+    from gptlab.data.tokenizer import Tokenizer
     from gptlab.model import GPT
     from gptlab.model.config import PRESETS
-    from gptlab.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train(LINES * 3)
     torch.manual_seed(0)

@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import gptlab.model.gpt as gpt_mod
-    from gptlab.training.batches import BatchPlan
     from gptlab.model import GPT, book
+    from gptlab.training.batches import BatchPlan
 
     data = load_wine(args.data)
     plan = BatchPlan(data.train_seqs, 32, 80, data.tok.pad_id, args.batching, 0)

@@ -24,9 +24,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, WINE_CSV, StepTimer, cpu_name, fmt_quality, gptlab_next_probs, gptlab_sampler,  # noqa: E402
-                    import_keras, keras_next_probs, keras_nll, keras_notebook_model, keras_sampler, load_note,
-                    load_wine, padded, quality_report, set_threads)
+from common import (  # noqa: E402
+    REPO,
+    WINE_CSV,
+    StepTimer,
+    cpu_name,
+    fmt_quality,
+    gptlab_next_probs,
+    gptlab_sampler,
+    import_keras,
+    keras_next_probs,
+    keras_nll,
+    keras_notebook_model,
+    keras_sampler,
+    load_note,
+    load_wine,
+    padded,
+    quality_report,
+    set_threads,
+)
 
 
 def run_keras(data, epochs: float, seed: int) -> dict:
@@ -101,8 +117,9 @@ def gptlab_config(args, out: Path):
 
 def run_gptlab(args, data, target: float | None) -> dict:
     import torch
-    from gptlab.training.tasks.causal_lm import train
+
     from gptlab.model import GPT
+    from gptlab.training.tasks.causal_lm import train
     out = Path(tempfile.mkdtemp(prefix="gptlab_ttq_"))
     cfg = gptlab_config(args, out)
     reached: dict = {}

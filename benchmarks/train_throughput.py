@@ -22,8 +22,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (WINE_CSV, StepTimer, cpu_name, import_keras, keras_notebook_model, load_note,  # noqa: E402
-                    load_wine, median, padded, set_threads)
+from common import (  # noqa: E402
+    WINE_CSV,
+    StepTimer,
+    cpu_name,
+    import_keras,
+    keras_notebook_model,
+    load_note,
+    load_wine,
+    median,
+    padded,
+    set_threads,
+)
 
 
 def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precision="fp32", batch_size=32,
@@ -35,9 +45,9 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
     training time excludes nothing else here: no evaluation, no checkpoint until the end). On a
     GPU the loss is read every `log_interval` steps, the loop's only host sync.
     """
-    from gptlab.training.tasks.causal_lm import train
-    from gptlab.training.config import RUN_PRESETS
     from gptlab.data import Corpus
+    from gptlab.training.config import RUN_PRESETS
+    from gptlab.training.tasks.causal_lm import train
 
     corpus = Corpus(records=data.train_recs, source="wine-reviews train split", skipped=0)
 
@@ -65,6 +75,7 @@ def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precisi
 
 def keras_contestant(name: str, keras, data, *, batch_size=32, steps=30, warmup=3, clock="wall", bf16=False):
     import tensorflow as tf
+
     from gptlab.training.batches import BatchPlan
     if bf16:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

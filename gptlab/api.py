@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from gptlab.checkpoint import load_checkpoint
-from gptlab.infer.dtypes import DTYPE_NAMES
+from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.explain.capture import explain, model_info, token_labels
 from gptlab.explain.trace import Trace
+from gptlab.infer.dtypes import DTYPE_NAMES
 from gptlab.infer.generate import Completion, check_generative, encode_prompts, fit_context, generate_text, stream_text
-from gptlab.model.quant import quantize_output_layer
 from gptlab.infer.sampling import SamplingConfig, TemperatureTable, temperature_table
-from gptlab.data.tokenizer import Tokenizer
+from gptlab.model.quant import quantize_output_layer
 
 __all__ = ["LoadedModel", "load", "Completion", "Trace", "TemperatureTable", "default_device"]
 

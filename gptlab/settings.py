@@ -20,6 +20,8 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
     """A dataclass field with its help and range: min/max inclusive, above/below exclusive."""
     meta = {"help": help, "min": min, "max": max, "above": above, "below": below,
             "choices": tuple(choices) if choices is not None else None}
+    if isinstance(default, list):  # a mutable default: each instance gets its own copy
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -28,6 +30,8 @@ def flag_name(name: str) -> str:
 
 
 def _range_error(f: dataclasses.Field, v: Any) -> str | None:
+    if isinstance(v, list):  # a list of numbers: each one in range
+        return next((p for p in (_range_error(f, x) for x in v) if p), None)
     m = f.metadata
     if m.get("choices") is not None and v not in m["choices"]:
         return f"must be one of {', '.join(map(str, m['choices']))}"

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_model_dir
 
 from gptlab.cli import main
-from conftest import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

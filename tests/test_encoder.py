@@ -11,10 +11,9 @@ import torch
 
 from gptlab.cli import main
 from gptlab.data import DataConfig
+from gptlab.infer.classify import predict
 from gptlab.model import IGNORE_INDEX
 from gptlab.model.encoder import Classifier, Encoder, bert_tiny
-from gptlab.data.texts import labelled_rows
-from gptlab.infer.classify import predict
 from gptlab.training.tasks.classify import ClassifyConfig, classify, hide_words
 from gptlab.training.tasks.masked_lm import EncoderTrainConfig, mask_tokens, pretrain
 

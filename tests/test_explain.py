@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from gptlab.errors import UserError
 from gptlab.explain import Trace, render_html, render_terminal, use_color
 from gptlab.infer.generate import GenerationWarning
-from conftest import tiny_model
 
 EXPLAIN_DIR = Path(__file__).resolve().parents[1] / "gptlab" / "explain"
 PROMPT = "wine review : germany"
@@ -157,7 +157,8 @@ def test_terminal_view(trace, monkeypatch):
             return True
     assert not use_color(Tty())
     monkeypatch.delenv("NO_COLOR")
-    assert use_color(Tty()) and not use_color(open(__file__))
+    with open(__file__) as not_a_tty:
+        assert use_color(Tty()) and not use_color(not_a_tty)
 
 
 def test_show_prints_the_terminal_view_outside_jupyter(trace, capsys):

@@ -5,8 +5,8 @@ import torch
 
 from gptlab.checkpoint import save_model
 from gptlab.cli import main
-from gptlab.model import GPT, book, tiny
 from gptlab.data.tokenizer import Tokenizer
+from gptlab.model import GPT, book, tiny
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,15 +7,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import LINES, tiny_model, tiny_model_dir  # noqa: E402
 
-from gptlab.api import LoadedModel
 from gptlab.checkpoint import save_model
 from gptlab.infer.generate import GenerationWarning, TextTracker, generate_steps
-from gptlab.model import GPT, tiny
 from gptlab.infer.sampling import SamplingConfig, apply_repetition_penalty, process_logits
-from gptlab.data.tokenizer import Tokenizer
-
-from conftest import LINES, tiny_model, tiny_model_dir  # noqa: E402
 
 
 def run_engine(model, prompts, cfg, **kw):

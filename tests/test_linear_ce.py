@@ -5,8 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab.model import IGNORE_INDEX, token_nll
-from gptlab.model import linear_ce
+from gptlab.model import IGNORE_INDEX, linear_ce, token_nll
 
 
 def reference(h, head, t):

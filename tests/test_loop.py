@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from gptlab.cli import main
 from gptlab.data import DataConfig
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.model.encoder import ENCODER_PRESETS
 from gptlab.model.seq2seq import seq2seq_tiny
 from gptlab.training import loop
 from gptlab.training.config import LoopConfig

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_model_dir
 
 nbformat = pytest.importorskip("nbformat")

@@ -10,9 +10,20 @@ import pytest
 import torch
 
 from gptlab.errors import UserError
-from gptlab.infer.sampling import (FILTERS, SamplingConfig, apply_repetition_penalty, draw, make_generator,
-                             min_p_filter, process_logits, round_column, sample, temperature_table,
-                             top_k_filter, top_p_filter)
+from gptlab.infer.sampling import (
+    FILTERS,
+    SamplingConfig,
+    apply_repetition_penalty,
+    draw,
+    make_generator,
+    min_p_filter,
+    process_logits,
+    round_column,
+    sample,
+    temperature_table,
+    top_k_filter,
+    top_p_filter,
+)
 
 PROBS = [0.5, 0.3, 0.15, 0.05]
 

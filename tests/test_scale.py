@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from gptlab.training import scale
-from gptlab.training.tasks import causal_lm
 from conftest import wine_lines
+
 from gptlab.cli import main
 from gptlab.data import Corpus, split_records
+from gptlab.training import scale
+from gptlab.training.tasks import causal_lm
 
 
 def tiny_args(corpus_file, out, *extra):
@@ -49,7 +49,7 @@ def test_fit_with_irreducible_term_recovers_exponent_and_floor(seed):
 def test_fit_is_exact_on_noiseless_points():
     N = np.array([1e4, 1e5, 1e6, 1e7])
     fit = scale.fit_power_law(N, 2.0 + (3e4 / N) ** 0.5, irreducible=True, bootstrap=0)
-    assert fit.alpha == pytest.approx(0.5, rel=1e-4) and fit.E == pytest.approx(2.0, rel=1e-4)
+    assert fit.alpha == pytest.approx(0.5, rel=1e-4) and pytest.approx(2.0, rel=1e-4) == fit.E
     assert fit.rmse_log < 1e-6
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from gptlab.cli import main
-from gptlab.model.seq2seq import Seq2Seq, Seq2SeqConfig, seq2seq_tiny
-from gptlab.data.pairs import english_number, normalize, number_pairs, read_pairs, spanish_number
+from gptlab.data.pairs import english_number, number_pairs, read_pairs, spanish_number
 from gptlab.infer.translate import beam_search, greedy_decode, translate
-from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, load_splits, train
+from gptlab.model.seq2seq import Seq2Seq, Seq2SeqConfig, seq2seq_tiny
+from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, train
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give
 

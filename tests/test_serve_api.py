@@ -352,6 +352,8 @@ def test_timeout_is_504_and_frees_the_worker(models_dir):
     forwards = []
     handle = lm.model.register_forward_hook(lambda *a: forwards.append(1))
     with TestClient(app) as c:
+        # Generation waits for the test, so it cannot finish before the deadline however slow the
+        # machine. (A worker that starts only after the deadline never calls generate: all still holds.)
         with Held(lm) as held:
             r = c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": 64})
             assert_error(r, 504, "timeout")

@@ -6,8 +6,8 @@ import string
 import pytest
 
 from gptlab.data import normalize_text
-from gptlab.errors import UserError
 from gptlab.data.tokenizer import EOT, PAD, UNK, Tokenizer
+from gptlab.errors import UserError
 
 FIXTURES = [
     "Wine review : US : California : It's tart, with 13.5% alcohol.",

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import COUNTRIES, wine_lines
 from safetensors.torch import load_file
 
 import gptlab
-from gptlab.training import loop
-from gptlab.training.tasks.causal_lm import train
-from conftest import COUNTRIES, wine_lines
 from gptlab.cli import main
-from gptlab.training.config import RUN_PRESETS
 from gptlab.data import Corpus
+from gptlab.training.config import RUN_PRESETS
+from gptlab.training.tasks.causal_lm import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptlab.errors import UserError
 from gptlab.data.tokenizer import Tokenizer
+from gptlab.errors import UserError
 from gptlab.model import GPT, Classifier, Encoder, ModelConfig, Seq2Seq, Seq2SeqConfig
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"

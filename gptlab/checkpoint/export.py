@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from gptlab.checkpoint import TOKENIZER, atomic_save_tensors, atomic_write_json, load_checkpoint
-from gptlab.errors import UserError
 from gptlab.data.tokenizer import EOT, PAD, UNK
+from gptlab.errors import UserError
 
 
 def check_gpt2_shaped(cfg) -> None:

@@ -9,14 +9,13 @@ from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, sh
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.data import DataConfig
 from gptlab.errors import UserError
-from gptlab.training.config import loop_fields
+from gptlab.training.config import own_fields
 
 
 def _sections(train_cls: type, model_title: str, data_skip: tuple[str, ...] = ()) -> list[Section]:
     from gptlab.model import ModelConfig
     from gptlab.model.encoder import ENCODER_PRESETS
-    own = [n for n in train_cls.__dataclass_fields__ if n not in loop_fields() or n == "out"]
-    return [Section("train", train_cls, "training", first=own),
+    return [Section("train", train_cls, "training", first=own_fields(train_cls)),
             Section("model", ModelConfig, f"{model_title} (flags not given come from --preset; defaults shown are the small preset's)",
                     ENCODER_PRESETS["small"](), skip=("vocab_size",)),
             Section("data", DataConfig, "data", skip=data_skip)]
@@ -80,7 +79,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     t = objs["train"]
     r = pretrain(t, objs["data"], None if t.init else objs["model"])
     m = r.metrics
-    print(f"pretrained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
+    print(f"pretrained {sum(p.numel() for p in r.model.parameters()):,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
           f"saved to {t.out}")
     if "val_loss" in m:
         print(f"validation masked-LM loss {m['val_loss']:.3f} (train {m['train_loss']:.3f})")
@@ -114,8 +113,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_explain(args: argparse.Namespace) -> int:
     from gptlab.data import normalize_text
-    from gptlab.infer.classify import load_encoder
     from gptlab.explain.capture import explain_encoder
+    from gptlab.infer.classify import load_encoder
     model, tok, cfg = load_encoder(args.model, args.device)
     labels = cfg.get("classifier", {}).get("labels")
     # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.

@@ -34,7 +34,7 @@ def run(args) -> int:
         raise UserError(f"unknown country {args.country!r}: the built-in catalog has {', '.join(sorted(catalog.countries()))}")
     tv, model_p, true_p = province_tv(lm, catalog, args.country)
     print(f"P(province | wine review : {args.country} :)   model   truth")
-    for k in sorted(true_p, key=true_p.get, reverse=True):
+    for k in sorted(true_p, key=lambda k: true_p[k], reverse=True):
         print(f"  {k:<28} {model_p[k]:6.3f}  {true_p[k]:6.3f}")
     print(f"  {'(anything else)':<28} {max(0.0, 1 - sum(model_p.values())):6.3f}  {0.0:6.3f}")
     print(f"total-variation distance: {tv:.3f}")

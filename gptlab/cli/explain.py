@@ -5,12 +5,27 @@ standalone HTML page; `--json` saves the trace and `--trace` renders a saved one
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from gptlab.cli.generate import add_model_args, add_sampling_args, load_model, read_sampling, warnings_to_stderr
+from gptlab.cli.options import Section
 from gptlab.errors import UserError
 from gptlab.explain.trace import Trace
 from gptlab.infer.generate import check_generative
-from gptlab.cli.generate import add_model_args, add_sampling_args, load_model, sampling_from_args, warnings_to_stderr
+from gptlab.settings import setting
+
+
+@dataclass
+class ExplainView:
+    """`gptlab explain`'s own settings (the sampling ones are SamplingConfig's)."""
+    steps: int = setting(4, "tokens to generate and explain", min=1)
+    top: int = setting(5, "candidates to show per step", min=1)
+    out: str | None = setting(None, "write a standalone HTML page (opens offline) instead of printing")
+    json: str | None = setting(None, "also save the trace as JSON, to render again later with --trace")
+    trace: str | None = setting(None, "render a saved trace (any family's) instead of running a model")
+    layer: str | None = setting(None, "attention layer to show, 1..n_layer or 'mean' (default: the last)")
+    head: str | None = setting(None, "attention head to show, 1..n_head or 'mean' (default: mean)")
 
 
 def register(subparsers) -> None:
@@ -22,14 +37,7 @@ def register(subparsers) -> None:
     )
     add_model_args(p, optional=True)
     p.add_argument("prompt", nargs="?", default=None, help="text to continue")
-    p.add_argument("--steps", type=int, default=4, help="tokens to generate and explain (default: %(default)s)")
-    p.add_argument("--top", type=int, default=5, help="candidates to show per step (default: %(default)s)")
-    p.add_argument("--out", metavar="HTML", help="write a standalone HTML page (opens offline) instead of printing")
-    p.add_argument("--json", metavar="JSON", help="also save the trace as JSON, to render again later with --trace")
-    p.add_argument("--trace", metavar="JSON", help="render a saved trace instead of running a model")
-    p.add_argument("--layer", default=None, help="attention layer to show, 1..n_layer or 'mean' (default: the last)")
-    p.add_argument("--head", default=None, help="attention head to show, 1..n_head or 'mean' (default: mean)")
-    add_sampling_args(p, skip=("max_new_tokens",))
+    add_sampling_args(p, skip=("max_new_tokens",), view=Section("view", ExplainView, "explanation"))
     p.set_defaults(func=run)
 
 
@@ -47,39 +55,34 @@ def _pick(value: str | None, n: int, what: str) -> int | str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in (args.out, args.json):
+    cfg, view = read_sampling(args, ExplainView)
+    for path in (view.out, view.json):
         if path and not Path(path).resolve().parent.is_dir():
             raise UserError(f"cannot write {path}: its folder does not exist; create it or pick another path")
-    if args.trace:
+    if view.trace:
         if args.model or args.prompt is not None:
             raise UserError("give either MODEL PROMPT or --trace FILE, not both")
-        trace = Trace.load(args.trace)
-        n_layer, n_head = trace.n_layer, trace.n_head
+        trace = Trace.load(view.trace)
     else:
         if not args.model:
             raise UserError("give a MODEL folder and a PROMPT (or --trace FILE to render a saved trace)")
-        if args.steps < 1:
-            raise UserError(f"--steps must be >= 1 (got {args.steps})")
-        if args.top < 1:
-            raise UserError(f"--top must be >= 1 (got {args.top})")
-        cfg = sampling_from_args(args, max_new_tokens=args.steps)
         model = load_model(args)
         check_generative(model.model, model.kind)
-        n_layer, n_head = model.model.cfg.n_layer, model.model.cfg.n_head
-    layer = _pick(args.layer, n_layer, "layer")
-    head = _pick(args.head, n_head, "head")
-    if not args.trace:
+    n_layer, n_head = (trace.n_layer, trace.n_head) if view.trace else (model.model.cfg.n_layer, model.model.cfg.n_head)
+    layer = _pick(view.layer, n_layer, "layer")
+    head = _pick(view.head, n_head, "head")
+    if not view.trace:
         kwargs = {k: v for k, v in cfg.to_dict().items() if k != "max_new_tokens"}
         with warnings_to_stderr("explain"):
-            trace = model.explain(args.prompt or "", steps=args.steps, top=args.top, **kwargs)
-    if args.json:
-        trace.save(args.json)
-        print(f"wrote {args.json}")
-    if args.out:
+            trace = model.explain(args.prompt or "", steps=view.steps, top=view.top, **kwargs)
+    if view.json:
+        trace.save(view.json)
+        print(f"wrote {view.json}")
+    if view.out:
         from gptlab.checkpoint import atomic_write_text
         from gptlab.explain.render_html import render_html
-        atomic_write_text(args.out, render_html(trace, layer=layer, head=head))
-        print(f"wrote {args.out}")
+        atomic_write_text(view.out, render_html(trace, layer=layer, head=head))
+        print(f"wrote {view.out}")
     else:
         print(trace.to_terminal(layer=layer, head=head))
     return 0

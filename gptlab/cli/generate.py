@@ -10,28 +10,16 @@ import argparse
 import json
 import sys
 import warnings
-from contextlib import contextmanager
 from collections.abc import Iterator
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
+from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
 from gptlab.infer.sampling import SamplingConfig
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """SamplingConfig's fields as flags (and TOML keys of a --config file), -T for the temperature."""
-    add_options(parser, [Section("sampling", SamplingConfig, "sampling", skip=skip,
-                                 aliases={"temperature": ["-T"], "max_new_tokens": ["--max-tokens"]})])
-
-
-def sampling_from_args(args: argparse.Namespace, **overrides: Any) -> SamplingConfig:
-    cfg = read_options(args, lambda values: {"sampling": SamplingConfig()}, args.command)["sampling"]
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg.validate()
+from gptlab.settings import setting
 
 
 def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -68,6 +56,32 @@ def warnings_to_stderr(command: str) -> Iterator[None]:
         yield
 
 
+@dataclass
+class GenerateView:
+    """`gptlab generate`'s own settings (the sampling ones are SamplingConfig's)."""
+    n: int = setting(1, "number of samples", min=1)
+    stream: bool = setting(False, "print tokens as they come (samples one after another, seeds seed, seed+1, ...)")
+    json: bool = setting(False, "print the completions as JSON (prompt, text, token_ids, finish_reason)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), view: Section | None = None) -> None:
+    """SamplingConfig's fields as flags (and TOML keys of a --config file), -T for the temperature;
+    `view`: the command's own settings, a second section of the same flags and file."""
+    sections = [Section("sampling", SamplingConfig, "sampling", skip=skip,
+                        aliases={"temperature": ["-T"], "max_new_tokens": ["--max-tokens"]})]
+    add_options(parser, sections + ([view] if view else []))
+
+
+def read_sampling(args: argparse.Namespace, view: type | None = None, **overrides: Any) -> tuple[SamplingConfig, Any]:
+    """(the sampling settings, validated; the command's own settings or None)."""
+    objs = read_options(args, lambda values: {"sampling": SamplingConfig(), "view": view() if view else None},
+                        args.command)
+    cfg = objs["sampling"]
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg.validate(), objs["view"]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="sample text from a trained model",
@@ -76,25 +90,22 @@ def register(subparsers) -> None:
     )
     add_model_args(p)
     p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty, start from scratch)")
-    p.add_argument("-n", type=int, default=1, help="number of samples (default: %(default)s)")
-    add_sampling_args(p)
-    p.add_argument("--stream", action="store_true",
-                   help="print tokens as they come (samples one after another, seeds seed, seed+1, ...)")
-    p.add_argument("--json", action="store_true", help="print the completions as JSON (prompt, text, token_ids, finish_reason)")
+    add_sampling_args(p, view=Section("view", GenerateView, "output", aliases={"n": ["-n"]}))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = sampling_from_args(args)
-    if args.n < 1:
-        raise UserError(f"-n must be >= 1 (got {args.n})")
-    if args.stream and args.json:
+    cfg, view = read_sampling(args, GenerateView)
+    if view.n > 32:
+        print(f"gptlab generate: warning: -n {view.n} draws {view.n} samples (-n counts samples here, not tokens: "
+              "--max-tokens sets the length)", file=sys.stderr)
+    if view.stream and view.json:
         raise UserError("--stream and --json do not go together: pick one")
     model = load_model(args)
     kwargs = cfg.to_dict()
     with warnings_to_stderr("generate"):
-        if args.stream:
-            for k in range(args.n):
+        if view.stream:
+            for k in range(view.n):
                 if k:
                     print()
                 seed = None if cfg.seed is None else cfg.seed + k
@@ -103,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
                     print(piece, end="", flush=True)
                 print()
             return 0
-        completions = model.generate(args.prompt, n=args.n, **kwargs)
-    if args.json:
+        completions = model.generate(args.prompt, n=view.n, **kwargs)
+    if view.json:
         print(json.dumps([asdict(c) for c in completions], ensure_ascii=False, indent=2))
         return 0
     for k, c in enumerate(completions):

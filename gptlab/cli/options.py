@@ -27,7 +27,7 @@ from gptlab.errors import UserError
 from gptlab.settings import check
 
 TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int,
-                          "str | None": str, "float | None": float, "list[str]": str}
+                          "str | None": str, "float | None": float, "list[str]": str, "list[float]": float}
 METAVARS = {int: "N", float: "X", str: "S"}
 
 
@@ -90,6 +90,8 @@ def _add_flag(group: Any, names: list[str], dest: str, f: Any, default: Any) -> 
     elif tname == "list[str]":
         group.add_argument(*names, dest=dest, action="append", default=None, metavar="TEXT",
                            help=_help(f, default) + " (repeat for several)")
+    elif tname == "list[float]":
+        group.add_argument(*names, dest=dest, type=float, nargs="+", default=None, metavar="X", help=_help(f, default))
     else:
         typ = TYPES.get(tname, str)
         group.add_argument(*names, dest=dest, type=typ, default=None, metavar=METAVARS.get(typ, "S"),
@@ -102,7 +104,8 @@ def _coerce(where: str, value: Any, tname: str) -> Any:
     ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
-          "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}
+          "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+          "list[float]": lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
     base = tname.replace(" | None", "")
     if not ok.get(base, lambda v: True)(value):
         raise UserError(f"config key {where} must be {base}, got {value!r}")

@@ -8,14 +8,13 @@ from typing import Any
 from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, show_trace
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
-from gptlab.training.config import loop_fields
+from gptlab.training.config import own_fields
 
 
 def _sections() -> list[Section]:
     from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2SeqConfig
     from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig
-    own = [n for n in Seq2SeqTrainConfig.__dataclass_fields__ if n not in loop_fields() or n == "out"]
-    return [Section("train", Seq2SeqTrainConfig, "training", first=own),
+    return [Section("train", Seq2SeqTrainConfig, "training", first=own_fields(Seq2SeqTrainConfig)),
             Section("model", Seq2SeqConfig, "model (flags not given come from --preset; defaults shown are the small preset's)",
                     SEQ2SEQ_PRESETS["small"](), skip=("vocab_size",))]
 
@@ -70,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     t = objs["train"]
     r = train(t, objs["model"])
     m = r.metrics
-    print(f"trained {r.model.num_params():,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
+    print(f"trained {sum(p.numel() for p in r.model.parameters()):,} parameters for {m['steps']} steps in {m['train_seconds']}s; "
           f"saved to {t.out}")
     if "val_loss" in m:
         print(f"validation: loss {m['val_loss']:.3f}, exact match {m.get('val_exact_match', float('nan')):.1%}"

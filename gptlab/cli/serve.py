@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import socket
@@ -11,6 +10,7 @@ import warnings
 
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
+
 
 def register(sub) -> None:
     from gptlab.serve.settings import ServeSettings  # no fastapi needed to build the parser

@@ -6,10 +6,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
+from gptlab.cli.generate import add_model_args, load_model, warnings_to_stderr
+from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.infer.sampling import temperature_table
-from gptlab.cli.generate import add_model_args, load_model, warnings_to_stderr
+from gptlab.settings import setting
+
+
+@dataclass
+class TemperatureView:
+    temperatures: list[float] = setting([0.5, 1.0, 1.5], "temperatures to compare, 0 = greedy", min=0)
+    top: int | None = setting(None, "tokens to show (default: 5, or all given --logits)", min=1)
+    logits: str | None = setting(None, "comma-separated logits to use instead of a model, e.g. 4.1,3.9,2.7")
+    labels: str | None = setting(None, "comma-separated names for --logits, e.g. pfalz,mosel,rhein")
+    decimals: int = setting(3, "decimals shown", min=0, max=12)
+    json: bool = setting(False, "print the table as JSON (unrounded)")
 
 
 def register(subparsers) -> None:
@@ -21,13 +34,7 @@ def register(subparsers) -> None:
     )
     add_model_args(p, optional=True)
     p.add_argument("prompt", nargs="?", default="", help="text whose next token is examined")
-    p.add_argument("-T", "--temperatures", dest="temperatures", type=float, nargs="+", default=[0.5, 1.0, 1.5],
-                   help="temperatures to compare, 0 = greedy (default: 0.5 1 1.5)")
-    p.add_argument("--top", type=int, default=None, help="tokens to show (default: 5, or all given --logits)")
-    p.add_argument("--logits", help="comma-separated logits to use instead of a model, e.g. 4.1,3.9,2.7")
-    p.add_argument("--labels", help="comma-separated names for --logits, e.g. pfalz,mosel,rhein")
-    p.add_argument("--decimals", type=int, default=3, help="decimals shown (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the table as JSON (unrounded)")
+    add_options(p, [Section("view", TemperatureView, "table", aliases={"temperatures": ["-T"]})])
     p.set_defaults(func=run)
 
 
@@ -36,30 +43,29 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.decimals <= 12:
-        raise UserError(f"--decimals must be 0..12 (got {args.decimals})")
-    if args.logits is not None:
+    v: TemperatureView = read_options(args, lambda values: {"view": TemperatureView()}, "temperature")["view"]
+    if v.logits is not None:
         if args.model:
             raise UserError("give either MODEL PROMPT or --logits, not both")
         try:
-            logits = [float(x) for x in _split(args.logits)]
+            logits = [float(x) for x in _split(v.logits)]
         except ValueError:
-            raise UserError(f"--logits must be numbers separated by commas, e.g. 4.1,3.9,2.7 (got {args.logits!r})") from None
+            raise UserError(f"--logits must be numbers separated by commas, e.g. 4.1,3.9,2.7 (got {v.logits!r})") from None
         if not logits:
             raise UserError("--logits is empty: give numbers separated by commas, e.g. 4.1,3.9,2.7")
-        labels = _split(args.labels) if args.labels else [f"#{i + 1}" for i in range(len(logits))]
+        labels = _split(v.labels) if v.labels else [f"#{i + 1}" for i in range(len(logits))]
         if len(labels) != len(logits):
             raise UserError(f"--labels has {len(labels)} names for {len(logits)} logits: give one name per logit")
-        table = temperature_table(logits, args.temperatures, top=args.top or len(logits), label=labels.__getitem__)
+        table = temperature_table(logits, v.temperatures, top=v.top or len(logits), label=labels.__getitem__)
     else:
-        if args.labels:
+        if v.labels:
             raise UserError("--labels names the --logits values: give --logits too")
         if not args.model:
             raise UserError("give a MODEL folder and a PROMPT, or --logits to work an example by hand")
         # Check the temperatures before the (slower) model load.
-        temperature_table([0.0], args.temperatures, top=args.top or 5)
+        temperature_table([0.0], v.temperatures, top=v.top or 5)
         model = load_model(args)
         with warnings_to_stderr("temperature"):
-            table = model.temperature_table(args.prompt, args.temperatures, top=args.top or 5)
-    print(json.dumps(table.to_dict(), ensure_ascii=False, indent=2) if args.json else table.format(args.decimals))
+            table = model.temperature_table(args.prompt, v.temperatures, top=v.top or 5)
+    print(json.dumps(table.to_dict(), ensure_ascii=False, indent=2) if v.json else table.format(v.decimals))
     return 0

@@ -9,14 +9,13 @@ from gptlab.cli.options import Options, Section, add_options, read_options
 from gptlab.data.config import DataConfig
 from gptlab.errors import UserError
 from gptlab.model.config import ModelConfig
-from gptlab.training.config import RUN_PRESETS, RunConfig, TrainConfig, loop_fields, preset_small
+from gptlab.training.config import RUN_PRESETS, RunConfig, TrainConfig, own_fields, preset_small
 
 
 def run_sections(shown: RunConfig | None = None) -> list[Section]:
     """train, model and data: the sections of `gptlab train` (and of `gptlab scale`)."""
     shown = shown or preset_small()
-    own = [n for n in TrainConfig.__dataclass_fields__ if n not in loop_fields() or n in ("out", "epochs")]
-    return [Section("train", TrainConfig, "training", shown.train, first=own),
+    return [Section("train", TrainConfig, "training", shown.train, first=own_fields(TrainConfig, ("out", "epochs"))),
             Section("model", ModelConfig, "model (defaults shown are the small preset's)", shown.model),
             Section("data", DataConfig, "data", shown.data)]
 

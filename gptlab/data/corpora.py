@@ -12,8 +12,8 @@ import csv
 import io
 import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from gptlab.data.config import FORMATS, DataConfig
 from gptlab.data.normalize import normalize_text

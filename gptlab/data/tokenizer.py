@@ -12,8 +12,8 @@ extras a model family asks for ([MASK], [CLS], <s>, ...).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -42,7 +42,7 @@ class Tokenizer:
     # -- building -------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "word", vocab_size: int = 10000,
-              lowercase: bool = True, extra_specials: tuple[str, ...] = ()) -> "Tokenizer":
+              lowercase: bool = True, extra_specials: tuple[str, ...] = ()) -> Tokenizer:
         specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
         if vocab_size < len(specials) + 1:
             raise UserError(f"vocab_size {vocab_size} is too small: use at least {len(specials) + 1}")
@@ -77,7 +77,7 @@ class Tokenizer:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         try:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises a plain Exception with a parse message

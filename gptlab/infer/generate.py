@@ -14,15 +14,15 @@ tokens (absolute position embeddings make cached keys invalid once positions shi
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.sampling import SamplingConfig, make_generator, sample
-from gptlab.data.tokenizer import Tokenizer
 
 BATCH_SIZE = 64  # rows per forward pass when many completions are asked for at once
 

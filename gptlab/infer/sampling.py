@@ -10,8 +10,8 @@ Nothing here knows about tokenizers or models; `gptlab.infer.generate` calls the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ class SamplingConfig:
     stop: list[str] = field(default_factory=list, metadata={"help": "stop when the generated text contains one of these strings (it is not included)"})
     seed: int | None = field(default=None, metadata={"help": "random seed: the same seed and settings give the same text"})
 
-    def validate(self) -> "SamplingConfig":
+    def validate(self) -> SamplingConfig:
         """Raise UserError (one line: what is wrong, what to do) on settings that cannot work."""
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise UserError(f"temperature must be >= 0 (got {self.temperature}): use 0 for greedy, 1 for the model's own distribution")

@@ -12,8 +12,8 @@ from gptlab.checkpoint import load_checkpoint, read_config
 from gptlab.data.pairs import BOS, normalize
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
-from gptlab.model.seq2seq import Seq2Seq
 from gptlab.model.padding import pad_batch
+from gptlab.model.seq2seq import Seq2Seq
 
 KIND = "seq2seq"
 

@@ -1,8 +1,8 @@
 """gptlab's models. This package imports only torch: no files, network or tokenizers here."""
 
 from gptlab.model.config import PRESETS, ModelConfig, book, gpt2, small, tiny
-from gptlab.model.gpt import GPT, IGNORE_INDEX, ModelOutput, token_nll
 from gptlab.model.encoder import ENCODER_PRESETS, Classifier, ClassifierOutput, Encoder, EncoderOutput
+from gptlab.model.gpt import GPT, IGNORE_INDEX, ModelOutput, token_nll
 from gptlab.model.layers import MLP, Attention, Block, KVCache, build_mask
 from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig, Seq2SeqOutput
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-
 # torch's int8 kernel reads its inputs in blocks of 16: with other widths it returns garbage or
 # crashes (checked on torch 2.13 CPU: widths 8, 24 wrong, 7 a segfault; every multiple of 16 right).
 INT8_WIDTH_MULTIPLE = 16

@@ -88,8 +88,9 @@ def _add_page(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
-# -- routes: a return type of dict would become a response model, so `response_model=None` keeps the
-# -- schema and the bodies exactly as the handlers build them.
+# -- routes ------------------------------------------------------------------------------------------
+# FastAPI would turn a return annotation into a response model (validating and re-serializing every
+# body, and changing the schema); `response_model=None` sends what the handler built, as it is.
 @api.get("/healthz", summary="Liveness, load and limits", response_model=None)
 async def healthz(state: State) -> dict[str, Any]:
     return {"status": "ok", "version": __version__, "in_flight": state.gate.in_flight,

@@ -94,8 +94,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    # The decorator, called directly: unlike add_exception_handler it is typed to take a handler of
+    # one exception class (its `exc` narrower than Exception).
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
     for cls in (APIError, UserError, ModelNotFound, ModelBroken, Busy, DeadlineExceeded):
-        app.add_exception_handler(cls, _known_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+        app.exception_handler(cls)(_known_error)
+    app.exception_handler(Exception)(_unexpected_error)

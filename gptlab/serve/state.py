@@ -15,6 +15,8 @@ from gptlab.serve.settings import ServeSettings
 
 @dataclass
 class ServeState:
+    """One per app (on `app.state.serve`); the routes get it as a FastAPI dependency."""
+
     settings: ServeSettings
     registry: ModelRegistry
     gate: Gate

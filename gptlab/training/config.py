@@ -67,9 +67,10 @@ class LoopConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def loop_fields() -> set[str]:
-    """The names of the loop's own fields (the CLI lists a family's own flags before them)."""
-    return {f.name for f in fields(LoopConfig)}
+def own_fields(cls: type, also: tuple[str, ...] = ("out",)) -> list[str]:
+    """A family config's fields that are not the loop's (and `also`): the CLI lists them first."""
+    loop = {f.name for f in fields(LoopConfig)}
+    return [f.name for f in fields(cls) if f.name not in loop or f.name in also]
 
 
 @dataclass

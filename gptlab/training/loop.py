@@ -23,7 +23,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -37,6 +37,7 @@ from gptlab.training.optim import WeightAverage, build_optimizer, lr_at, warmup_
 from gptlab.training.state import STATE_JSON, load_train_state, save_train_state
 
 NO_LIMIT = 10**12
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass
@@ -45,11 +46,11 @@ class Batch:
     count: int                        # loss items in the whole batch: target tokens, or rows
 
 
-class Task:
-    """One training objective. Subclasses set `kind`, `model` and `tokenizer` and implement
-    `steps_per_epoch`, `batch` and `loss_sum`; the rest is optional."""
+class Task(Generic[M]):
+    """One training objective over a model of type M. Subclasses set `kind`, `model` and
+    `tokenizer` and implement `steps_per_epoch`, `batch` and `loss_sum`; the rest is optional."""
     kind: str
-    model: torch.nn.Module
+    model: M
     tokenizer: Tokenizer
     best_metric: str | None = None  # the evaluate() key that --keep-best maximises
 
@@ -61,17 +62,18 @@ class Task:
         uninterrupted one saw."""
         raise NotImplementedError
 
-    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss summed over the items of these rows (the loop divides by the global count)."""
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss summed over the items of these rows (the loop divides by the global count).
+        `model` is the task's model or its DDP / compiled wrapper: call it, do not reach inside."""
         raise NotImplementedError
 
-    def evaluate(self, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:
+    def evaluate(self, model: M, rt: Runtime) -> dict[str, float]:
         return {}
 
-    def sample(self, model: torch.nn.Module, rt: Runtime, step: int) -> str | None:
+    def sample(self, model: M, rt: Runtime, step: int) -> str | None:
         return None
 
-    def final_metrics(self, model: torch.nn.Module, rt: Runtime) -> dict[str, Any]:
+    def final_metrics(self, model: M, rt: Runtime) -> dict[str, Any]:
         """Metrics computed once after training (e.g. accuracy on held-out rows)."""
         return {}
 
@@ -88,10 +90,10 @@ class Task:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Generic[M]):
     out: Path | None
     step: int
-    model: torch.nn.Module
+    model: M
     tokenizer: Tokenizer
     config: dict[str, Any]
     history: list[dict] = field(default_factory=list)
@@ -166,7 +168,7 @@ def total_steps(t: LoopConfig, steps_per_epoch: int) -> int:
     return NO_LIMIT
 
 
-def fit(task: Task, t: LoopConfig, rt: Runtime, *, on_eval: Callable[[dict], bool] | None = None) -> TrainResult:
+def fit(task: Task[M], t: LoopConfig, rt: Runtime, *, on_eval: Callable[[dict], bool] | None = None) -> TrainResult[M]:
     """Train task.model as `t` says, then save it (unless t.out is '').
 
     on_eval(record) -> bool, if given, is called after each evaluation with its history record
@@ -179,10 +181,10 @@ def fit(task: Task, t: LoopConfig, rt: Runtime, *, on_eval: Callable[[dict], boo
 class _Run:
     """The state of one call of `fit`, split into steps small enough to read."""
 
-    def __init__(self, task: Task, t: LoopConfig, rt: Runtime, on_eval: Callable[[dict], bool] | None):
+    def __init__(self, task: Task[Any], t: LoopConfig, rt: Runtime, on_eval: Callable[[dict], bool] | None):
         self.task, self.t, self.rt, self.on_eval = task, t, rt, on_eval
         self.out = Path(t.out) if t.out else None
-        self.model = task.model.to(rt.device)
+        self.model: torch.nn.Module = task.model.to(rt.device)
         self.total = total_steps(t, task.steps_per_epoch())
         self.warmup = warmup_for(t, self.total if self.total < NO_LIMIT else 0)
         self.opt = build_optimizer(self.model, t, rt.device)
@@ -199,8 +201,8 @@ class _Run:
         if t.resume and self.out is not None:
             self._restore()
         self.first_new = len(self.history)  # records before it came from the run being resumed
-        self.trained_model = torch.compile(self.model) if t.compile else self.model
-        self.ddp_model = self.trained_model
+        self.trained_model: Any = torch.compile(self.model) if t.compile else self.model
+        self.ddp_model: Any = self.trained_model
         if rt.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [rt.device.index] if rt.device.type == "cuda" else None
@@ -317,7 +319,7 @@ class _Run:
             self.average.update(self.step)
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def run(self) -> TrainResult[Any]:
         self._open_outputs()
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"{self.task.describe()}{n_params:,} parameters; "
@@ -437,11 +439,11 @@ class _Run:
                 signal.signal(s, h)
 
     def _train_metrics(self) -> dict[str, Any]:
-        last = next((h for h in reversed(self.history) if "loss" in h), {})
+        last: dict[str, Any] = next((h for h in reversed(self.history) if "loss" in h), {})
         return {"steps": self.step, "train_seconds": round(time.perf_counter() - self.t0, 1),
                 "train_loss": last.get("loss", float("nan"))}
 
-    def _finish(self, interrupted: bool) -> TrainResult:
+    def _finish(self, interrupted: bool) -> TrainResult[Any]:
         metrics = self._train_metrics()
         if not interrupted:
             mine = self.history[self.first_new:]
@@ -449,7 +451,7 @@ class _Run:
             if last_eval is None or last_eval["step"] != self.step:
                 self._evaluate()
             self._keep_final_weights(metrics)
-            final = next((h for h in reversed(self.history) if "loss" not in h), {})
+            final: dict[str, Any] = next((h for h in reversed(self.history) if "loss" not in h), {})
             metrics.update({k: v for k, v in final.items() if k not in ("step", "time", "train_time", "train_cpu_time")})
             # On every process: each holds the same model, and each caller may report them.
             metrics.update(self.task.final_metrics(self.model, self.rt))

@@ -37,9 +37,9 @@ import numpy as np
 
 from gptlab import __version__
 from gptlab.checkpoint import CONFIG, atomic_write_json, atomic_write_text
-from gptlab.training.config import RunConfig
 from gptlab.data import Corpus, load_corpus, split_records
 from gptlab.errors import UserError
+from gptlab.training.config import RunConfig
 
 KAPLAN = {"alpha_N": 0.076, "N_c": 8.8e13, "alpha_D": 0.095, "D_c": 5.4e13}
 RESULT = "result.json"
@@ -270,7 +270,7 @@ def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, o
 class ScaleResult:
     out: Path
     points: list[dict]
-    fits: dict[str, "PowerLawFit"]
+    fits: dict[str, PowerLawFit]
     trained: list[str]  # names of the runs trained (not skipped) by this call
 
 
@@ -426,6 +426,7 @@ def _fit_irreducible(u: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[np.
         sse = float(np.sum(resid(th) ** 2))
         if best is None or sse < best[1]:
             best = (th, sse)
+    assert best is not None  # the loop above ran at least once
     th, sse = best
     lam = 1e-3
     for _ in range(iters):

@@ -19,7 +19,7 @@ from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
 KIND = "gpt"
 
 
-class CausalLM(Task):
+class CausalLM(Task[GPT]):
     kind = KIND
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, tokenizer: Tokenizer | None = None):
@@ -52,11 +52,11 @@ class CausalLM(Task):
         b = self.plan.make(self._epoch[1][i])
         return Batch({"x": b.x_BxT, "y": b.y_BxT}, b.n_tokens)
 
-    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(tensors["x"], tensors["y"]).nll_sum
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:
+    def evaluate(self, model: GPT, rt: Runtime) -> dict[str, float]:
         """NLL per non-padding token, and per position counting padding as the notebook's Keras loss does."""
         if not self.val_seqs:
             return {}
@@ -77,7 +77,7 @@ class CausalLM(Task):
         return {"val_loss": nll / max(n, 1), "val_loss_with_padding": nll_pad / max(n_pad, 1)}
 
     @torch.no_grad()
-    def sample(self, model: torch.nn.Module, rt: Runtime, step: int) -> str | None:
+    def sample(self, model: GPT, rt: Runtime, step: int) -> str | None:
         """One sample for the progress log (the notebook's TextGenerator callback)."""
         t = self.cfg.train
         if not t.sample_prompt:
@@ -126,7 +126,7 @@ def check_config(cfg: RunConfig) -> None:
     cfg.data.validate()
 
 
-def train(cfg: RunConfig, corpus: Corpus | None = None, *, on_eval=None, tokenizer: Tokenizer | None = None) -> TrainResult:
+def train(cfg: RunConfig, corpus: Corpus | None = None, *, on_eval=None, tokenizer: Tokenizer | None = None) -> TrainResult[GPT]:
     """Train a GPT as `cfg` says; `corpus` (a gptlab.data.Corpus) overrides cfg.data's source.
 
     tokenizer: use this one instead of fitting a new one on the training records (runs whose

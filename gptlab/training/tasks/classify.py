@@ -10,14 +10,22 @@ import numpy as np
 import torch
 
 from gptlab.data import DataConfig
-from gptlab.data.texts import MASK, Labelled, encode_texts, labelled_rows, n_special, train_tokenizer, warn_if_other_split
+from gptlab.data.texts import (
+    MASK,
+    Labelled,
+    encode_texts,
+    labelled_rows,
+    n_special,
+    train_tokenizer,
+    warn_if_other_split,
+)
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.classify import KIND_CLASSIFIER, KIND_ENCODER, accuracy, load_encoder
 from gptlab.model import ModelConfig
 from gptlab.model.encoder import ENCODER_PRESETS, POOLINGS, Classifier
-from gptlab.settings import setting
 from gptlab.model.padding import pad_batch
+from gptlab.settings import setting
 from gptlab.training.batches import RowBatches
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
@@ -59,7 +67,7 @@ def hide_words(ids_BxT: torch.Tensor, p: float, *, first_word: int, mask_id: int
     return ids_BxT.masked_fill(hide_BxT, mask_id)
 
 
-class Classification(Task):
+class Classification(Task[Classifier]):
     kind = KIND_CLASSIFIER
 
     def __init__(self, t: ClassifyConfig, dcfg: DataConfig, mcfg: ModelConfig | None, data: Labelled,
@@ -107,18 +115,18 @@ class Classification(Task):
         ids = hide_words(ids, self.t.word_dropout, first_word=self.first_word, mask_id=self.mask_id, generator=g)
         return Batch({"x": ids, "y": self.tr_y[rows], "key_mask": key_mask}, len(rows))
 
-    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(tensors["x"], tensors["y"], key_mask_BxT=tensors["key_mask"])
         return out.loss * tensors["y"].shape[0]  # the mean over these rows, as a sum
 
-    def evaluate(self, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:
+    def evaluate(self, model: Classifier, rt: Runtime) -> dict[str, float]:
         if self.dev_seqs:
             return {"dev_accuracy": accuracy(model, self.dev_seqs, self.dev_y, self.tokenizer.pad_id)}
         if self.va_seqs:
             return {"val_accuracy": accuracy(model, self.va_seqs, self.va_y, self.tokenizer.pad_id)}
         return {}
 
-    def final_metrics(self, model: torch.nn.Module, rt: Runtime) -> dict[str, Any]:
+    def final_metrics(self, model: Classifier, rt: Runtime) -> dict[str, Any]:
         majority = Counter(self.tr_y.tolist()).most_common(1)[0][0]
         va_y = self.va_y
         return {"val_accuracy": accuracy(model, self.va_seqs, va_y, self.tokenizer.pad_id),
@@ -139,7 +147,7 @@ class Classification(Task):
 
 
 def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: ModelConfig | None = None,
-             save: bool = True, data: Labelled | None = None, on_eval=None) -> TrainResult:
+             save: bool = True, data: Labelled | None = None, on_eval=None) -> TrainResult[Classifier]:
     """Fine-tune a classifier on t.label (from a pretrained encoder, or from scratch)."""
     if not save:
         t.out = ""

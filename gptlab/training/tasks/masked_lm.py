@@ -14,8 +14,8 @@ from gptlab.errors import UserError
 from gptlab.infer.classify import KIND_ENCODER, load_encoder
 from gptlab.model import IGNORE_INDEX, ModelConfig
 from gptlab.model.encoder import ENCODER_PRESETS, Encoder
-from gptlab.settings import setting
 from gptlab.model.padding import pad_batch
+from gptlab.settings import setting
 from gptlab.training.batches import RowBatches
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
@@ -53,7 +53,7 @@ def mask_tokens(ids_BxT: torch.Tensor, *, n_special: int, mask_id: int, vocab_si
     return inputs, targets
 
 
-class MaskedLM(Task):
+class MaskedLM(Task[Encoder]):
     kind = KIND_ENCODER
 
     def __init__(self, t: EncoderTrainConfig, dcfg: DataConfig, mcfg: ModelConfig | None,
@@ -96,11 +96,11 @@ class MaskedLM(Task):
         b = self._masked([self.train_seqs[i] for i in self.rows.rows(step)], g)
         return Batch(b, int((b["y"] != IGNORE_INDEX).sum()))
 
-    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(tensors["x"], tensors["y"], key_mask_BxT=tensors["key_mask"]).nll_sum
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, rt: Runtime, batch_size: int = 128, limit: int = 2000) -> dict[str, float]:
+    def evaluate(self, model: Encoder, rt: Runtime, batch_size: int = 128, limit: int = 2000) -> dict[str, float]:
         """Masked-LM loss on fixed masks (seeded), so successive evaluations compare."""
         if not self.val_seqs:
             return {}
@@ -116,7 +116,7 @@ class MaskedLM(Task):
             count += out.n_tokens
         return {"val_loss": total / max(count, 1)}
 
-    def final_metrics(self, model: torch.nn.Module, rt: Runtime) -> dict[str, Any]:
+    def final_metrics(self, model: Encoder, rt: Runtime) -> dict[str, Any]:
         return dict(self.extra)
 
     def config(self) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class MaskedLM(Task):
 
 
 def pretrain(t: EncoderTrainConfig, dcfg: DataConfig | None = None, model_cfg: ModelConfig | None = None,
-             save: bool = True, on_eval=None) -> TrainResult:
+             save: bool = True, on_eval=None) -> TrainResult[Encoder]:
     """Masked-LM pretraining on the corpus's training split; writes the model to t.out."""
     if not save:
         t.out = ""

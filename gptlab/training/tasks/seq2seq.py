@@ -14,9 +14,9 @@ from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.translate import evaluate_translation
 from gptlab.model import IGNORE_INDEX
+from gptlab.model.padding import pad_batch
 from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig
 from gptlab.settings import check, setting
-from gptlab.model.padding import pad_batch
 from gptlab.training.batches import RowBatches, same_length_batches
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
@@ -57,7 +57,7 @@ def collate_pairs(data: EncodedPairs, rows: Any, pad_id: int) -> dict[str, torch
     return {"src": src, "src_mask": src_mask, "tgt_in": tgt[:, :-1], "targets": targets}
 
 
-class Translation(Task):
+class Translation(Task[Seq2Seq]):
     kind = KIND
 
     def __init__(self, t: Seq2SeqTrainConfig, mcfg: Seq2SeqConfig, splits: dict[str, Pairs],
@@ -87,11 +87,11 @@ class Translation(Task):
         del b["src_mask"]
         return Batch(b, int((b["targets"] != IGNORE_INDEX).sum()))
 
-    def loss_sum(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(tensors["src"], tensors["tgt_in"], tensors["targets"]).nll_sum
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, rt: Runtime, batch_size: int = 256, limit: int = 2000) -> dict[str, float]:
+    def evaluate(self, model: Seq2Seq, rt: Runtime, batch_size: int = 256, limit: int = 2000) -> dict[str, float]:
         """Teacher-forced NLL per target token over (up to `limit`) validation pairs."""
         data = self.val_data
         if not data.src:
@@ -107,7 +107,7 @@ class Translation(Task):
             count += out.n_tokens
         return {"val_loss": total / max(count, 1)}
 
-    def final_metrics(self, model: torch.nn.Module, rt: Runtime) -> dict[str, Any]:
+    def final_metrics(self, model: Seq2Seq, rt: Runtime) -> dict[str, Any]:
         if not self.val_data.src or not self.t.eval_pairs:
             return {}
         ev = evaluate_translation(model, self.tokenizer, self.splits["val"][:self.t.eval_pairs])
@@ -122,7 +122,7 @@ class Translation(Task):
 
 
 @dataclass
-class Seq2SeqResult(TrainResult):
+class Seq2SeqResult(TrainResult[Seq2Seq]):
     splits: dict[str, Pairs] | None = None
 
 
