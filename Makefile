@@ -36,6 +36,8 @@ demo: install
 	$(BIN)/gptlab eval runs/demo --samples 100
 
 test: install
+	$(BIN)/ruff check gptlab tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 clean:

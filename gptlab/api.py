@@ -61,9 +61,9 @@ class LoadedModel:
         cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
                              stop=list(stop or []), seed=seed).validate()
-        check_generative(self.model, self.kind)
+        model = check_generative(self.model, self.kind)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        return generate_text(self.model, self.tokenizer, prompts, cfg, n=n)
+        return generate_text(model, self.tokenizer, prompts, cfg, n=n)
 
     def stream(self, prompt: str, *, max_new_tokens: int = 80, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -72,8 +72,8 @@ class LoadedModel:
         cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
                              stop=list(stop or []), seed=seed).validate()
-        check_generative(self.model, self.kind)
-        return stream_text(self.model, self.tokenizer, prompt, cfg)
+        model = check_generative(self.model, self.kind)
+        return stream_text(model, self.tokenizer, prompt, cfg)
 
     def explain(self, prompt: str, *, steps: int = 4, top: int = 5, temperature: float = 1.0, top_k: int = 0,
                 top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -87,14 +87,14 @@ class LoadedModel:
                              stop=list(stop or []), seed=seed).validate()
         if top < 1:
             raise UserError(f"top must be >= 1 (got {top})")
-        check_generative(self.model, self.kind)
-        info = model_info(self.model, self.tokenizer, self.kind, self.path)
-        return explain(self.model, self.tokenizer, prompt, cfg, top=top, info=info)
+        model = check_generative(self.model, self.kind)
+        info = model_info(model, self.tokenizer, self.kind, self.path)
+        return explain(model, self.tokenizer, prompt, cfg, top=top, info=info)
 
     def next_token_logits(self, prompt: str) -> torch.Tensor:
         """The model's raw logits (V,) for the token after `prompt`."""
-        check_generative(self.model, self.kind)
-        ids = fit_context(encode_prompts(self.tokenizer, [prompt]), self.model.cfg.context_length)[0]
+        model = check_generative(self.model, self.kind)
+        ids = fit_context(encode_prompts(self.tokenizer, [prompt]), model.cfg.context_length)[0]
         with torch.inference_mode():
             x = torch.tensor([ids], device=self.device)
             return self.model(x, last_only=True).logits[0, -1].float().cpu()

@@ -167,3 +167,18 @@ def test_data_folder_without_corpus(tmp_path, capsys):
     assert main(tiny_args(empty, tmp_path / "o")) == 2
     err = capsys.readouterr().err.strip()
     assert "holds no corpus" in err and "\n" not in err
+
+
+def test_scale_reads_a_toml_config_and_refuses_the_keys_it_owns(tmp_path, corpus_file, capsys):
+    toml = tmp_path / "sweep.toml"
+    toml.write_text('[train]\nlr = 4e-3\nwarmup_steps = 3\n[model]\nn_head = 2\n')
+    args = ["scale", "--data", str(corpus_file), "--out", str(tmp_path / "s"), "--sizes", "8", "16", "--n-layer", "1",
+            "--context-length", "16", "--batch-size", "4", "--tokens", "640", "--precision", "fp32", "--device", "cpu",
+            "--val-fraction", "0.1", "--bootstrap", "0"]
+    assert main([*args, "--config", str(toml)]) == 0
+    cfg = json.loads((tmp_path / "s" / "n-8" / "config.json").read_text())
+    assert cfg["train"]["lr"] == 4e-3 and cfg["train"]["warmup_steps"] == 3 and cfg["model"]["n_head"] == 2
+    toml.write_text('[model]\nd_model = 64\n')
+    capsys.readouterr()
+    assert main([*args, "--config", str(toml), "--out", str(tmp_path / "t")]) == 2
+    assert "--d-model is not a setting of gptlab scale" in capsys.readouterr().err

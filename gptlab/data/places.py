@@ -163,26 +163,29 @@ _EN_NAMES = ("Anderson", "Miller", "Hughes", "Carter", "Bennett", "Sullivan", "H
              "Whitfield", "McAllister", "Thornton", "Ashby", "Donnelly")
 
 # country -> (patterns, {slot: choices}); {a} and {b} are filled from the named pools.
-_FR = (("Château {p}", "Domaine {n}", "Maison {n}", "Clos {p}", "Domaine {n} et Fils"),
-       {"p": _FR_PLACES, "n": _FR_NAMES})
-_IT = (("Tenuta {p}", "Cantina {n}", "Fattoria {p}", "Castello di {p}", "Poderi {n}", "{n}"),
-       {"p": _IT_PLACES, "n": _IT_NAMES})
-_ES = (("Bodegas {n}", "Viña {p}", "Celler {p}", "Pago de {p}", "Bodegas {p}"),
-       {"p": _ES_PLACES, "n": _ES_NAMES})
-_ES_NEW = (("Viña {p}", "Bodega {n}", "Finca {p}", "{n} Family Wines", "Bodega {p}"),
-           {"p": _ES_PLACES, "n": _ES_NAMES})
-_PT = (("Quinta {p}", "Herdade {p}", "Casa {n}", "Adega {n}", "Quinta {p}"), {"p": _PT_PLACES, "n": _PT_NAMES})
-_DE = (("Weingut {n}", "Schloss {p}", "Weingut Dr. {n}", "{n}", "Weingut {n}-{m}"),
-       {"p": _DE_PLACES, "n": _DE_NAMES, "m": _DE_NAMES})
-_EN = (("{n} Estate", "{n} Vineyards", "{n} Family Wines", "{f} {l}", "{f} {l} Cellars", "{f} {l} Vineyards",
-        "{n} Cellars", "{n} & Sons"), {"n": _EN_NAMES, "f": _EN_FEATURES, "l": _EN_LANDFORMS})
+WineryStyle = tuple[tuple[str, ...], dict[str, tuple[str, ...]]]
+_FR: WineryStyle = (("Château {p}", "Domaine {n}", "Maison {n}", "Clos {p}", "Domaine {n} et Fils"),
+                    {"p": _FR_PLACES, "n": _FR_NAMES})
+_IT: WineryStyle = (("Tenuta {p}", "Cantina {n}", "Fattoria {p}", "Castello di {p}", "Poderi {n}", "{n}"),
+                    {"p": _IT_PLACES, "n": _IT_NAMES})
+_ES: WineryStyle = (("Bodegas {n}", "Viña {p}", "Celler {p}", "Pago de {p}", "Bodegas {p}"),
+                    {"p": _ES_PLACES, "n": _ES_NAMES})
+_ES_NEW: WineryStyle = (("Viña {p}", "Bodega {n}", "Finca {p}", "{n} Family Wines", "Bodega {p}"),
+                        {"p": _ES_PLACES, "n": _ES_NAMES})
+_PT: WineryStyle = (("Quinta {p}", "Herdade {p}", "Casa {n}", "Adega {n}", "Quinta {p}"),
+                    {"p": _PT_PLACES, "n": _PT_NAMES})
+_DE: WineryStyle = (("Weingut {n}", "Schloss {p}", "Weingut Dr. {n}", "{n}", "Weingut {n}-{m}"),
+                    {"p": _DE_PLACES, "n": _DE_NAMES, "m": _DE_NAMES})
+_EN: WineryStyle = (("{n} Estate", "{n} Vineyards", "{n} Family Wines", "{f} {l}", "{f} {l} Cellars",
+                     "{f} {l} Vineyards", "{n} Cellars", "{n} & Sons"),
+                    {"n": _EN_NAMES, "f": _EN_FEATURES, "l": _EN_LANDFORMS})
 
 
-def _local(patterns: tuple[str, ...], names: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+def _local(patterns: tuple[str, ...], names: str) -> WineryStyle:
     return patterns, {"n": tuple(names.split(", "))}
 
 
-WINERY_STYLES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+WINERY_STYLES: dict[str, WineryStyle] = {
     "France": _FR, "Italy": _IT, "Spain": _ES, "Portugal": _PT, "Germany": _DE, "Austria": _DE,
     "Chile": _ES_NEW, "Argentina": _ES_NEW, "Uruguay": _ES_NEW, "Mexico": _ES_NEW,
     "US": _EN, "Australia": _EN, "New Zealand": _EN, "South Africa": _EN, "Canada": _EN, "England": _EN,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from gptlab.data.catalog import Sampler, WeylStream, WineCatalog
@@ -337,7 +338,7 @@ class _Review:
     def _note_from(self, pool: tuple[str, ...], kind: str) -> str:
         """A note not yet used in this review; fruit and other notes sometimes get a qualifier."""
         used = self.used
-        fresh = [n for n in pool if n not in used]
+        fresh: Sequence[str] = [n for n in pool if n not in used]
         if not fresh:  # the pool is spent: a fruit gives way to another note, others repeat
             if kind == "fruit":
                 return self.other()
@@ -454,7 +455,7 @@ _COMPILED: dict[str, tuple] = {}
 
 def _compile(template: str) -> tuple:
     """Split a template into literal strings and slot fillers, once per template."""
-    pieces = []
+    pieces: list[str | Callable[[_Review], str]] = []
     for i, part in enumerate(_SLOT_RE.split(template)):
         if i % 2:
             pieces.append(_SLOTS[part])
@@ -510,6 +511,7 @@ def _designation(rng: random.Random, country: str, variety: str, profile: GrapeP
         return SPARKLING_DESIGNATIONS[int(rng.random() * len(SPARKLING_DESIGNATIONS))] if rng.random() < 0.6 else None
     if rng.random() < 0.55:
         return None
+    options: tuple[str, ...]
     if country == "Germany" and variety != "Riesling":
         options = ("Trocken", "Grosses Gewächs")
     else:
@@ -561,7 +563,7 @@ def _describe(r: _Review, price: int) -> str:
     rng, p, style = r.rng, r.profile, r.profile.style
     is_blend = bool(p.blend_of) and ("blend" in r.noun or r.noun in ("red", "Champagne", "sparkler"))
 
-    openings = OPENINGS
+    openings: tuple[str, ...] = OPENINGS
     if not is_blend and r.noun == r.variety and rng.random() < 0.15:
         openings = VARIETAL_OPENINGS
     elif r.vintage is None:

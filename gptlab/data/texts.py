@@ -22,10 +22,19 @@ def train_tokenizer(texts: list[str], kind: str = "word", vocab_size: int = 1000
 
 def n_special(tok: Tokenizer) -> int:
     """Specials take the first ids ([PAD] [UNK] <|endoftext|> [CLS] [MASK]); words come after."""
-    ids = [tok.token_to_id(s) for s in (*SPECIALS, CLS, MASK)]
-    if any(i is None for i in ids):
+    specials = (*SPECIALS, CLS, MASK)
+    ids = [i for i in (tok.token_to_id(s) for s in specials) if i is not None]
+    if len(ids) < len(specials):
         raise UserError("this tokenizer lacks [CLS]/[MASK]: it is not from `gptlab encoder pretrain`")
     return max(ids) + 1
+
+
+def mask_id(tok: Tokenizer) -> int:
+    """The id of [MASK]; a one-line error for a tokenizer without it."""
+    i = tok.token_to_id(MASK)
+    if i is None:
+        raise UserError("this tokenizer lacks [MASK]: it is not from `gptlab encoder pretrain`")
+    return i
 
 
 def encode_texts(tok: Tokenizer, texts: list[str], context_length: int) -> list[list[int]]:

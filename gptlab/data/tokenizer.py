@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -26,18 +27,24 @@ SPECIALS = (PAD, UNK, EOT)
 ASCII_PUNCT = r"[!-/:-@\[-`{-~]"
 
 
+def _special_id(hf: HFTokenizer, tok: str) -> int:
+    """The id of a special token every gptlab tokenizer has; a UserError for a foreign tokenizer."""
+    i = hf.token_to_id(tok)
+    if i is None:
+        raise UserError(f"tokenizer lacks the special token {tok}: train a new one with gptlab")
+    return i
+
+
 class Tokenizer:
     """Thin wrapper over a `tokenizers.Tokenizer` with gptlab's special tokens."""
 
     def __init__(self, hf: HFTokenizer, kind: str):
         self.hf = hf
         self.kind = kind
-        for tok in SPECIALS:
-            if hf.token_to_id(tok) is None:
-                raise UserError(f"tokenizer lacks the special token {tok}: train a new one with gptlab")
-        self.pad_id = hf.token_to_id(PAD)
-        self.unk_id = hf.token_to_id(UNK)
-        self.eot_id = hf.token_to_id(EOT)
+        # Checked in this order: the first missing special is the one named in the error.
+        self.pad_id = _special_id(hf, PAD)
+        self.unk_id = _special_id(hf, UNK)
+        self.eot_id = _special_id(hf, EOT)
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -46,6 +53,7 @@ class Tokenizer:
         specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
         if vocab_size < len(specials) + 1:
             raise UserError(f"vocab_size {vocab_size} is too small: use at least {len(specials) + 1}")
+        trainer: trainers.Trainer
         if kind == "word":
             hf = HFTokenizer(models.WordLevel(unk_token=UNK))
             if lowercase:
@@ -104,14 +112,17 @@ class Tokenizer:
         ids = [int(i) for i in ids if int(i) != self.pad_id]
         if self.kind == "word":
             # Word-level has no decoder: words are joined by spaces, [UNK] shown where it stood.
-            toks = [self.hf.id_to_token(i) for i in ids]
+            # The model's ids are the tokenizer's (training sizes the vocabulary from it), so
+            # id_to_token finds every one: it returns None only for an id outside the vocabulary.
+            toks = cast("list[str]", [self.hf.id_to_token(i) for i in ids])
             if skip_special:
                 toks = [t for t in toks if t not in (PAD, EOT)]
             return " ".join(toks)
         return self.hf.decode(ids, skip_special_tokens=skip_special)
 
     def id_to_token(self, i: int) -> str:
-        return self.hf.id_to_token(int(i))
+        """The token of id `i`, which must be in the vocabulary (outside it the result is None)."""
+        return cast(str, self.hf.id_to_token(int(i)))
 
     def token_to_id(self, tok: str) -> int | None:
         return self.hf.token_to_id(tok)

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -25,6 +26,10 @@ from gptlab.errors import UserError
 from gptlab.explain.trace import Candidate, EncoderTrace, GPTTrace, Layer, Seq2SeqTrace, TraceStep
 from gptlab.infer.generate import Step, TextTracker, encode_prompts, text_steps
 from gptlab.infer.sampling import SamplingConfig, entropy_bits, make_generator
+
+if TYPE_CHECKING:
+    from gptlab.model.config import ModelConfig
+    from gptlab.model.gpt import GPT
 
 N_LOGITS = 20        # candidates stored per GPT step (with logits), so a renderer can re-weight by temperature
 MATRIX_DECIMALS = 4  # attention matrices: 4 decimals keep the JSON small; rows still sum to 1 within 1e-3
@@ -65,13 +70,20 @@ def surface_tokens(tok: Tokenizer, text: str, limit: int | None = None) -> list[
     return out[:limit] if limit else out
 
 
-def model_info(model: torch.nn.Module, tokenizer: Tokenizer, kind: str = "gpt", path=None) -> dict:
+class Configured(Protocol):
+    """Any family's model: each has its config as `cfg` (Seq2Seq's is a Seq2SeqConfig)."""
+    @property
+    def cfg(self) -> ModelConfig: ...
+
+
+def model_info(model: Configured, tokenizer: Tokenizer, kind: str = "gpt", path=None) -> dict:
     """The model facts every trace carries (its "model" field)."""
+    from gptlab.model.seq2seq import Seq2SeqConfig
     cfg = model.cfg
     info = {"kind": kind, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "d_model": cfg.d_model,
             "vocab_size": cfg.vocab_size, "context_length": cfg.context_length,
             "tokenizer": tokenizer.kind, "path": None if path is None else str(path)}
-    if hasattr(cfg, "n_decoder_layer"):  # seq2seq: the cross-attention shown lives in the decoder
+    if isinstance(cfg, Seq2SeqConfig):  # seq2seq: the cross-attention shown lives in the decoder
         info.update(n_layer=cfg.n_decoder_layer, encoder_layers=cfg.n_encoder_layer,
                     decoder_layers=cfg.n_decoder_layer)
     return info
@@ -88,6 +100,8 @@ def top_tokens(logits_NxV: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
                  n_logits: int = N_LOGITS) -> TraceStep:
     """One row of an engine Step (run with capture=True) as plain data."""
+    if step.context is None or step.attn is None:
+        raise TypeError("capture_step needs a Step generated with capture=True")
     context = step.context[row]
     S = len(context)
     # Real tokens are the last S keys (prompts are left-padded); 5 decimals keep the JSON small.
@@ -113,7 +127,7 @@ def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
     )
 
 
-def explain(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
+def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
             top: int = 5, info: dict | None = None, n_logits: int = N_LOGITS) -> GPTTrace:
     """Generate cfg.max_new_tokens tokens after `prompt`, recording every step."""
     cfg.validate()
@@ -124,6 +138,7 @@ def explain(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, cfg: Samp
     steps = []
     n_prompt = len(ids[0])
     for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator, capture=True):
+        assert step.context is not None  # capture=True records it
         start = n_prompt + step.index - len(step.context[0])
         steps.append(capture_step(step, 0, label, start, max(n_logits, top)))
     return GPTTrace(
@@ -210,14 +225,13 @@ def explain_translation(model, tok: Tokenizer, text: str, beam: int = 1, layer: 
     """Translate `text`, then re-run the decoder on its own output to read the cross-attention
     each generated word was written with (the decoder is causal, so this equals what it saw
     step by step), and the distribution each word was drawn from."""
-    from gptlab.data.pairs import BOS
-    from gptlab.infer.translate import translate_ids
+    from gptlab.infer.translate import bos_token_id, translate_ids
     ctx = model.cfg.context_length
     src = tok.encode(text)[:ctx]
     if not src:
         raise UserError("nothing to translate: the text is empty")
     ids = translate_ids(model, tok, [text], beam)[0]
-    tgt_in = ([tok.token_to_id(BOS)] + ids)[:ctx]
+    tgt_in = ([bos_token_id(tok)] + ids)[:ctx]
     written = (ids + [tok.eot_id])[:len(tgt_in)]  # row t of the decoder wrote written[t]
     cap = capture_attention(model, [src], [tgt_in], tok.pad_id)
     layers, heads = _matrices(cap.cross_rows(0))

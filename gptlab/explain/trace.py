@@ -46,12 +46,12 @@ Layer = int | str | None  # an index (negative from the end), "mean", or None fo
 
 
 # -- picking layers and heads (one rule for every kind) -------------------------------------------
-def pick(choice: int | str, n: int, what: str) -> list[int]:
+def pick(choice: Layer, n: int, what: str) -> list[int]:
     """Indexes to average over: all of them for "mean", else the one chosen (negative from the end)."""
     if choice == "mean":
         return list(range(n))
     try:
-        i = int(choice)
+        i = n if choice is None else int(choice)  # None: the out-of-range message below
     except (TypeError, ValueError):
         i = n  # out of range: the same message as a wrong number
     if not -n <= i < n:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.sampling import SamplingConfig, make_generator, sample
+
+if TYPE_CHECKING:
+    from gptlab.model.gpt import GPT
 
 BATCH_SIZE = 64  # rows per forward pass when many completions are asked for at once
 
@@ -78,7 +81,7 @@ class _Decoding:
     seen_BxV: torch.Tensor | None = None  # tokens already in each row (repetition penalty)
 
 
-def _start(model: torch.nn.Module, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, use_cache: bool,
+def _start(model: GPT, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, use_cache: bool,
            device: torch.device) -> _Decoding:
     C, B, L_max = model.cfg.context_length, len(hist), max(len(h) for h in hist)
     # Step i feeds slot L_max + i - 1 of the cache; past the context, the window slides instead.
@@ -100,13 +103,15 @@ def _start(model: torch.nn.Module, hist: list[list[int]], cfg: SamplingConfig, p
     return st
 
 
-def _next_logits(model: torch.nn.Module, st: _Decoding, i: int, L_max: int, pad_id: int, capture: bool,
+def _next_logits(model: GPT, st: _Decoding, i: int, L_max: int, pad_id: int, capture: bool,
                  device: torch.device) -> tuple[torch.Tensor, Any]:
     """(logits_BxV of each row's next token, the attention of this step when capturing)."""
     if i < st.cache_steps:
         step_mask_BxS = None if st.key_mask_BxS is None else st.key_mask_BxS[:, :L_max + i]
         if i > 0 and not capture and not model.training:  # one token per row: the lean decoding path
-            return model.decode(st.ids_BxT[:, 0], st.pos_BxT[:, 0], st.cache, step_mask_BxS).float(), None
+            # Past step 0 the generate loop has set both to the newest token and its position.
+            ids_Bx1, pos_Bx1 = cast("torch.Tensor", st.ids_BxT), cast("torch.Tensor", st.pos_BxT)
+            return model.decode(ids_Bx1[:, 0], pos_Bx1[:, 0], st.cache, step_mask_BxS).float(), None
         out = model(st.ids_BxT, pos_BxT=st.pos_BxT, cache=st.cache, last_only=True, return_attn=capture,
                     key_mask_BxS=step_mask_BxS)
         return out.logits[:, -1].float(), out.attn
@@ -132,7 +137,7 @@ def _finish_rows(st: _Decoding, tokens_B: torch.Tensor, done: list[bool], i: int
     return finish
 
 
-def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+def generate_steps(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
                    eot_id: int | None = None, pad_id: int = 0, generator: torch.Generator | None = None,
                    stop_fn: Callable[[int, int], bool] | None = None, capture: bool = False,
                    use_cache: bool = True) -> Iterator[Step]:
@@ -167,8 +172,8 @@ def generate_steps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], cfg
             if st.seen_BxV is not None:
                 st.seen_BxV[arange_B, tokens_B] = True
             attn = [a[:, :, -1] for a in attn] if capture else None
-            if i + 1 < st.cache_steps:
-                st.ids_BxT, st.pos_BxT = tokens_B[:, None], st.next_pos_BxN[:, i + 1:i + 2]
+            if i + 1 < st.cache_steps:  # _start set next_pos_BxN along with the cache
+                st.ids_BxT, st.pos_BxT = tokens_B[:, None], cast("torch.Tensor", st.next_pos_BxN)[:, i + 1:i + 2]
         active = [not d for d in done]
         finish = _finish_rows(st, tokens_B, done, i, i == cfg.max_new_tokens - 1, eot_id, stop_fn)
         yield Step(i, tokens_B, logits_BxV, probs_BxV, active, finish, attn, context)
@@ -248,18 +253,23 @@ def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[in
 def text_steps(model: torch.nn.Module, tokenizer: Tokenizer, prompt_ids: Sequence[Sequence[int]],
                trackers: Sequence[TextTracker], cfg: SamplingConfig, generator: torch.Generator,
                capture: bool = False) -> Iterator[Step]:
-    """The engine's steps, each new id also pushed to its row's TextTracker (which applies stop strings)."""
-    return generate_steps(model, prompt_ids, cfg, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
+    """The engine's steps, each new id also pushed to its row's TextTracker (which applies stop strings).
+
+    `model`: a loaded model that passed check_generative (a GPT).
+    """
+    return generate_steps(cast("GPT", model), prompt_ids, cfg, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
                           generator=generator, stop_fn=lambda b, t: trackers[b].push(t), capture=capture)
 
 
-def check_generative(model: torch.nn.Module, kind: str) -> None:
+def check_generative(model: torch.nn.Module, kind: str) -> GPT:
+    """`model` as the GPT it is; a UserError for the families that do not generate token by token."""
     if not (getattr(model, "causal", False) and hasattr(getattr(model, "cfg", None), "context_length")):
         raise UserError(f"this is a {kind!r} model, which does not generate text token by token: "
                         "use a GPT model (kind 'gpt') here")
+    return cast("GPT", model)  # causal with a context length: a GPT (an Encoder is a GPT with causal=False)
 
 
-def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequence[str], cfg: SamplingConfig,
+def generate_text(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str], cfg: SamplingConfig,
                   n: int = 1) -> list[Completion]:
     """n completions of each prompt, in order (prompt 0's n, then prompt 1's, ...)."""
     cfg.validate()
@@ -278,13 +288,14 @@ def generate_text(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequenc
             for b, t in enumerate(step.tokens_B.tolist()):
                 if step.active[b]:
                     token_ids[b].append(t)
-                if step.finish[b]:
-                    reasons[b] = step.finish[b]
+                reason = step.finish[b]
+                if reason:
+                    reasons[b] = reason
         out += [Completion(p, tr.text, tids, r) for (p, _), tr, tids, r in zip(chunk, trackers, token_ids, reasons)]
     return out
 
 
-def stream_text(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig) -> Iterator[str]:
+def stream_text(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig) -> Iterator[str]:
     """Pieces of one completion's text as they are generated; they add up to Completion.text."""
     cfg.validate()
     ids = encode_prompts(tokenizer, [prompt])

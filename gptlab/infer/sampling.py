@@ -89,7 +89,9 @@ def min_p_filter(logits_BxV: torch.Tensor, min_p: float) -> torch.Tensor:
 
 
 # (SamplingConfig field, filter, value meaning "off"), applied in this order after temperature.
-FILTERS: tuple[tuple[str, Callable[[torch.Tensor, float], torch.Tensor], float], ...] = (
+# top-k takes an int (k), the others a float.
+FILTERS: tuple[tuple[str, Callable[[torch.Tensor, int], torch.Tensor] | Callable[[torch.Tensor, float], torch.Tensor],
+                     float], ...] = (
     ("top_k", top_k_filter, 0),
     ("top_p", top_p_filter, 1.0),
     ("min_p", min_p_filter, 0.0),

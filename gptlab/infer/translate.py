@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -37,7 +38,9 @@ def greedy_decode(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id:
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     out: list[list[int]] = [[] for _ in range(B)]
     for _ in range(steps):
-        logits_BxV = model.decode(last_Bx1, memory, mask, cache=cache, last_only=True).logits[:, -1]
+        # Seq2Seq.decode always fills logits (only forward with targets leaves them out).
+        logits_Bx1xV = cast(torch.Tensor, model.decode(last_Bx1, memory, mask, cache=cache, last_only=True).logits)
+        logits_BxV = logits_Bx1xV[:, -1]
         next_B = logits_BxV.argmax(dim=-1)
         for i in (~done & (next_B != eos_id)).nonzero().flatten().tolist():
             out[i].append(int(next_B[i]))
@@ -106,7 +109,9 @@ def beam_search(model: Seq2Seq, src_ids: list[list[int]], bos_id: int, eos_id: i
     done = [False] * N
     last = torch.full((N * K, 1), bos_id, dtype=torch.long, device=dev)
     for _ in range(steps):
-        logp_NKxV = model.decode(last, memory, mask, cache=cache, last_only=True).logits[:, -1].float().log_softmax(-1)
+        # Seq2Seq.decode always fills logits.
+        logits_NKx1xV = cast(torch.Tensor, model.decode(last, memory, mask, cache=cache, last_only=True).logits)
+        logp_NKxV = logits_NKx1xV[:, -1].float().log_softmax(-1)
         V = logp_NKxV.shape[-1]
         cand_NxKV = (scores_NxK.reshape(N * K, 1) + logp_NKxV).reshape(N, K * V)
         top_s, top_i = (x.tolist() for x in cand_NxKV.topk(min(2 * K, K * V), dim=-1))
@@ -137,12 +142,18 @@ def _best(finished: list[tuple[float, list[int]]], beams: list[list[int]], score
     return max(finished, key=lambda x: x[0])[1] if finished else []
 
 
-def translate_ids(model: Seq2Seq, tok: Tokenizer, texts: list[str], beam: int = 1,
-                  batch_size: int = 256, max_len: int | None = None) -> list[list[int]]:
-    """Token ids of each translation; empty sources give empty translations."""
+def bos_token_id(tok: Tokenizer) -> int:
+    """The id of the decoder's start token <s>; a UserError for a tokenizer without one."""
     bos = tok.token_to_id(BOS)
     if bos is None:
         raise UserError(f"this tokenizer has no {BOS} token: it is not from `gptlab seq2seq train`")
+    return bos
+
+
+def translate_ids(model: Seq2Seq, tok: Tokenizer, texts: list[str], beam: int = 1,
+                  batch_size: int = 256, max_len: int | None = None) -> list[list[int]]:
+    """Token ids of each translation; empty sources give empty translations."""
+    bos = bos_token_id(tok)
     ctx = model.cfg.context_length
     enc = [ids[:ctx] for ids in tok.encode_batch(texts)]
     out: list[list[int]] = [[] for _ in texts]
@@ -170,7 +181,7 @@ def evaluate_translation(model: Seq2Seq, tok: Tokenizer, pairs: list[tuple[str, 
     hyps = translate(model, tok, [s for s, _ in pairs], beam)
     refs = [normalize(tok, t) for _, t in pairs]
     exact = sum(h == r for h, r in zip(hyps, refs)) / max(len(pairs), 1)
-    out = {"n": len(pairs), "exact_match": exact, "beam": beam}
+    out: dict[str, Any] = {"n": len(pairs), "exact_match": exact, "beam": beam}
     try:
         import sacrebleu
         out["chrf"] = sacrebleu.corpus_chrf(hyps, [refs]).score

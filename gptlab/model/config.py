@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TypeVar
+
+_Config = TypeVar("_Config", bound="ModelConfig")
 
 
 @dataclass
@@ -59,7 +62,7 @@ class ModelConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
+    def from_dict(cls: type[_Config], d: dict) -> _Config:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

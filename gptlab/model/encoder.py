@@ -10,6 +10,7 @@ Shapes in names: B batch, T tokens, C model width, V vocabulary, K classes, H he
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -70,9 +71,12 @@ class Encoder(GPT):
         """Contextual vectors (B, T, C) after the final norm; key_mask_BxT True on real tokens."""
         out = super().forward(idx_BxT, key_mask_BxS=key_mask_BxT, return_attn=return_attn,
                               return_hidden=True, return_logits=False)
-        return out.hidden, out.attn
+        return cast(torch.Tensor, out.hidden), out.attn  # return_hidden=True: always set
 
-    def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,
+    # Not GPT.forward's signature, on purpose (so mypy's override check is silenced): the mask is
+    # over the sentence's own tokens (key_mask_BxT), and there are no positions, cache or last-only
+    # decoding to offer (see new_cache). Nothing calls an Encoder through GPT.forward's keywords.
+    def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,  # type: ignore[override]
                 key_mask_BxT: torch.Tensor | None = None, return_attn: bool = False,
                 return_logits: bool | None = None) -> EncoderOutput:
         """targets_BxT: the original token at masked positions, IGNORE_INDEX everywhere else."""

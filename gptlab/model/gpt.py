@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -82,7 +84,8 @@ class GPT(nn.Module):
         key_mask_BxS: True for real tokens among all cache.length + 1 keys (left-padded batches).
         """
         x_BxC = self.tok_emb(idx_B) + self.pos_emb(pos_B)
-        for i, block in enumerate(self.blocks):
+        # A ModuleList yields plain Modules to the type checker; these are the Blocks built in __init__.
+        for i, block in enumerate(cast("Iterable[Block]", self.blocks)):
             x_BxC = block.decode(x_BxC, cache, i, key_mask_BxS)
         cache.length += 1
         return self.lm_head(self.ln_f(x_BxC))

@@ -120,6 +120,7 @@ class Attention(nn.Module):
                 k, v = cache.update(layer, k, v)
         S = k.shape[2]
         drop = self.dropout if self.training else 0.0
+        attn_BxHxTxS: torch.Tensor | None
 
         # On the CPU in bf16, scaled_dot_product_attention's fused kernel trains (forward + backward)
         # ~2x slower than plain matmuls + softmax at these sizes (measured for T 80-256, head widths

@@ -99,7 +99,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 t_n = torch.where(valid_n, t_n, torch.zeros_like(t_n))
             if cpu:
                 # Logits straight into a reused buffer (the gradient buffer when there is one).
-                y_nxV = g_NxV[i:i + n] if whole else _workspace.get("logits", (n, V), dtype)
+                y_nxV = g_NxV[i:i + n] if g_NxV is not None else _workspace.get("logits", (n, V), dtype)
                 if b_V is not None:
                     torch.addmm(b_V, h_nxC, w_CxV, out=y_nxV)
                 else:
@@ -123,11 +123,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             if masked:
                 scale_n1 *= valid_n[:, None]
             g_nxV = e_nxV.mul_(scale_n1)
-            if need_b:
+            if grad_b is not None:
                 grad_b += g_nxV.sum(0)
             if g_nxV.dtype != dtype:
                 g_nxV = y_nxV.copy_(g_nxV) if y_nxV is not None else g_nxV.to(dtype)
-            if need_h:
+            if grad_h is not None:
                 grad_h[i:i + n] = g_nxV @ w_VxC
             if grad_w is not None:
                 if dtype == torch.float32:

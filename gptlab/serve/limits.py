@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
@@ -65,11 +66,14 @@ def _forward_pre_hook(module, args):
         job.check()
 
 
+_HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models that have the hook (once each)
+
+
 def install_deadline_hook(model: torch.nn.Module) -> None:
     """Make every forward pass of `model` check the calling thread's job (no-op outside a job)."""
-    if not getattr(model, "_gptlab_serve_hooked", False):
+    if model not in _HOOKED:
         model.register_forward_pre_hook(_forward_pre_hook)
-        model._gptlab_serve_hooked = True
+        _HOOKED.add(model)
 
 
 class Gate:

@@ -114,7 +114,7 @@ class ModelRegistry:
     @staticmethod
     def _stamp(p: Path) -> tuple:
         # Re-training into the same folder replaces these files: the next request loads the new model.
-        out = []
+        out: list[tuple[int, int] | None] = []
         for f in (CONFIG, WEIGHTS):
             try:
                 st = (p / f).stat()

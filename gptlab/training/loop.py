@@ -160,6 +160,14 @@ def prepare_out(t: LoopConfig, kind: str, model: dict, make: str) -> Tokenizer |
     return None
 
 
+def runtime_for(t: LoopConfig, save: bool = True) -> Runtime:
+    """Check the loop's settings and set up where the run executes; save=False keeps nothing."""
+    if not save:
+        t.out = ""
+    t.validate()
+    return Runtime.create(t.device, t.precision, t.threads)
+
+
 def total_steps(t: LoopConfig, steps_per_epoch: int) -> int:
     if t.max_steps:
         return t.max_steps

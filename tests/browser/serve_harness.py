@@ -28,9 +28,9 @@ def make_model(folder: Path, seed: int = 0) -> Path:
     import torch
 
     from gptlab.checkpoint import save_model
+    from gptlab.data.tokenizer import Tokenizer
     from gptlab.model import GPT
     from gptlab.model.config import tiny
-    from gptlab.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train(LINES * 3)
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from gptlab.model import GPT, IGNORE_INDEX
 from gptlab.training.batches import BatchPlan, encode_records, eval_batches
 from gptlab.training.config import RunConfig
 from gptlab.training.env import Runtime
-from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
+from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
 
 KIND = "gpt"
 
@@ -122,7 +122,6 @@ def check_config(cfg: RunConfig) -> None:
         cfg.model.validate()
     except ValueError as e:
         raise UserError(str(e)) from None
-    cfg.train.validate()
     cfg.data.validate()
 
 
@@ -134,7 +133,7 @@ def train(cfg: RunConfig, corpus: Corpus | None = None, *, on_eval=None, tokeniz
     on_eval: see `gptlab.training.loop.fit`.
     """
     check_config(cfg)
-    rt = Runtime.create(cfg.train.device, cfg.train.precision, cfg.train.threads)
+    rt = runtime_for(cfg.train)
     saved_tok = prepare_out(cfg.train, KIND, cfg.model.to_dict(), "gptlab train")
     corpus = corpus if corpus is not None else load_corpus(cfg.data)
     task = CausalLM(cfg, corpus, saved_tok or tokenizer)

@@ -11,10 +11,10 @@ import torch
 
 from gptlab.data import DataConfig
 from gptlab.data.texts import (
-    MASK,
     Labelled,
     encode_texts,
     labelled_rows,
+    mask_id,
     n_special,
     train_tokenizer,
     warn_if_other_split,
@@ -29,7 +29,7 @@ from gptlab.settings import setting
 from gptlab.training.batches import RowBatches
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
-from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
+from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Classification(Task[Classifier]):
         if encoder is not None:
             self.model.encoder.load_state_dict(encoder.state_dict())
         self._split(encode_texts(tok, data.texts, mcfg.context_length))
-        self.first_word, self.mask_id = n_special(tok), tok.token_to_id(MASK)
+        self.first_word, self.mask_id = n_special(tok), mask_id(tok)
         self.best_metric = "dev_accuracy" if self.dev_seqs else None
 
     def _split(self, seqs: list[list[int]]) -> None:
@@ -149,12 +149,9 @@ class Classification(Task[Classifier]):
 def classify(t: ClassifyConfig, dcfg: DataConfig | None = None, model_cfg: ModelConfig | None = None,
              save: bool = True, data: Labelled | None = None, on_eval=None) -> TrainResult[Classifier]:
     """Fine-tune a classifier on t.label (from a pretrained encoder, or from scratch)."""
-    if not save:
-        t.out = ""
-    t.validate()
+    rt = runtime_for(t, save)
     dcfg = dcfg or DataConfig()
     dcfg.validate()
-    rt = Runtime.create(t.device, t.precision, t.threads)
     mcfg = None if t.model else (model_cfg if model_cfg is not None else ENCODER_PRESETS[t.preset]())
     saved_tok = prepare_out(t, KIND_CLASSIFIER, mcfg.to_dict() if mcfg else {}, "gptlab encoder classify")
     data = data or labelled_rows(dcfg, t.label, t.text_field, t.top)

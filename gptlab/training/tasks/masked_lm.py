@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from gptlab.data import DataConfig, split_records
-from gptlab.data.texts import MASK, corpus_texts, encode_texts, n_special, train_tokenizer, warn_if_other_split
+from gptlab.data.texts import corpus_texts, encode_texts, mask_id, n_special, train_tokenizer, warn_if_other_split
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.classify import KIND_ENCODER, load_encoder
@@ -19,7 +19,7 @@ from gptlab.settings import setting
 from gptlab.training.batches import RowBatches
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
-from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
+from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
 
 
 @dataclass
@@ -75,7 +75,7 @@ class MaskedLM(Task[Encoder]):
         if not self.train_seqs:
             raise UserError("no training texts: give a bigger corpus or a lower --val-fraction")
         self.rows = RowBatches([len(s) for s in self.train_seqs], t.batch_size, t.seed)
-        self.n_special, self.mask_id = n_special(tok), tok.token_to_id(MASK)
+        self.n_special, self.mask_id = n_special(tok), mask_id(tok)
         torch.manual_seed(t.seed)
         self.model = Encoder(mcfg)
         if start is not None:
@@ -132,12 +132,9 @@ class MaskedLM(Task[Encoder]):
 def pretrain(t: EncoderTrainConfig, dcfg: DataConfig | None = None, model_cfg: ModelConfig | None = None,
              save: bool = True, on_eval=None) -> TrainResult[Encoder]:
     """Masked-LM pretraining on the corpus's training split; writes the model to t.out."""
-    if not save:
-        t.out = ""
-    t.validate()
+    rt = runtime_for(t, save)
     dcfg = dcfg or DataConfig()
     dcfg.validate()
-    rt = Runtime.create(t.device, t.precision, t.threads)
     mcfg = model_cfg if model_cfg is not None or t.init else ENCODER_PRESETS[t.preset]()
     saved_tok = prepare_out(t, KIND_ENCODER, mcfg.to_dict() if mcfg else {}, "gptlab encoder pretrain")
     return fit(MaskedLM(t, dcfg, mcfg, saved_tok), t, rt, on_eval=on_eval)

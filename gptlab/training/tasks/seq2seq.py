@@ -16,11 +16,11 @@ from gptlab.infer.translate import evaluate_translation
 from gptlab.model import IGNORE_INDEX
 from gptlab.model.padding import pad_batch
 from gptlab.model.seq2seq import SEQ2SEQ_PRESETS, Seq2Seq, Seq2SeqConfig
-from gptlab.settings import check, setting
+from gptlab.settings import setting
 from gptlab.training.batches import RowBatches, same_length_batches
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
-from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out
+from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
 
 KIND = "seq2seq"
 Pairs = list[tuple[str, str]]
@@ -133,11 +133,7 @@ def train(t: Seq2SeqTrainConfig, model_cfg: Seq2SeqConfig | None = None,
     model_cfg: None = the preset's; its vocab_size is set from the tokenizer.
     splits: {"train", "val", "test"} pair lists; None = read t.data.
     """
-    if not save:
-        t.out = ""
-    t.validate()
-    check(t)
-    rt = Runtime.create(t.device, t.precision, t.threads)
+    rt = runtime_for(t, save)
     mcfg = model_cfg if model_cfg is not None else SEQ2SEQ_PRESETS[t.preset]()
     saved_tok = prepare_out(t, KIND, mcfg.to_dict(), "gptlab seq2seq train")
     splits = splits if splits is not None else load_splits(t)
