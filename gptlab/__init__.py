@@ -7,10 +7,11 @@ data package and the renderers work without it.
 __version__ = "0.1.0"
 
 
-def load(path, device=None):
-    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json) -> LoadedModel."""
+def load(path, device=None, dtype=None, **kwargs):
+    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json) -> LoadedModel.
+    See `gptlab.api.load` for dtype and max_params."""
     from gptlab.api import load as _load
-    return _load(path, device)
+    return _load(path, device, dtype, **kwargs)
 
 
 def train(cfg, corpus=None):

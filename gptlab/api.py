@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,9 +17,24 @@ from gptlab.explain.trace import Trace
 from gptlab.infer.dtypes import DTYPE_NAMES
 from gptlab.infer.generate import Completion, check_generative, encode_prompts, fit_context, generate_text, stream_text
 from gptlab.infer.sampling import SamplingConfig, TemperatureTable, temperature_table
+from gptlab.model.config import MAX_PARAMS
 from gptlab.model.quant import quantize_output_layer
+from gptlab.settings import check
 
 __all__ = ["LoadedModel", "load", "Completion", "Trace", "TemperatureTable", "default_device"]
+
+
+# Below this (and above 0) logits / T overflow float32 to inf and the distribution becomes NaN: a
+# temperature that small is greedy in all but name, so the error says to use 0.
+MIN_TEMPERATURE = 1e-6
+
+
+def sampling_config(**values: Any) -> SamplingConfig:
+    """SamplingConfig(**values), range-checked as the flags are (a seed must fit 64 bits) and validated."""
+    cfg = check(SamplingConfig(**values)).validate()
+    if 0 < cfg.temperature < MIN_TEMPERATURE:
+        raise UserError(f"temperature {cfg.temperature} is too small to compute (below {MIN_TEMPERATURE}): use 0 for greedy")
+    return cfg
 
 
 def default_device() -> str:
@@ -58,9 +74,9 @@ class LoadedModel:
 
         Completion.text is the continuation only; temperature 0 is greedy; see SamplingConfig.
         """
-        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                             stop=list(stop or []), seed=seed).validate()
+        cfg = sampling_config(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                              stop=list(stop or []), seed=seed)
         model = check_generative(self.model, self.kind)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         return generate_text(model, self.tokenizer, prompts, cfg, n=n)
@@ -69,9 +85,9 @@ class LoadedModel:
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                stop: list[str] | None = None, seed: int | None = None) -> Iterator[str]:
         """Text pieces as they are generated; joined, they equal generate(...)[0].text for the same seed."""
-        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                             stop=list(stop or []), seed=seed).validate()
+        cfg = sampling_config(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                              stop=list(stop or []), seed=seed)
         model = check_generative(self.model, self.kind)
         return stream_text(model, self.tokenizer, prompt, cfg)
 
@@ -82,9 +98,9 @@ class LoadedModel:
 
         In a notebook the Trace displays itself; `.show()`, `.save(path)`, `.save_html(path)`.
         """
-        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                             repetition_penalty=repetition_penalty, max_new_tokens=steps,
-                             stop=list(stop or []), seed=seed).validate()
+        cfg = sampling_config(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, max_new_tokens=steps,
+                              stop=list(stop or []), seed=seed)
         if top < 1:
             raise UserError(f"top must be >= 1 (got {top})")
         model = check_generative(self.model, self.kind)
@@ -101,6 +117,8 @@ class LoadedModel:
 
     def temperature_table(self, prompt: str, temperatures: list[float], top: int = 5) -> TemperatureTable:
         """The next token's top candidates with their probability and the entropy at each temperature."""
+        for t in temperatures:
+            sampling_config(temperature=t)  # each checked as a sampling temperature is, before the model runs
         return temperature_table(self.next_token_logits(prompt), temperatures, top=top,
                                  label=token_labels(self.tokenizer), prompt=prompt)
 
@@ -144,15 +162,18 @@ def with_dtype(model: torch.nn.Module, dtype: str | None, device: str = "cpu") -
     return model
 
 
-def load(path: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+def load(path: str | os.PathLike, device: str | None = None, dtype: str | None = None, *,
+         max_params: int = MAX_PARAMS) -> LoadedModel:
     """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json).
 
     dtype: the weights' type for inference: fp32 (default: what explanations and temperature tables
     should show), or bf16 / fp16 for faster sampling (half the bytes per token; logits and sampling
     stay fp32, but the logits carry the lower precision's rounding), or int8: fp32 with an int8
     output layer, the fastest way to sample one text at a time on a CPU (logits within ~1%).
+    max_params: refuse a bigger model (counted from config.json and checked against the weights
+    file's header before anything is allocated); raise it to load a model that big on purpose.
     """
     dev = device or default_device()
     resolve_dtype(dtype, dev)  # a bad dtype fails before the checkpoint is read
-    model, tok, cfg = load_checkpoint(path, dev)
+    model, tok, cfg = load_checkpoint(path, dev, max_params=max_params)
     return LoadedModel(with_dtype(model, dtype, dev), tok, cfg, Path(path))

@@ -27,6 +27,13 @@ sys.path.insert(0, str(Path(__file__).parent / "browser"))
 from serve_harness import make_model  # noqa: E402
 
 PROMPT = "wine review : germany : mosel"
+# Starlette's TestClient sends `Host: testserver`. The server answers only for names that mean this
+# machine unless told otherwise, as these apps are (tests/test_serve_hardening.py checks the default).
+TEST_HOST = "testserver"
+
+
+def serve_settings(**limits) -> ServeSettings:
+    return ServeSettings(allowed_hosts=[TEST_HOST], **limits)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(models_dir):
-    app = create_app(models_dir, ServeSettings(max_tokens=64, max_prompt_chars=200, max_choices=4,
+    app = create_app(models_dir, serve_settings(max_tokens=64, max_prompt_chars=200, max_choices=4,
                                                max_explain_steps=6, max_body_bytes=4000, workers=2, queue=2))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
@@ -135,7 +142,7 @@ def test_extras_and_stop(client):
 
 def test_model_may_be_left_out_only_when_one_is_served(client, models_dir):
     assert_error(client.post("/v1/completions", json={"prompt": PROMPT}), 400)
-    single = create_app(models_dir / "wine")   # the folder itself is one model
+    single = create_app(models_dir / "wine", serve_settings())   # the folder itself is one model
     with TestClient(single) as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["wine"]
         assert c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}).status_code == 200
@@ -315,13 +322,13 @@ def test_gate_reports_each_request_and_survives_a_failing_hook():
 
 def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
     watch = GateWatch()
-    app = create_app(models_dir, ServeSettings(workers=1, queue=1, timeout_s=30), on_gate_event=watch)
+    app = create_app(models_dir, serve_settings(workers=1, queue=1, timeout_s=30), on_gate_event=watch)
     lm = app.state.registry.get("wine")
     body = {"model": "wine", "prompt": PROMPT, "max_tokens": 3, "seed": 1}
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{TEST_HOST}") as c:
             with Held(lm) as held:
                 first = asyncio.create_task(c.post("/v1/completions", json=body))        # runs, held
                 await asyncio.to_thread(held.wait_started)
@@ -347,7 +354,7 @@ def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
 
 def test_timeout_is_504_and_frees_the_worker(models_dir):
     watch = GateWatch()
-    app = create_app(models_dir, ServeSettings(workers=1, queue=4, timeout_s=0.3), on_gate_event=watch)
+    app = create_app(models_dir, serve_settings(workers=1, queue=4, timeout_s=0.3), on_gate_event=watch)
     lm = app.state.registry.get("wine")
     forwards = []
     handle = lm.model.register_forward_hook(lambda *a: forwards.append(1))
@@ -368,7 +375,7 @@ def test_timeout_is_504_and_frees_the_worker(models_dir):
 
 def test_timeout_inside_a_stream_and_explain(models_dir):
     watch = GateWatch()
-    app = create_app(models_dir, ServeSettings(timeout_s=1e-6), on_gate_event=watch)
+    app = create_app(models_dir, serve_settings(timeout_s=1e-6), on_gate_event=watch)
     with TestClient(app) as c:
         assert_error(c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "stream": True}), 504)
         assert_error(c.post("/v1/explain", json={"model": "wine", "prompt": PROMPT}), 504)
@@ -471,7 +478,7 @@ def test_serve_low_precision_weights(tmp_path, dtype):
     from gptlab.model.quant import Int8Linear
     root = tmp_path / "models"
     make_model(root / "wine")
-    app = create_app(str(root), ServeSettings(dtype=dtype, device="cpu"))
+    app = create_app(str(root), serve_settings(dtype=dtype, device="cpu"))
     lm = app.state.registry.get("wine")
     if dtype == "bf16":
         assert next(lm.model.parameters()).dtype == torch.bfloat16

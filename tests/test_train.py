@@ -95,10 +95,15 @@ def test_end_to_end_cli_train_then_load(tmp_path, corpus_file, capsys):
     rc = main(["train", "--data", str(corpus_file), "--preset", "tiny", "--context-length", "24",
                "--max-steps", "30", "--eval-interval", "15", "--out", str(out), "--no-progress"])
     assert rc == 0
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_state.json", "train_state.safetensors"):
+    # OUT holds the model (and the run's step and history); the resume state is in checkpoint units.
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_state.json"):
         assert (out / name).exists(), name
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000030"]
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train_state.json", "train_state.safetensors",
+                 "manifest.json"):
+        assert (out / "checkpoints" / "step-000030" / name).exists(), name
     assert list((out / "tb").iterdir()), "TensorBoard events written"
-    assert not list(out.glob("*.tmp")), "no temporary files left"
+    assert not list(out.rglob("*.tmp")), "no temporary files left"
     lm = gptlab.load(out, device="cpu")
     assert lm.kind == "gpt" and lm.config["step"] == 30
     ids = lm.encode("wine review : germany :")

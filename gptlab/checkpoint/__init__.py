@@ -7,20 +7,27 @@ written to a temporary name and renamed into place, so a crash never leaves half
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT, Classifier, Encoder, ModelConfig, Seq2Seq, Seq2SeqConfig
+from gptlab.model.config import MAX_PARAMS
+from gptlab.model.encoder import POOLINGS
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 FORMAT_VERSION = 1
+# The tensor types gptlab writes (and loads with a cast): anything else is not a gptlab model.
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 def _gpt(cfg: dict) -> torch.nn.Module:
     return GPT(ModelConfig.from_dict(cfg["model"]))
@@ -47,11 +54,19 @@ KINDS: dict[str, Callable[[dict], torch.nn.Module]] = {
 
 
 # -- atomic writes ------------------------------------------------------------------------------
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
+def _replace_with(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp), then rename tmp over path; on any failure tmp is removed, path left as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    _replace_with(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
@@ -59,10 +74,8 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _replace_with(Path(path), lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 
 def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -90,22 +103,59 @@ def save_model(out_dir: str | os.PathLike, model: torch.nn.Module, tokenizer: To
 
 
 def read_config(model_dir: str | os.PathLike, make: str = "gptlab train") -> dict:
-    """The folder's config.json, checked; `make`: the command that writes such a folder (for the errors)."""
+    """The folder's config.json, checked (kind, types and sizes of the model) before anything is
+    built from it; `make`: the command that writes such a folder (for the errors)."""
     d = Path(model_dir)
     if not d.exists():
         raise UserError(f"model folder {d} does not exist: train one with `{make} --out {d}` or check the path")
     if not d.is_dir():
         raise UserError(f"{d} is a file, not a model folder: pass the folder holding config.json and model.safetensors")
     p = d / CONFIG
-    if not p.exists():
-        raise UserError(f"{d} holds no {CONFIG}, so it is not a gptlab model folder: train one with `{make} --out {d}`")
+    if not p.is_file():
+        raise UserError(f"{d} holds no {CONFIG} file, so it is not a gptlab model folder: train one with `{make} --out {d}`")
     try:
         cfg = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): restore it or re-train") from None
+    except OSError as e:
+        raise UserError(f"cannot read {p} ({e.strerror}): check its permissions") from None
     if not isinstance(cfg, dict) or "kind" not in cfg or "model" not in cfg:
         raise UserError(f"{p} is not a gptlab config (no 'kind'/'model' keys): is this folder from another tool?")
+    check_config(cfg, p)
     return cfg
+
+
+def check_config(cfg: dict, where: str | os.PathLike = CONFIG) -> None:
+    """A UserError naming the first value of a model config that no gptlab model could have."""
+    version = cfg.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise UserError(f"{where}: format_version {version!r} is not one this gptlab reads "
+                        f"(it reads {FORMAT_VERSION}): upgrade gptlab or re-train")
+    kind = cfg["kind"]
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UserError(f"{where}: unknown model kind {kind!r}: this gptlab knows {', '.join(sorted(KINDS))}; "
+                        "upgrade gptlab, or restore the folder's config.json")
+    try:
+        model_config(cfg).validate()
+        if kind == "classifier":
+            _check_classifier(cfg.get("classifier"))
+    except (TypeError, ValueError, UserError) as e:
+        raise UserError(f"{where}: {e}: restore the folder's config.json or re-train") from None
+
+
+def model_config(cfg: dict) -> ModelConfig:
+    """The typed model config of a config dict (ValueError for an unknown key or a wrong type)."""
+    return (Seq2SeqConfig if cfg["kind"] == "seq2seq" else ModelConfig).from_dict(cfg["model"])
+
+
+def _check_classifier(c: object) -> None:
+    if not isinstance(c, dict):
+        raise ValueError("a classifier's config needs a 'classifier' object with its labels")
+    labels = c.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"classifier.labels must be a list of at least 2 label names (got {labels!r})")
+    if c.get("pooling", "mean") not in POOLINGS:
+        raise ValueError(f"classifier.pooling must be one of {', '.join(POOLINGS)} (got {c.get('pooling')!r})")
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -139,13 +189,96 @@ def build_model(cfg: dict) -> torch.nn.Module:
         raise UserError(f"config.json describes an impossible model ({e}): fix or re-create it") from None
 
 
-def load_checkpoint(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Return (model in eval mode, tokenizer, config dict) from a model folder."""
+class _SkipInit(TorchFunctionMode):
+    """Skips weight initialisation while a model is built on the meta device: there it changes
+    nothing, and its first call would import torch's compiler (~2 s). Thread-local, as modes are."""
+
+    NAMES = frozenset({"normal_", "uniform_", "fill_", "zero_", "zeros_", "ones_", "constant_", "trunc_normal_",
+                       "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_"})
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if getattr(func, "__name__", "") in self.NAMES:
+            return args[0] if args else (kwargs or {}).get("tensor")
+        return func(*args, **(kwargs or {}))
+
+
+def planned_tensors(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the model of `cfg` saves (tied weights once), worked out on
+    torch's "meta" device: nothing is allocated, so a config asking for 10^12 parameters costs
+    nothing to refuse."""
+    with torch.device("meta"), _SkipInit():
+        model = build_model(cfg)
+    seen: set[int] = set()
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():  # keep_vars: the tied Parameter itself
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = tuple(t.shape)
+    return out
+
+
+def read_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of each tensor in a safetensors file, from its header alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the model folder is incomplete; re-train or copy it again")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()
+            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in names}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is truncated or not a safetensors file ({str(e)[:80]}): re-train or copy it again") from None
+
+
+def check_weights_file(cfg: dict, path: str | os.PathLike, max_params: int = MAX_PARAMS) -> int:
+    """The parameter count of the model `cfg` describes, once its weights file's header agrees
+    with it and it is within `max_params`; a UserError otherwise. Reads the header only."""
+    header = read_header(path)
+    planned = planned_tensors(cfg)
+    missing = [n for n in planned if n not in header]
+    unexpected = [n for n in header if n not in planned]
+    if missing or unexpected:
+        raise UserError(f"{path} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+                        "it belongs to another model; re-train or restore the matching config.json")
+    for n, shape in planned.items():
+        dtype, saved = header[n]
+        if saved != shape:
+            raise UserError(f"{path}: tensor {n} has shape {saved}, config.json says {shape}: "
+                            "weights and config come from different models")
+        if dtype not in FLOAT_DTYPES:
+            raise UserError(f"{path}: tensor {n} holds {dtype} values, not floating point: it is not a gptlab model")
+    n_params = sum(math.prod(shape) for shape in planned.values())
+    if n_params > max_params:
+        raise UserError(f"the model in {Path(path).parent} has {n_params:,} parameters, more than the limit of "
+                        f"{max_params:,}: pass --max-params {n_params} (max_params= in Python) if you mean to load it")
+    return n_params
+
+
+def load_tokenizer(model_dir: str | os.PathLike, cfg: dict) -> Tokenizer:
+    """The folder's tokenizer.json, whose vocabulary must be the model's: a token id of one would
+    be another word (or no word) to the other."""
+    p = Path(model_dir) / TOKENIZER
+    if not p.is_file():
+        raise UserError(f"{p} is missing: the model folder is incomplete; re-train or copy it again")
+    tok = Tokenizer.load(p)
+    if tok.vocab_size != cfg["model"]["vocab_size"]:
+        raise UserError(f"{p} has {tok.vocab_size} tokens but the model's config.json says vocab_size "
+                        f"{cfg['model']['vocab_size']}: the tokenizer comes from another model; restore the matching one")
+    return tok
+
+
+def load_checkpoint(model_dir: str | os.PathLike, device: str | torch.device = "cpu", *,
+                    max_params: int = MAX_PARAMS) -> tuple[Any, Tokenizer, dict]:
+    """Return (model in eval mode, tokenizer, config dict) from a model folder; the model is the
+    module of its kind (KINDS), which the caller knows.
+
+    Everything is checked before the model is allocated: the config, the tokenizer's vocabulary,
+    the weights file's header against the config, and the size against `max_params`.
+    """
     d = Path(model_dir)
     cfg = read_config(d)
-    if not (d / TOKENIZER).exists():
-        raise UserError(f"{d / TOKENIZER} is missing: the model folder is incomplete; re-train or copy it again")
-    tok = Tokenizer.load(d / TOKENIZER)
+    tok = load_tokenizer(d, cfg)
+    check_weights_file(cfg, d / WEIGHTS, max_params)
     model = build_model(cfg)
     load_weights(model, d / WEIGHTS)
     model.to(device).eval()

@@ -9,15 +9,27 @@ without gptlab installed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import TOKENIZER, atomic_save_tensors, atomic_write_json, load_checkpoint
-from gptlab.data.tokenizer import EOT, PAD, UNK
+from gptlab.checkpoint import (
+    CONFIG,
+    TOKENIZER,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_checkpoint,
+    model_config,
+    read_config,
+)
+from gptlab.data.tokenizer import EOT, PAD, UNK, Tokenizer
 from gptlab.errors import UserError
+from gptlab.model import GPT
+from gptlab.model.config import MAX_PARAMS
+from gptlab.settings import check_writable
 
 
 def check_gpt2_shaped(cfg) -> None:
@@ -69,24 +81,88 @@ def gpt2_config(cfg, tok) -> dict:
     }
 
 
-def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    model, tok, cfg = load_checkpoint(model_dir, "cpu")
-    if cfg["kind"] != "gpt":
-        raise UserError(f"{model_dir} is a {cfg['kind']} model: only GPTs export to the GPT-2 format")
-    check_gpt2_shaped(model.cfg)
-    out = Path(out_dir)
-    if out.resolve() == Path(model_dir).resolve():
-        raise UserError("--out must differ from the model folder: the export writes its own config.json")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(out / "model.safetensors", gpt2_state_dict(model), metadata={"format": "pt"})
-    shutil.copyfile(Path(model_dir) / TOKENIZER, out / (TOKENIZER + ".tmp"))
-    os.replace(out / (TOKENIZER + ".tmp"), out / TOKENIZER)
-    atomic_write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.cfg.context_length,
+def _is_gptlab_model(folder: Path) -> bool:
+    try:
+        cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "kind" in cfg and "model" in cfg
+
+
+def check_target(model_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse, before anything is loaded or written, an --out that would destroy something: the
+    model itself (or a folder holding it), another gptlab model, or files not asked to be replaced."""
+    check_writable(out_dir, "--out", folder=True)
+    src, out = Path(model_dir).resolve(), Path(out_dir).resolve()
+    if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+        raise UserError(f"--out {out_dir} would overwrite the model being exported ({model_dir}): "
+                        "pick a folder outside it")
+    if out.is_dir() and any(out.iterdir()):
+        if _is_gptlab_model(out):
+            raise UserError(f"--out {out_dir} holds a gptlab model, which export never replaces: pick another folder")
+        if not overwrite:
+            raise UserError(f"--out {out_dir} is not empty: pass --overwrite to replace what it holds, "
+                            "or pick a new or empty folder")
+
+
+def _write_folder(folder: Path, model_dir: Path, model: GPT, tok: Tokenizer) -> None:
+    cfg = model.cfg
+    atomic_save_tensors(folder / "model.safetensors", gpt2_state_dict(model), metadata={"format": "pt"})
+    shutil.copyfile(model_dir / TOKENIZER, folder / TOKENIZER)
+    atomic_write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.context_length,
         "eos_token": EOT, "bos_token": EOT, "pad_token": PAD, "unk_token": UNK,
         "clean_up_tokenization_spaces": False,
     })
-    atomic_write_json(out / "generation_config.json", {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id,
-                                                       "pad_token_id": tok.pad_id})
-    atomic_write_json(out / "config.json", gpt2_config(model.cfg, tok))
-    return out
+    atomic_write_json(folder / "generation_config.json", {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id,
+                                                          "pad_token_id": tok.pad_id})
+    atomic_write_json(folder / "config.json", gpt2_config(cfg, tok))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out`, replacing what was there."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # the previous folder goes back: a failed export changes nothing
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of `path` that does not exist yet (what mkdir(parents=True) creates)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False,
+              max_params: int = MAX_PARAMS) -> Path:
+    """Write the Hugging Face GPT-2 folder of a gptlab GPT at `out_dir`, whole or not at all: it is
+    written beside `out_dir` under a temporary name and renamed into place when complete."""
+    cfg = read_config(model_dir)
+    check_target(model_dir, out_dir, overwrite)
+    if cfg["kind"] != "gpt":
+        raise UserError(f"{model_dir} is a {cfg['kind']} model: only GPTs export to the GPT-2 format")
+    check_gpt2_shaped(model_config(cfg))
+    model, tok, _ = load_checkpoint(model_dir, "cpu", max_params=max_params)
+    out = Path(out_dir).absolute()
+    created = _first_missing(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.export-{os.getpid()}.tmp")
+    try:
+        tmp.mkdir()
+        _write_folder(tmp, Path(model_dir), model, tok)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return Path(out_dir)

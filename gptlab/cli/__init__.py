@@ -1,21 +1,44 @@
-"""The `gptlab` command line. Each command lives in `gptlab/commands/<name>.py` with
+"""The `gptlab` command line. Each command lives in `gptlab/cli/<name>.py` with
 `register(subparsers)` adding its parser and setting `func`; this file only dispatches and turns
-bad input (UserError) into one line on stderr with exit status 2, never a traceback."""
+bad input (UserError, or a flag argparse cannot read) into one line on stderr with exit status 2,
+never a traceback. Anything else that goes wrong is a bug: one line naming it and a log file with
+the traceback, exit status 1."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import traceback
+from typing import NoReturn
 
 from gptlab import __version__
 from gptlab.errors import UserError
 
 COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export"]
+INTERNAL_ERROR = 1
+
+
+class UsageError(Exception):
+    """A command line argparse cannot read (unknown flag, missing argument, 'abc' for a number)."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line naming the problem (not the usage block, which
+    `--help` shows), and `main` returns instead of exiting. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gptlab",
         description="A workbench for small generative transformers: train a GPT on wine reviews or "
                     "your own text, sample from it, see what it attends to, serve it.",
@@ -33,22 +56,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def log_crash(argv: list[str] | None) -> str | None:
+    """Write the traceback being handled to a new file in the temp folder; its path, or None."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="gptlab-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"gptlab {__version__}, python {sys.version.split()[0]}\n")
+            f.write(f"argv: {sys.argv[:1] + list(sys.argv[1:] if argv is None else argv)!r}\n\n")
+            f.write(traceback.format_exc())
+        return path
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named after the command they were given to, not the top-level parser
+            prog = " ".join(p for p in ("gptlab", args.command, getattr(args, "action", None)) if p)
+            raise UsageError(prog, f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as e:
+        print(f"{e.prog}: error: {one_line(str(e))} (see `{e.prog} --help`)", file=sys.stderr)
+        return UserError.exit_code
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"gptlab {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print(f"gptlab {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # the last resort: a bug, reported in one line with where its traceback is
+        path = log_crash(argv)
+        where = f"the traceback is in {path}" if path else "no log file could be written"
+        print(f"gptlab {args.command}: internal error: {type(e).__name__}: {one_line(str(e))[:300]} ({where}; "
+              "please report it)", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 def entry() -> None:

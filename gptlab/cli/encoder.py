@@ -104,9 +104,11 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from gptlab.infer.classify import KIND_CLASSIFIER, load_encoder, predict
+    if args.top < 1:
+        raise UserError(f"--top must be >= 1 (got {args.top}): the number of labels shown per text")
     texts = read_texts(args.text)
     model, tok, cfg = load_encoder(args.model, args.device, kinds=(KIND_CLASSIFIER,))
-    for text, top in zip(texts, predict(model, tok, cfg, texts, top=max(args.top, 1))):
+    for text, top in zip(texts, predict(model, tok, cfg, texts, top=args.top)):
         print(" | ".join(f"{label} {p:.0%}" for label, p in top) + f"\t{text[:60]}")
     return 0
 

@@ -8,19 +8,31 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlab.cli.generate import add_model_args, add_sampling_args, load_model, read_sampling, warnings_to_stderr
+from gptlab.cli.generate import (
+    LoadOptions,
+    add_model_args,
+    add_sampling_args,
+    load_model,
+    read_sampling,
+    warnings_to_stderr,
+)
 from gptlab.cli.options import Section
 from gptlab.errors import UserError
 from gptlab.explain.trace import Trace
 from gptlab.infer.generate import check_generative
-from gptlab.settings import setting
+from gptlab.settings import check_writable, setting
+
+# A trace keeps every step's attention rows and candidates: thousands of steps are megabytes of
+# JSON and HTML that no one reads.
+MAX_STEPS = 10_000
+MAX_TOP = 1000
 
 
 @dataclass
-class ExplainView:
+class ExplainView(LoadOptions):
     """`gptlab explain`'s own settings (the sampling ones are SamplingConfig's)."""
-    steps: int = setting(4, "tokens to generate and explain", min=1)
-    top: int = setting(5, "candidates to show per step", min=1)
+    steps: int = setting(4, "tokens to generate and explain", min=1, max=MAX_STEPS)
+    top: int = setting(5, "candidates to show per step", min=1, max=MAX_TOP)
     out: str | None = setting(None, "write a standalone HTML page (opens offline) instead of printing")
     json: str | None = setting(None, "also save the trace as JSON, to render again later with --trace")
     trace: str | None = setting(None, "render a saved trace (any family's) instead of running a model")
@@ -37,7 +49,8 @@ def register(subparsers) -> None:
     )
     add_model_args(p, optional=True)
     p.add_argument("prompt", nargs="?", default=None, help="text to continue")
-    add_sampling_args(p, skip=("max_new_tokens",), view=Section("view", ExplainView, "explanation"))
+    add_sampling_args(p, skip=("max_new_tokens",),
+                      view=Section("view", ExplainView, "explanation", first=("steps", "top", "out", "json", "trace", "layer", "head")))
     p.set_defaults(func=run)
 
 
@@ -56,9 +69,12 @@ def _pick(value: str | None, n: int, what: str) -> int | str | None:
 
 def run(args: argparse.Namespace) -> int:
     cfg, view = read_sampling(args, ExplainView)
-    for path in (view.out, view.json):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UserError(f"cannot write {path}: its folder does not exist; create it or pick another path")
+    for flag, path in (("--out", view.out), ("--json", view.json)):
+        if path:
+            check_writable(path, flag, folder=False)
+    outputs = [Path(p).resolve() for p in (view.out, view.json) if p]
+    if len(set(outputs)) < len(outputs) or (view.trace and Path(view.trace).resolve() in outputs):
+        raise UserError("--out, --json and --trace name the same file: give each its own")
     if view.trace:
         if args.model or args.prompt is not None:
             raise UserError("give either MODEL PROMPT or --trace FILE, not both")
@@ -66,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise UserError("give a MODEL folder and a PROMPT (or --trace FILE to render a saved trace)")
-        model = load_model(args)
+        model = load_model(args, view.max_params)
         check_generative(model.model, model.kind)
     n_layer, n_head = (trace.n_layer, trace.n_head) if view.trace else (model.model.cfg.n_layer, model.model.cfg.n_head)
     layer = _pick(view.layer, n_layer, "layer")

@@ -19,7 +19,11 @@ from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
 from gptlab.infer.sampling import SamplingConfig
-from gptlab.settings import setting
+from gptlab.model.config import MAX_PARAMS
+from gptlab.settings import SEED_MAX, setting
+
+# Samples one command draws: each is a row of a batch and a Completion kept until printed.
+MAX_SAMPLES = 1_000_000
 
 
 def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -29,7 +33,14 @@ def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> N
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help=DTYPE_HELP)
 
 
-def load_model(args: argparse.Namespace):
+@dataclass
+class LoadOptions:
+    """The settings of loading a model, shared by the commands that load one (views subclass it)."""
+    max_params: int = setting(MAX_PARAMS, "refuse a model with more parameters than this (counted from config.json and "
+                                          "the weights file's header before anything is allocated)", min=1)
+
+
+def load_model(args: argparse.Namespace, max_params: int = MAX_PARAMS):
     import torch
 
     from gptlab.api import load
@@ -41,7 +52,7 @@ def load_model(args: argparse.Namespace):
             raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for but no CUDA GPU is available: use --device cpu")
-    return load(args.model, device=device, dtype=getattr(args, "dtype", None))
+    return load(args.model, device=device, dtype=getattr(args, "dtype", None), max_params=max_params)
 
 
 @contextmanager
@@ -57,9 +68,9 @@ def warnings_to_stderr(command: str) -> Iterator[None]:
 
 
 @dataclass
-class GenerateView:
+class GenerateView(LoadOptions):
     """`gptlab generate`'s own settings (the sampling ones are SamplingConfig's)."""
-    n: int = setting(1, "number of samples", min=1)
+    n: int = setting(1, "number of samples", min=1, max=MAX_SAMPLES)
     stream: bool = setting(False, "print tokens as they come (samples one after another, seeds seed, seed+1, ...)")
     json: bool = setting(False, "print the completions as JSON (prompt, text, token_ids, finish_reason)")
 
@@ -90,7 +101,7 @@ def register(subparsers) -> None:
     )
     add_model_args(p)
     p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty, start from scratch)")
-    add_sampling_args(p, view=Section("view", GenerateView, "output", aliases={"n": ["-n"]}))
+    add_sampling_args(p, view=Section("view", GenerateView, "output", aliases={"n": ["-n"]}, first=("n", "stream", "json")))
     p.set_defaults(func=run)
 
 
@@ -101,14 +112,14 @@ def run(args: argparse.Namespace) -> int:
               "--max-tokens sets the length)", file=sys.stderr)
     if view.stream and view.json:
         raise UserError("--stream and --json do not go together: pick one")
-    model = load_model(args)
+    model = load_model(args, view.max_params)
     kwargs = cfg.to_dict()
     with warnings_to_stderr("generate"):
         if view.stream:
             for k in range(view.n):
                 if k:
                     print()
-                seed = None if cfg.seed is None else cfg.seed + k
+                seed = None if cfg.seed is None else (cfg.seed + k) % (SEED_MAX + 1)  # torch's seeds wrap at 2**64
                 print(args.prompt, end="", flush=True)
                 for piece in model.stream(args.prompt, **{**kwargs, "seed": seed}):
                     print(piece, end="", flush=True)

@@ -121,6 +121,8 @@ def load_toml(path: str, opts: Options, command: str = "") -> dict[str, dict[str
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid TOML ({e}): fix it") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path} ({e.strerror}): check its permissions") from None
     by_flag = {flag: key for key, flag in opts.flags.items()}
     names = {s.name for s in opts.sections}
     out: dict[str, dict[str, Any]] = {s: {} for s in names}

@@ -83,8 +83,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 130 if r.interrupted else 0
 
 
+MAX_BEAM = 64  # K beams x N sentences share one decoder batch: more would only exhaust memory
+
+
+def check_beam(beam: int) -> int:
+    if not 1 <= beam <= MAX_BEAM:
+        raise UserError(f"--beam must be 1..{MAX_BEAM} (got {beam}): 1 is greedy, 4 is the usual beam")
+    return beam
+
+
 def run_translate(args: argparse.Namespace) -> int:
     from gptlab.infer.translate import load, translate
+    check_beam(args.beam)
     texts = read_texts(args.text)
     model, tok, _ = load(args.model, args.device)
     for line in translate(model, tok, texts, beam=args.beam):
@@ -95,6 +105,7 @@ def run_translate(args: argparse.Namespace) -> int:
 def run_explain(args: argparse.Namespace) -> int:
     from gptlab.explain.capture import explain_translation
     from gptlab.infer.translate import load
+    check_beam(args.beam)
     model, tok, _ = load(args.model, args.device)
     trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
     return show_trace(trace.terminal(color=args.color, values=args.values), trace, args)

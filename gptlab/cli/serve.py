@@ -41,6 +41,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _warn_about_host(host: str, allowed_hosts: list[str]) -> None:
+    if _is_loopback(host):
+        return
+    print(f"gptlab serve: warning: listening on {host}: anyone who can reach this machine can use the models",
+          file=sys.stderr)
+    from gptlab.serve.hosts import WILDCARDS
+    if host in WILDCARDS and not allowed_hosts:
+        # Requests are answered only for names that mean this machine (the defence against DNS
+        # rebinding); on every interface the server cannot know which other names those are.
+        print("gptlab serve: note: only requests for localhost or a loopback address are answered: name this "
+              "machine as others reach it with --allowed-hosts (e.g. --allowed-hosts myhost.lan,192.168.1.5)",
+              file=sys.stderr)
+
+
 def run(args) -> int:
     try:
         import uvicorn
@@ -63,14 +77,12 @@ def run(args) -> int:
         raise UserError(f"--device {settings.device}: this torch sees no CUDA GPU; leave --device out to use the CPU")
     from gptlab.api import default_device, resolve_dtype
     resolve_dtype(settings.dtype, settings.device or default_device())  # at start-up, not at the first request
-    app = create_app(args.models, settings)
+    app = create_app(args.models, settings, listen_host=args.host)
     names = app.state.registry.names()
     if not names:
         print(f"gptlab serve: note: no model folders (with config.json) in {args.models} yet; "
               "they are picked up as they appear", file=sys.stderr)
-    if not _is_loopback(args.host):
-        print(f"gptlab serve: warning: listening on {args.host}: anyone who can reach this machine can use the models",
-              file=sys.stderr)
+    _warn_about_host(args.host, settings.allowed_hosts)
     # Bind the socket ourselves so --port 0 works and the real address can be printed before serving.
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -81,6 +93,8 @@ def run(args) -> int:
         sock.close()
         raise UserError(f"cannot listen on {args.host}:{args.port} ({e.strerror}): pick another --port") from None
     host, port = sock.getsockname()[:2]
+    # A wildcard is no address to browse to, nor a host the server answers for: loopback is both.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"gptlab serve: {len(names)} model(s) from {args.models} at http://{shown}:{port}/ "
           f"(API: http://{shown}:{port}/v1, schema: /openapi.json)", flush=True)

@@ -27,6 +27,22 @@ SPECIALS = (PAD, UNK, EOT)
 ASCII_PUNCT = r"[!-/:-@\[-`{-~]"
 
 
+def check_text(text: str, what: str = "the input") -> str:
+    """`text` if it can be encoded (UTF-8, as the tokenizer needs); a one-line UserError otherwise.
+
+    Bytes that are not UTF-8 reach Python as lone surrogates (the command line decodes them so), and
+    the tokenizer's Rust side cannot take those: it would fail with a UnicodeEncodeError.
+    """
+    if not isinstance(text, str):
+        raise UserError(f"{what} must be text (got {type(text).__name__})")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{what} is not valid text: {text[e.start]!r} at character {e.start} stands for a byte "
+                        "that is not UTF-8: pass UTF-8 text") from None
+    return text
+
+
 def _special_id(hf: HFTokenizer, tok: str) -> int:
     """The id of a special token every gptlab tokenizer has; a UserError for a foreign tokenizer."""
     i = hf.token_to_id(tok)
@@ -81,8 +97,12 @@ class Tokenizer:
         """Write tokenizer.json atomically (temporary file, then rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        self.hf.save(str(tmp))
-        os.replace(tmp, path)
+        try:
+            self.hf.save(str(tmp))
+            os.replace(tmp, path)
+        except BaseException:  # nothing half-written left behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -92,7 +112,10 @@ class Tokenizer:
             raise UserError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0][:120]}): "
                             "re-train the model or copy its tokenizer.json again") from None
         kind = "bpe" if isinstance(hf.model, models.BPE) else "word"
-        return cls(hf, kind)
+        try:
+            return cls(hf, kind)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
 
     # -- use --------------------------------------------------------------------------------
     @property
@@ -100,21 +123,31 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return self.hf.encode(check_text(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        try:  # checked only on failure: this is the hot path of encoding a corpus
+            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        except (UnicodeEncodeError, TypeError):
+            for t in texts:
+                check_text(t)
+            raise
 
     def tokens(self, text: str) -> list[str]:
-        return self.hf.encode(text, add_special_tokens=False).tokens
+        return self.hf.encode(check_text(text), add_special_tokens=False).tokens
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         ids = [int(i) for i in ids if int(i) != self.pad_id]
         if self.kind == "word":
             # Word-level has no decoder: words are joined by spaces, [UNK] shown where it stood.
-            # The model's ids are the tokenizer's (training sizes the vocabulary from it), so
-            # id_to_token finds every one: it returns None only for an id outside the vocabulary.
-            toks = cast("list[str]", [self.hf.id_to_token(i) for i in ids])
+            # The model's ids are the tokenizer's (training sizes the vocabulary from it, loading
+            # checks it), so id_to_token finds every one; None means an id outside the vocabulary.
+            found = [self.hf.id_to_token(i) for i in ids]
+            if None in found:
+                bad = next(i for i, t in zip(ids, found) if t is None)
+                raise UserError(f"token id {bad} is outside the tokenizer's vocabulary of {self.vocab_size}: "
+                                "the model and its tokenizer.json do not belong together")
+            toks = cast("list[str]", found)
             if skip_special:
                 toks = [t for t in toks if t not in (PAD, EOT)]
             return " ".join(toks)
@@ -131,6 +164,7 @@ class Tokenizer:
         """Words of `text` the vocabulary lacks (they encode as [UNK]); empty for byte-level BPE."""
         if self.kind != "word":
             return []
+        check_text(text)
         pre = self.hf.pre_tokenizer.pre_tokenize_str(self.hf.normalizer.normalize_str(text)
                                                       if self.hf.normalizer else text)
         return [w for w, _ in pre if self.hf.token_to_id(w) is None]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from gptlab.data.tokenizer import Tokenizer
+from gptlab.data.tokenizer import Tokenizer, check_text
 from gptlab.errors import UserError
 from gptlab.infer.sampling import SamplingConfig, make_generator, sample
 
@@ -242,6 +242,8 @@ class TextTracker:
 
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt; unknown words are named in one warning; an empty prompt starts at end-of-text."""
+    for p in prompts:  # before the warning: a prompt that is not text gets one error line, nothing else
+        check_text(p, "the prompt")
     unknown = list(dict.fromkeys(w for p in prompts for w in tokenizer.unknown_words(p)))
     if unknown:
         shown = ", ".join(repr(w) for w in unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")

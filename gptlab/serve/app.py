@@ -3,7 +3,9 @@
 Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/completions (optionally streamed as
 server-sent events in OpenAI's chunk format), POST /v1/explain (the explanation trace as JSON),
 GET /healthz, and the page at /. Every error, ours or the framework's, is JSON shaped like
-OpenAI's: {"error": {"message": ..., "type": ...}} (see `gptlab.serve.errors`).
+OpenAI's: {"error": {"message": ..., "type": ...}} (see `gptlab.serve.errors`). Requests for a host
+name that is not this server's get a 421 before any route (`gptlab.serve.hosts`), and a generation
+whose client disconnects stops at its next step (`gptlab.serve.limits`).
 
 The routes are module-level functions on one router; what they share (settings, models, workers)
 is the `ServeState` that `create_app` puts on `app.state.serve`.
@@ -18,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +29,8 @@ from gptlab import __version__
 from gptlab.errors import UserError
 from gptlab.serve.completions import complete, plan_completion, stream_completion
 from gptlab.serve.errors import APIError, add_error_handlers
-from gptlab.serve.limits import BodyLimit, Gate, GateHook, install_deadline_hook
+from gptlab.serve.hosts import HostAllowlist, HostCheck
+from gptlab.serve.limits import BodyLimit, Gate, GateHook, disconnect_of, install_deadline_hook
 from gptlab.serve.registry import ModelRegistry
 from gptlab.serve.schemas import CompletionRequest, ExplainRequest
 from gptlab.serve.settings import ServeSettings
@@ -42,11 +45,14 @@ api = APIRouter()
 
 
 def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = None, *,
-               on_gate_event: GateHook | None = None) -> FastAPI:
+               on_gate_event: GateHook | None = None, listen_host: str | None = None) -> FastAPI:
     """The FastAPI app serving every gptlab model folder under `models_dir` (or that folder itself).
 
     `on_gate_event` is handed to the app's `Gate`: it hears each request being admitted, starting
-    on a worker and finishing there (for metrics, or tests that must not sleep).
+    on a worker, finishing there, and cancelled when its client leaves (for metrics, or tests that
+    must not sleep). `listen_host`: the address the server listens on; unless it is a wildcard
+    (0.0.0.0, ::), requests naming it in their Host header are answered, besides localhost ones and
+    `settings.allowed_hosts`.
     """
     settings = settings or ServeSettings()
     try:
@@ -67,6 +73,8 @@ def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = N
     # The same objects under their own names: the CLI and code embedding the app read them.
     app.state.settings, app.state.registry, app.state.gate = state.settings, state.registry, state.gate
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: a request for another host reads no body and reaches no route.
+    app.add_middleware(HostCheck, allowlist=HostAllowlist(settings.allowed_hosts, listen_host))
     add_error_handlers(app)
     app.include_router(api)
     _add_page(app)
@@ -110,22 +118,23 @@ async def get_model(model: str, state: State) -> dict[str, Any]:
 
 @api.post("/v1/completions", summary="Complete prompts (OpenAI shape; stream=true for server-sent events)",
           response_model=None)
-async def completions(req: CompletionRequest, state: State) -> dict[str, Any] | StreamingResponse:
+async def completions(req: CompletionRequest, state: State, request: Request) -> dict[str, Any] | StreamingResponse:
     plan = plan_completion(req, state)
-    if req.stream:
+    if req.stream:  # Starlette cancels a stream whose client left, and the gate then stops its worker
         return await stream_completion(plan, state)
-    return await complete(plan, state)
+    return await complete(plan, state, disconnect_of(request.receive))
 
 
 @api.post("/v1/explain", summary="Generate a few tokens and return what the model saw at each step",
           response_model=None)
-async def explain(req: ExplainRequest, state: State) -> JSONResponse:
+async def explain(req: ExplainRequest, state: State, request: Request) -> JSONResponse:
     name = state.model_name(req.model)
     state.check_prompt(req.prompt)
     if req.steps > state.settings.max_explain_steps:
         raise APIError(400, f"steps {req.steps} is over this server's limit of {state.settings.max_explain_steps}",
                        param="steps")
-    return JSONResponse(await state.gate.run(lambda: _explain_trace(state, name, req)))
+    trace = await state.gate.run(lambda: _explain_trace(state, name, req), disconnect_of(request.receive))
+    return JSONResponse(trace)
 
 
 def _explain_trace(state: ServeState, name: str, req: ExplainRequest) -> dict[str, Any]:

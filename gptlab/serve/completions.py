@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,15 +98,16 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def complete(plan: CompletionPlan, state: ServeState) -> dict[str, Any]:
-    """The whole answer as one text_completion object."""
+async def complete(plan: CompletionPlan, state: ServeState,
+                   client_gone: Callable[[], Awaitable[object]] | None = None) -> dict[str, Any]:
+    """The whole answer as one text_completion object; cancelled (ClientGone) when `client_gone()` returns."""
     def work() -> tuple[list, int]:
         lm = state.registry.get(plan.model)
         prompts = plan.prompts[0] if len(plan.prompts) == 1 else plan.prompts
         completions = lm.generate(prompts, n=plan.n, seed=plan.seed, **plan.generate_kwargs)
         return completions, sum(len(lm.encode(p)) for p in plan.prompts)
 
-    completions, prompt_tokens = await state.gate.run(work)
+    completions, prompt_tokens = await state.gate.run(work, client_gone)
     choices = [{"text": (c.prompt if plan.echo else "") + c.text, "index": i, "logprobs": None,
                 "finish_reason": c.finish_reason} for i, c in enumerate(completions)]
     completion_tokens = sum(len(c.token_ids) for c in completions)

@@ -4,7 +4,8 @@ Generation is CPU-bound torch, so it runs on a fixed pool of worker threads whil
 keeps answering. A request is admitted only while fewer than `workers + queue` are in flight
 (else 429), and it carries a deadline. The deadline is enforced twice: the waiting coroutine gives
 up with a 504, and a forward pre-hook on the model raises inside the worker thread at the next
-forward pass, so an abandoned generation frees its worker instead of running to max_tokens.
+forward pass, so an abandoned generation frees its worker instead of running to max_tokens. The
+same hook stops the generation of a client that went away (`Gate.run`'s `client_gone`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
 
 import torch
 from starlette.exceptions import HTTPException
+from starlette.types import Receive
 
 T = TypeVar("T")
 log = logging.getLogger("gptlab.serve")
 
-# A request's moments in the gate: admitted (on the event loop), started and finished (on its worker).
-GateEvent = Literal["admitted", "started", "finished"]
+# A request's moments in the gate: admitted (on the event loop), started and finished (on its worker),
+# and cancelled (on the event loop, when its client went away: its worker stops at its next step).
+GateEvent = Literal["admitted", "started", "finished", "cancelled"]
 GateHook = Callable[[GateEvent], None]
 
 
@@ -40,6 +43,10 @@ class DeadlineExceeded(Exception):
 
 class Cancelled(Exception):
     """The client went away; the worker stops at the next forward pass."""
+
+
+class ClientGone(Exception):
+    """Raised to the route whose client disconnected before its answer was ready: nobody reads the answer."""
 
 
 class Job:
@@ -129,18 +136,39 @@ class Gate:
             self._release()
             self._notify("finished")
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Run blocking `fn` on a worker; Busy, DeadlineExceeded or fn's own exception."""
+    async def run(self, fn: Callable[[], T], client_gone: Callable[[], Awaitable[object]] | None = None) -> T:
+        """Run blocking `fn` on a worker; Busy, DeadlineExceeded, ClientGone or fn's own exception.
+
+        `client_gone()`, if given, returns once the client has disconnected (see `disconnect_of`);
+        the generation is then cancelled at its next forward pass and its worker freed.
+        """
         job = self._admit()
         fut = asyncio.get_running_loop().run_in_executor(self.executor, self._in_worker, job, fn)
+        watcher = asyncio.ensure_future(client_gone()) if client_gone else None
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), job.remaining())
-        except asyncio.TimeoutError:
-            job.cancelled.set()
-            raise DeadlineExceeded() from None
-        except asyncio.CancelledError:  # the client disconnected
-            job.cancelled.set()
+            # asyncio.wait cancels neither future on a timeout: the worker's must run to its `finally`
+            # (cancelled while still queued, it would never release its place in the gate).
+            done, _ = await asyncio.wait([f for f in (fut, watcher) if f], timeout=job.remaining(),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if fut in done:
+                return fut.result()
+            self._cancel(job, "cancelled" if watcher in done else None)
+            raise ClientGone() if watcher in done else DeadlineExceeded()
+        except asyncio.CancelledError:  # the task answering the client was cancelled (server shutting down)
+            self._cancel(job, "cancelled")
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                if watcher.done():  # it failed (a broken connection): that too means nobody is listening
+                    _consume(watcher)
+            if not fut.done():
+                fut.add_done_callback(_consume)
+
+    def _cancel(self, job: Job, event: GateEvent | None) -> None:
+        job.cancelled.set()
+        if event:
+            self._notify(event)
 
     async def stream(self, make_iter: Callable[[], Iterator[T]]) -> AsyncGenerator[T, None]:
         """Run the blocking iterator from `make_iter` on one worker and yield its items here.
@@ -177,10 +205,30 @@ class Gate:
             # Normal end, error, timeout or a client that went away: stop the worker either way.
             job.cancelled.set()
             if not fut.done():
-                fut.add_done_callback(lambda f: f.exception())  # consumed: no "never retrieved" warning
+                fut.add_done_callback(_consume)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    # The worker's exception (Cancelled, DeadlineExceeded) is expected once nobody waits for it:
+    # retrieving it keeps asyncio from logging "exception was never retrieved".
+    if not fut.cancelled():
+        fut.exception()
+
+
+def disconnect_of(receive: Receive) -> Callable[[], Awaitable[None]]:
+    """`client_gone` for `Gate.run` from a request's ASGI `receive`: returns when the client disconnects.
+
+    Once the route has read the body, the server's next message is the disconnect (uvicorn sends it
+    when the connection closes), so waiting on `receive` costs nothing until then.
+    """
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # more body than the route read: not ours to use
+
+    return gone
 
 
 class BodyTooLarge(HTTPException):

@@ -2,12 +2,18 @@
 
 A model's name is its folder's path relative to the models folder ("wine", or "wine/epoch3"). A
 name from a request is trusted only after it resolves, symlinks followed, to a folder inside the
-models folder that holds a config.json; weights come in through `gptlab.load`, which reads only
+models folder whose config.json does too; before a load, so must its weights and tokenizer (a link
+out of the folder is refused, not followed). Weights come in through `gptlab.load`, which reads only
 safetensors and JSON.
+
+A load that fails is remembered with the folder's files as they were, so a broken model costs one
+failed load, not one per request (a config that asks for a huge model would otherwise allocate it
+again each time); changing any of its files retries.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -16,13 +22,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptlab.api import LoadedModel, load
-from gptlab.checkpoint import CONFIG, WEIGHTS, read_config
+from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, read_config
 from gptlab.errors import UserError
+from gptlab.serve.redact import hide_paths
+
+log = logging.getLogger("gptlab.serve")
 
 # Folder names we offer: no leading dot (so no "..", no hidden folders), no backslash or NUL.
 _PART = r"[\w][\w.+ -]*"
 _NAME_RE = re.compile(rf"^{_PART}(/{_PART})?$")
 MAX_DEPTH = 2  # runs/wine and runs/wine/epoch3
+MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER)  # what `gptlab.load` reads from a folder
+
+Stamp = tuple[tuple[int, ...] | None, ...]
 
 
 class ModelNotFound(Exception):
@@ -31,6 +43,13 @@ class ModelNotFound(Exception):
 
 class ModelBroken(Exception):
     """The folder is there but cannot be loaded (truncated weights, wrong config): the server's problem."""
+
+
+class ModelRefused(Exception):
+    """A file of the model's folder lies outside the models folder (a symlink out of it): not read.
+
+    args: (model name, file name); never the path, which is the server's business.
+    """
 
 
 class ModelRegistry:
@@ -45,7 +64,8 @@ class ModelRegistry:
         self.dtype = dtype
         self.max_loaded = max_loaded
         self.on_load = on_load
-        self._cache: OrderedDict[str, tuple[tuple, LoadedModel]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Stamp, LoadedModel]] = OrderedDict()
+        self._failed: dict[str, tuple[Stamp, str]] = {}  # name -> (files when it failed, the error)
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
 
@@ -68,15 +88,21 @@ class ModelRegistry:
             if depth == 0:
                 continue
             name = rel.as_posix()
-            if (Path(dirpath) / CONFIG).is_file() and self._inside(Path(dirpath)) and _NAME_RE.match(name):
+            if _NAME_RE.match(name) and self._is_model(Path(dirpath)):
                 found.append(name)
         return sorted(found)
 
     def _inside(self, p: Path) -> bool:
+        """`p`, symlinks followed, lies in the models folder."""
         try:
             return p.resolve().is_relative_to(self.root)
-        except OSError:
+        except OSError:  # a symlink loop
             return False
+
+    def _is_model(self, folder: Path) -> bool:
+        """A folder in the models folder whose config.json is a file in it too (not a link out)."""
+        config = folder / CONFIG
+        return self._inside(folder) and config.is_file() and self._inside(config)
 
     def path_of(self, name: str) -> Path:
         """The folder of model `name`, or ModelNotFound; never a path outside the models folder."""
@@ -89,17 +115,34 @@ class ModelRegistry:
         if len(name.split("/")) > MAX_DEPTH:
             raise ModelNotFound(name)
         p = (self.root / name).resolve()
-        if not p.is_relative_to(self.root) or p == self.root or not (p / CONFIG).is_file():
+        if not p.is_relative_to(self.root) or p == self.root or not self._is_model(p):
             raise ModelNotFound(name)
         return p
+
+    def check_files(self, name: str, folder: Path) -> None:
+        """ModelRefused if a file the load would read is a link out of the models folder, or not a plain file.
+
+        A missing file is left to the load, which says which one is missing.
+        """
+        for f in MODEL_FILES:
+            p = folder / f
+            if (p.exists() or p.is_symlink()) and not (self._inside(p) and p.is_file()):
+                log.warning("model %r: refusing %s, which resolves outside %s or is not a file", name, p, self.root)
+                raise ModelRefused(name, f)
+
+    def public_error(self, name: str, folder: Path, message: str) -> str:
+        """`message` with the model's folder named as the client names it, and no other server path."""
+        return hide_paths(message, {str(folder): name, str(self.root): self.root.name})
 
     def info(self, name: str) -> dict:
         """What config.json says, without loading weights (for the model list)."""
         p = self.path_of(name)
+        if not self._inside(p / CONFIG):  # only a models folder that is one model gets here (`single`)
+            return {"id": name, "error": f"its {CONFIG} is a link out of the models folder: not read"}
         try:
             cfg = read_config(p)
         except UserError as e:
-            return {"id": name, "error": str(e)}
+            return {"id": name, "error": self.public_error(name, p, str(e))}
         model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
         return {
             "id": name,
@@ -112,41 +155,66 @@ class ModelRegistry:
 
     # -- loading ------------------------------------------------------------------------------
     @staticmethod
-    def _stamp(p: Path) -> tuple:
-        # Re-training into the same folder replaces these files: the next request loads the new model.
-        out: list[tuple[int, int] | None] = []
-        for f in (CONFIG, WEIGHTS):
+    def _stamp(p: Path) -> Stamp:
+        # Re-training into the same folder replaces these files (a new inode, mtime and size): the next
+        # request loads the new model, or retries one that failed.
+        out: list[tuple[int, ...] | None] = []
+        for f in MODEL_FILES:
             try:
                 st = (p / f).stat()
-                out.append((st.st_mtime_ns, st.st_size))
+                out.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
             except OSError:
                 out.append(None)
         return tuple(out)
 
+    def _known(self, name: str, stamp: Stamp) -> LoadedModel | None:
+        """The cached model for these files, or ModelBroken if they failed to load before (under self._lock)."""
+        hit = self._cache.get(name)
+        if hit and hit[0] == stamp:
+            self._cache.move_to_end(name)
+            return hit[1]
+        failed = self._failed.get(name)
+        if failed and failed[0] == stamp:
+            raise ModelBroken(failed[1])
+        return None
+
     def get(self, name: str) -> LoadedModel:
         """The loaded model (blocking: call it from a worker thread, not the event loop)."""
         p = self.path_of(name)
+        self.check_files(name, p)
         stamp = self._stamp(p)
         with self._lock:
-            hit = self._cache.get(name)
-            if hit and hit[0] == stamp:
-                self._cache.move_to_end(name)
-                return hit[1]
+            lm = self._known(name, stamp)
+            if lm is not None:
+                return lm
             load_lock = self._load_locks.setdefault(name, threading.Lock())
         with load_lock:  # one load per model, even when several requests ask at once
             with self._lock:
-                hit = self._cache.get(name)
-                if hit and hit[0] == stamp:
-                    return hit[1]
-            try:
-                lm = load(p, device=self.device, dtype=self.dtype)
-            except UserError as e:
-                raise ModelBroken(f"model {name!r} cannot be loaded: {e}") from None
-            if self.on_load:
-                self.on_load(lm)
+                lm = self._known(name, stamp)  # loaded, or failed, while this request waited
+                if lm is not None:
+                    return lm
+            lm = self._load(name, p, stamp)
             with self._lock:
+                self._failed.pop(name, None)
                 self._cache[name] = (stamp, lm)
                 self._cache.move_to_end(name)
                 while len(self._cache) > self.max_loaded:
                     self._cache.popitem(last=False)
             return lm
+
+    def _load(self, name: str, p: Path, stamp: Stamp) -> LoadedModel:
+        """Load the folder; on failure remember the error for these files and raise ModelBroken."""
+        try:
+            lm = load(p, device=self.device, dtype=self.dtype)
+            if self.on_load:
+                self.on_load(lm)
+            return lm
+        except UserError as e:
+            message = f"model {name!r} cannot be loaded: {self.public_error(name, p, str(e))}"
+        except Exception as e:  # noqa: BLE001 - out of memory, a config the model classes choke on: still one line
+            log.exception("model %r: loading %s failed", name, p)
+            message = (f"model {name!r} cannot be loaded ({type(e).__name__}; the server log has the details): "
+                       "fix or re-create its folder")
+        with self._lock:
+            self._failed[name] = (stamp, message)
+        raise ModelBroken(message)

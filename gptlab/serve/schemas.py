@@ -2,16 +2,54 @@
 
 Ranges of the sampling settings are not checked here: `LoadedModel.generate` checks them and its
 UserError becomes a 400 with the model's own message. Fields OpenAI clients send and gptlab does
-not use are accepted (extra="allow") unless they would change the answer; those get a 400.
+not use are accepted (extra="allow") unless they would change the answer; those get a 400. So does
+text that is not Unicode (see `_refuse_invalid_unicode`).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# The validation error type of a string that cannot be encoded; the error handler answers it with a 400.
+INVALID_UNICODE = "invalid_unicode"
+
+
+def _first_invalid_string(body: Any) -> str | None:
+    """Where in a parsed JSON body the first string (or key) is that UTF-8 cannot encode, as "prompt[1]"."""
+    todo: list[tuple[str, Any]] = [("", body)]
+    while todo:  # a stack, not recursion: the nesting is the client's to choose
+        where, value = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(value, dict):
+            for k, v in reversed(value.items()):  # reversed onto the stack: popped in the body's order
+                at = f"{where}.{k}" if where else str(k)
+                todo += [(at, v), (at, k)]
+        elif isinstance(value, list):
+            todo += reversed([(f"{where}[{i}]", v) for i, v in enumerate(value)])
+    return None
 
 
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_invalid_unicode(cls, data: Any) -> Any:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python decodes it into a str that no
+        # tokenizer or response can encode. Refused here, before anything reads it.
+        where = _first_invalid_string(data)
+        if where is not None:
+            raise PydanticCustomError(INVALID_UNICODE, "{param} is not valid Unicode text (it holds a lone "
+                                      "surrogate, \\ud800-\\udfff): send text that encodes as UTF-8",
+                                      {"param": where.encode("utf-8", "backslashreplace").decode("utf-8")})
+        return data
 
     model: str | None = Field(None, description="a name from GET /v1/models; may be left out when only one model is served")
     temperature: float | None = Field(1.0, description="0 is greedy; below 1 sharper, above 1 flatter")

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
+from gptlab.serve.hosts import check_allowed_hosts
+
+ALLOWED_HOSTS_HELP = ("a host name or address requests may name in their Host header, besides localhost names, "
+                      "loopback addresses and --host; '*' allows any (the server then answers pages of any "
+                      "site that resolves to it: DNS rebinding)")
 
 
 @dataclass
@@ -21,6 +26,7 @@ class ServeSettings:
     max_loaded: int = field(default=8, metadata={"help": "models kept in memory (least recently used is dropped)"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if present, else cpu)"})
     dtype: str | None = field(default=None, metadata={"help": DTYPE_HELP})
+    allowed_hosts: list[str] = field(default_factory=list, metadata={"help": ALLOWED_HOSTS_HELP})
 
     def validate(self) -> None:
         for f in fields(self):
@@ -34,7 +40,9 @@ class ServeSettings:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)} (got {self.dtype!r})")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
+        check_allowed_hosts(self.allowed_hosts)
 
     def public(self) -> dict:
         """The limits a client may want to know (the page sizes its sliders with them)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("device", "dtype")}
+        # Not the device, nor which host names are let in: how the server is set up is not a client's business.
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("device", "dtype", "allowed_hosts")}

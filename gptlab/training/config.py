@@ -47,6 +47,7 @@ class LoopConfig:
     threads: int = setting(0, "CPU threads for torch (0 = torch's default: all cores)", min=0)
     eval_interval: int = setting(200, "steps between evaluations (0 = only at the end)", min=0)
     save_interval: int = setting(500, "steps between checkpoints (0 = only at the end)", min=0)
+    keep_checkpoints: int = setting(2, "checkpoints kept in OUT/checkpoints, newest first (an older one is what --resume falls back to when the newest is damaged)", min=1)
     log_interval: int = setting(10, "steps between TensorBoard/progress updates", min=1)
     seed: int = setting(1337, "seed for initialisation, data order, masking and dropout", min=0, max=2**63 - 1)
     resume: bool = setting(False, "continue the run saved in --out exactly where it stopped")

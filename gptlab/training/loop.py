@@ -4,6 +4,12 @@ gradient accumulation, DDP through torchrun, bf16 autocast, torch.compile, the L
 (planned for a time budget when there is one), EMA, keep-best, progress, TensorBoard, atomic
 checkpoints, exact resume, and save-and-exit on Ctrl-C or SIGTERM.
 
+Checkpoints are all-or-nothing folders, OUT/checkpoints/step-N (training/state.py): a run killed
+at any moment resumes from the newest complete one. Stopping happens only where the state is
+whole: a first Ctrl-C or SIGTERM stops after the step in progress (and its evaluation and
+checkpoint); a second one stops at once and saves nothing, except during a checkpoint write, which
+it lets finish.
+
 The loss of an optimizer step is the summed loss over the whole global batch divided by its item
 count (target tokens, or rows for a classifier), however the batch is split (micro-batches, DDP
 ranks): so 4 micro-batches of 8 equal 1 batch of 32, and 2 processes equal 1, up to float rounding.
@@ -29,12 +35,24 @@ import torch
 
 from gptlab import __version__
 from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_weights, read_config, save_model
+from gptlab.checkpoint.unit import units
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
+from gptlab.settings import check_writable
 from gptlab.training.config import LoopConfig
 from gptlab.training.env import Runtime
 from gptlab.training.optim import WeightAverage, build_optimizer, lr_at, warmup_for
-from gptlab.training.state import STATE_JSON, load_train_state, save_train_state
+from gptlab.training.state import (
+    CHECKPOINTS,
+    has_checkpoints,
+    load_train_state,
+    publish,
+    recover_checkpoints,
+    resume_point,
+    save_checkpoint,
+    save_train_state,
+    start_fresh,
+)
 
 NO_LIMIT = 10**12
 M = TypeVar("M", bound=torch.nn.Module)
@@ -131,26 +149,12 @@ def prepare_out(t: LoopConfig, kind: str, model: dict, make: str) -> Tokenizer |
     if not t.out:
         return None
     out = Path(t.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder")
-    has_model = (out / CONFIG).exists()
+    check_writable(out, "--out", folder=True)  # before any data is read: a run that cannot be saved is lost
     if t.resume:
-        if not has_model:
-            raise UserError(f"--resume: {out} holds no model to resume; drop --resume to start a new run")
-        if not (out / STATE_JSON).exists():
-            raise UserError(f"--resume: {out} has a model but no {STATE_JSON} (a finished export?); "
-                            "start a new run in another --out")
-        saved = read_config(out, make=make)
-        # Keys a saved config lacks come from a version that did not have them: not a difference.
-        diff = {k: (saved["model"][k], v) for k, v in _comparable(model).items()
-                if k in saved["model"] and saved["model"][k] != v}
-        if saved.get("kind") != kind or diff:
-            raise UserError(f"--resume: {out} holds a model of another config {diff or saved.get('kind')} "
-                            "(saved, asked): resume with the saved settings, or use another --out")
-        return Tokenizer.load(out / TOKENIZER)
-    if has_model and not t.overwrite:
+        return _check_resume(out, kind, model, make)
+    if ((out / CONFIG).exists() or has_checkpoints(out)) and not t.overwrite:
         try:
-            saved = read_config(out, make=make)
+            saved = read_config(_model_folder(out), make=make)
             same = saved.get("kind") == kind and _comparable(saved["model"]) == _comparable(model)
         except UserError:
             same = False
@@ -158,6 +162,44 @@ def prepare_out(t: LoopConfig, kind: str, model: dict, make: str) -> Tokenizer |
         raise UserError(f"{out} already holds {what}: use --resume to continue it, --overwrite to replace it, "
                         "or pick another --out")
     return None
+
+
+def _model_folder(out: Path) -> Path:
+    """Where OUT's model config is: OUT itself, or its newest checkpoint when a run was killed
+    before it first copied a model to OUT."""
+    found = units(out / CHECKPOINTS)
+    return out if (out / CONFIG).exists() or not found else found[-1].path
+
+
+def _check_resume(out: Path, kind: str, model: dict, make: str) -> Tokenizer:
+    if _rank() == 0:
+        recover_checkpoints(out)
+    _barrier()  # every process then sees the same checkpoints
+    src = resume_point(out, main=_rank() == 0)
+    if src is None:
+        if not (out / CONFIG).exists():
+            raise UserError(f"--resume: {out} holds no model to resume; drop --resume to start a new run")
+        raise UserError(f"--resume: {out} has a model but no intact checkpoint in {CHECKPOINTS}/ to resume "
+                        "(a finished export?): start a new run in another --out, or --overwrite")
+    saved = read_config(src, make=make)
+    # Keys a saved config lacks come from a version that did not have them: not a difference.
+    diff = {k: (saved["model"][k], v) for k, v in _comparable(model).items()
+            if k in saved["model"] and saved["model"][k] != v}
+    if saved.get("kind") != kind or diff:
+        raise UserError(f"--resume: {out} holds a model of another config {diff or saved.get('kind')} "
+                        "(saved, asked): resume with the saved settings, or use another --out")
+    return Tokenizer.load(src / TOKENIZER)
+
+
+def _rank() -> int:
+    import torch.distributed as tdist
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as tdist
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
 
 
 def runtime_for(t: LoopConfig, save: bool = True) -> Runtime:
@@ -203,6 +245,11 @@ class _Run:
         self.tokens_seen = 0
         self.lr = 0.0
         self.stop_requested = False
+        # Where the run is, for a stop that cannot wait: "between" steps (the state is whole and
+        # may be saved), in a "step" or an "eval" (it is not), in a "save" (let it finish), or
+        # "done" (saved for good: nothing left to stop).
+        self.phase = "between"
+        self.saved_step: int | None = None  # the step of the newest checkpoint, once there is one
         self.side_time = self.side_cpu = 0.0  # evaluation, samples and checkpoints: not training time
         self.writer: Any = None
         self.bar: Any = None
@@ -223,9 +270,16 @@ class _Run:
     # -- resume and checkpoints -------------------------------------------------------------------
     def _restore(self) -> None:
         assert self.out is not None
-        load_weights(self.model, self.out / WEIGHTS)
-        meta, extra = load_train_state(self.out, self.opt)
-        self.step = int(meta["step"])
+        src = resume_point(self.out, main=self.rt.dist.main)
+        if src is None:
+            raise UserError(f"--resume: {self.out} holds no checkpoint to resume; drop --resume to start a new run")
+        load_weights(self.model, src / WEIGHTS)
+        meta, extra = load_train_state(src, self.opt)
+        model_step = read_config(src).get("step")
+        if model_step != meta["step"]:  # only possible in a folder of the layout before checkpoint units
+            raise UserError(f"--resume: {src} holds a model of step {model_step} but the training state of step "
+                            f"{meta['step']} (written by a run killed mid-checkpoint): start a new run")
+        self.step = self.saved_step = int(meta["step"])
         self.history = list(meta.get("history", []))
         self.tokens_seen = int(meta.get("tokens", 0))
         if self.average is not None and "ema.0" in extra:
@@ -234,16 +288,37 @@ class _Run:
         if "best_step" in meta:
             weights = {k[5:]: v.to(self.rt.device) for k, v in extra.items() if k.startswith("best.")}
             self.best = (int(meta["best_step"]), float(meta["best_value"]), weights)
+        if self.rt.dist.main and src != self.out:
+            publish(src, self.out)  # OUT's model is the one resumed (a kill may have cut its copy short)
+        self.log(f"resuming from step {self.step} ({src})")
 
     def _config(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {"kind": self.task.kind, "gptlab_version": __version__, **self.task.config(),
                 "train": self.t.to_dict(), "step": self.step, "metrics": metrics}
 
-    def checkpoint(self, metrics: dict[str, Any] | None = None) -> None:
+    def checkpoint(self, metrics: dict[str, Any] | None = None, final: bool = False) -> None:
+        """Save the run as one checkpoint unit and copy its model to OUT. final: the finished model
+        (averaged or best weights, final metrics) rather than the state of a step to resume."""
         if self.out is None or not self.rt.dist.main:
             return
         s0, c0 = time.perf_counter(), time.process_time()
-        self.out.mkdir(parents=True, exist_ok=True)
+        was, self.phase = self.phase, "save"
+        if self.saved_step is None:
+            start_fresh(self.out)  # only now: until this run has a checkpoint, the one it replaces stays
+        config = self._config(metrics or self._train_metrics())
+        extra, tensors = self._state_extras()
+
+        def fill(folder: Path) -> None:
+            save_train_state(folder, self.opt, self.step, extra, tensors)
+            save_model(folder, self.model, self.task.tokenizer, config)
+
+        save_checkpoint(self.out, self.step, fill, final, self.t.keep_checkpoints)
+        self.saved_step, self.phase = self.step, was
+        self.side_time += time.perf_counter() - s0
+        self.side_cpu += time.process_time() - c0
+
+    def _state_extras(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What the loop itself adds to the optimizer state: history, token count, EMA, best weights."""
         extra: dict[str, Any] = {"history": self.history[-1000:], "tokens": self.tokens_seen}
         tensors: dict[str, torch.Tensor] = {}
         if self.average is not None:
@@ -251,10 +326,7 @@ class _Run:
         if self.best is not None:
             extra.update(best_step=self.best[0], best_value=self.best[1])
             tensors.update({f"best.{k}": v for k, v in self.best[2].items()})
-        save_train_state(self.out, self.opt, self.step, extra, tensors)
-        save_model(self.out, self.model, self.task.tokenizer, self._config(metrics or self._train_metrics()))
-        self.side_time += time.perf_counter() - s0
-        self.side_cpu += time.process_time() - c0
+        return extra, tensors
 
     # -- logging ------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -306,6 +378,7 @@ class _Run:
             yield m, part
 
     def train_step(self, loss_acc: torch.Tensor) -> None:
+        self.phase = "step"
         batch = self.task.batch(self.step)
         world = self.rt.dist.world
         for m, tensors in self._micro_batches(batch):
@@ -325,6 +398,7 @@ class _Run:
         self.tokens_seen += batch.count
         if self.average is not None:
             self.average.update(self.step)
+        self.phase = "between"
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> TrainResult[Any]:
@@ -335,18 +409,42 @@ class _Run:
                  f"{self.rt.device}{' bf16' if self.rt.amp else ' fp32'}"
                  f"{f' x{self.rt.dist.world}' if self.rt.dist.world > 1 else ''}")
         self.t0, self.c0 = time.perf_counter(), time.process_time()
-        interrupted = False
         with self._stop_signals():
             try:
-                self._loop()
+                interrupted = self._train()
+                if self.bar is not None:
+                    self.bar.close()
+                return self._finish(interrupted)
             except KeyboardInterrupt:
-                self.stop_requested = True
-            interrupted = self.stop_requested
-        if interrupted:
+                self._abandon()
+                raise
+
+    def _train(self) -> bool:
+        """The steps; True when a stop was asked for before the last one."""
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            if self.phase != "between":
+                raise  # in the middle of a step or an evaluation: nothing consistent to save
+            self.stop_requested = True
+        if self.stop_requested:
             self.log(f"interrupted at step {self.step}: saving a checkpoint to {self.out} (continue with --resume)")
-        if self.bar is not None:
-            self.bar.close()
-        return self._finish(interrupted)
+        return self.stop_requested
+
+    def _abandon(self) -> None:
+        """A stop that could not wait: the state is torn, so nothing is saved; say what resume has."""
+        for closable in (self.bar, self.writer):
+            if closable is not None:
+                closable.close()
+        where = {"step": f"in the middle of step {self.step + 1}",
+                 "eval": f"during the evaluation after step {self.step}"}.get(self.phase, f"at step {self.step}")
+        if self.out is None:
+            kept = "nothing is kept (no --out)"
+        elif self.saved_step is None:
+            kept = "no checkpoint was saved yet"
+        else:
+            kept = f"--resume continues from the checkpoint of step {self.saved_step}"
+        self.log(f"stopped at once {where}: not saved; {kept}")
 
     def _loop(self) -> None:
         self.model.train()
@@ -401,11 +499,13 @@ class _Run:
         if not self.rt.dist.main:
             return False
         s0, c0 = time.perf_counter(), time.process_time()
+        was, self.phase = self.phase, "eval"
         with self.average.swapped() if self.average is not None else contextlib.nullcontext():
             metrics = self.task.evaluate(self.model, self.rt)
             self._remember_best(metrics)
             sample = self.task.sample(self.model, self.rt, self.step)
         self.model.train()
+        self.phase = was
         self.side_time += time.perf_counter() - s0
         self.side_cpu += time.process_time() - c0
         if not metrics:
@@ -429,15 +529,17 @@ class _Run:
     @contextlib.contextmanager
     def _stop_signals(self) -> Iterator[None]:
         """Ctrl-C and SIGTERM (cluster pre-emption) ask the loop to stop after the current step, so
-        the saved RNG state matches the saved step; a second Ctrl-C stops at once."""
+        the saved RNG state matches the saved step; a second one stops at once (nothing saved),
+        unless a checkpoint is being written: cutting that would only lose it."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def ask(signum: int, frame: types.FrameType | None) -> None:
-            if self.stop_requested:
+            if not self.stop_requested:
+                self.stop_requested = True
+            elif self.phase not in ("save", "done"):
                 raise KeyboardInterrupt
-            self.stop_requested = True
 
         old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -454,6 +556,9 @@ class _Run:
     def _finish(self, interrupted: bool) -> TrainResult[Any]:
         metrics = self._train_metrics()
         if not interrupted:
+            # The final evaluation, then the weights may become the averaged or best ones: a stop
+            # that cannot wait from here on saves nothing (the last checkpoint is the whole state).
+            self.phase = "eval"
             mine = self.history[self.first_new:]
             last_eval = mine[-1] if mine and "loss" not in mine[-1] else None
             if last_eval is None or last_eval["step"] != self.step:
@@ -463,7 +568,8 @@ class _Run:
             metrics.update({k: v for k, v in final.items() if k not in ("step", "time", "train_time", "train_cpu_time")})
             # On every process: each holds the same model, and each caller may report them.
             metrics.update(self.task.final_metrics(self.model, self.rt))
-        self.checkpoint(metrics)
+        self.checkpoint(metrics, final=not interrupted)
+        self.phase = "done"
         if self.writer is not None:
             self.writer.close()
         if self.rt.dist.world > 1:

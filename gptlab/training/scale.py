@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from gptlab import __version__
-from gptlab.checkpoint import CONFIG, atomic_write_json, atomic_write_text
+from gptlab.checkpoint import atomic_write_json, atomic_write_text
 from gptlab.data import Corpus, load_corpus, split_records
 from gptlab.errors import UserError
+from gptlab.settings import check_writable
 from gptlab.training.config import RunConfig
 
 KAPLAN = {"alpha_N": 0.076, "N_c": 8.8e13, "alpha_D": 0.095, "D_c": 5.4e13}
@@ -50,7 +51,7 @@ DATA_EVALS = 10  # held-out evaluations per data-sweep run, for early stopping
 FF_MULT = 4
 # Settings that don't change what a run learns: a finished run is reused whatever they are.
 _IRRELEVANT = {"train": {"out", "progress", "tensorboard", "resume", "overwrite", "threads", "log_interval",
-                         "save_interval", "device", "compile"}}
+                         "save_interval", "keep_checkpoints", "device", "compile"}}
 
 
 @dataclass
@@ -225,13 +226,13 @@ def _comparable(cfg_dict: dict) -> dict:
 def run_one(spec: RunSpec, corpus: Corpus, tok, train_idx, val_idx, out: Path, overwrite: bool,
             fingerprint: str = "") -> dict:
     """Train one rung (resuming its checkpoint if an earlier sweep was interrupted) and write result.json."""
-    from gptlab.training.state import STATE_JSON
+    from gptlab.training.state import resume_point
     from gptlab.training.tasks.causal_lm import train
 
     cfg = RunConfig.from_dict(spec.cfg.to_dict())
     run_dir = out / spec.name
     cfg.train.out = str(run_dir)
-    has_state = (run_dir / CONFIG).exists() and (run_dir / STATE_JSON).exists()
+    has_state = run_dir.is_dir() and resume_point(run_dir) is not None
     cfg.train.resume = has_state and not overwrite
     cfg.train.overwrite = not cfg.train.resume
     run_corpus = corpus
@@ -281,6 +282,7 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
     from gptlab.data.tokenizer import Tokenizer
     check_scale_config(base, sc)
     out = Path(base.train.out)
+    check_writable(out, "--out", folder=True)  # before the corpus is read and the runs are planned
     corpus = corpus if corpus is not None else load_corpus(base.data)
     train_idx, val_idx = split_records(corpus.records, base.data.val_fraction, base.data.seed)
     if not val_idx:
