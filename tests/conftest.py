@@ -4,6 +4,7 @@ a way to interrupt training between two steps as Ctrl-C would."""
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
@@ -79,3 +80,24 @@ def interrupt_at(monkeypatch):
         monkeypatch.setattr(loop, "lr_at", lr_at if stop_step is not None else real)
 
     return install
+
+
+class GateWatch:
+    """A serve Gate's on_event hook that records what the gate reports, for a test to wait on
+    (instead of sleeping and hoping the server got there)."""
+
+    def __init__(self, wait_s: float = 30.0) -> None:
+        self.events: list[str] = []
+        self.wait_s = wait_s
+        self._changed = threading.Condition()
+
+    def __call__(self, event: str) -> None:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def wait(self, event: str, count: int = 1) -> None:
+        """Block until the gate has reported `event` `count` times in all."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self.events.count(event) >= count, self.wait_s)
+        assert ok, f"the gate reported {self.events}, not {count} x {event!r}"

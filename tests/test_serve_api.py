@@ -24,6 +24,7 @@ from gptlab.serve import ServeSettings, create_app  # noqa: E402
 from gptlab.serve.limits import Gate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
+from conftest import GateWatch  # noqa: E402
 from serve_harness import make_model  # noqa: E402
 
 PROMPT = "wine review : germany : mosel"
@@ -286,25 +287,6 @@ class Held:
 
     def wait_started(self) -> None:
         assert self.started.acquire(timeout=WAIT_S), "no worker ever called generate"
-
-
-class GateWatch:
-    """A Gate's on_event hook that records what the gate reports, for a test to wait on."""
-
-    def __init__(self):
-        self.events: list[str] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, event: str) -> None:
-        with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
-
-    def wait(self, event: str, count: int = 1) -> None:
-        """Block until the gate has reported `event` `count` times in all."""
-        with self._changed:
-            ok = self._changed.wait_for(lambda: self.events.count(event) >= count, WAIT_S)
-        assert ok, f"the gate reported {self.events}, not {count} x {event!r}"
 
 
 def test_gate_reports_each_request_and_survives_a_failing_hook():

@@ -37,6 +37,7 @@ from gptlab.serve.hosts import HostAllowlist, host_name  # noqa: E402
 from gptlab.serve.redact import hide_paths  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
+from conftest import GateWatch  # noqa: E402
 from serve_harness import make_model  # noqa: E402
 
 PROMPT = "wine review : germany : mosel"
@@ -93,24 +94,6 @@ def assert_no_paths(text: str, *folders: Path) -> None:
 
 def post_raw(client, path: str, raw: str):
     return client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
-
-
-class GateWatch:
-    """A Gate's on_event hook that records what the gate reports, for a test to wait on."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, event: str) -> None:
-        with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
-
-    def wait(self, event: str, count: int = 1) -> None:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: self.events.count(event) >= count, WAIT_S)
-        assert ok, f"the gate reported {self.events}, not {count} x {event!r}"
 
 
 class Steps:
