@@ -164,7 +164,9 @@ def with_dtype(model: torch.nn.Module, dtype: str | None, device: str = "cpu") -
 
 def load(path: str | os.PathLike, device: str | None = None, dtype: str | None = None, *,
          max_params: int = MAX_PARAMS) -> LoadedModel:
-    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json).
+    """Load a gptlab model folder (config.json + model.safetensors + tokenizer.json), or a Hugging
+    Face GPT-2-family folder (config.json, model.safetensors, tokenizer.json or vocab.json +
+    merges.txt; never a pickle), which loads as a gptlab GPT (checkpoint/hf.py).
 
     dtype: the weights' type for inference: fp32 (default: what explanations and temperature tables
     should show), or bf16 / fp16 for faster sampling (half the bytes per token; logits and sampling

@@ -162,12 +162,12 @@ def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
                  "--max-steps", "5", *common]) == 0
     out = capsys.readouterr().out
     assert "validation accuracy" in out
-    assert main(["encoder", "predict", "--model", str(cls), "--top", "2", "Ripe plum and cocoa."]) == 0
+    assert main(["encoder", "predict", str(cls), "--top", "2", "Ripe plum and cocoa."]) == 0
     labels = json.loads((cls / "config.json").read_text())["classifier"]["labels"]
     line = capsys.readouterr().out.strip()
     assert line.split(" ")[0] in " ".join(labels)
     html, js = tmp_path / "a.html", tmp_path / "a.json"
-    assert main(["encoder", "explain", "--model", str(cls), "Ripe plum and cocoa.", "--token", "plum",
+    assert main(["encoder", "explain", str(cls), "Ripe plum and cocoa.", "--token", "plum",
                  "--html", str(html), "--json", str(js), "--no-color"]) == 0
     trace = json.loads(js.read_text())
     assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 2, "classifier")
@@ -177,7 +177,7 @@ def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
     assert "predicted:" in capsys.readouterr().out
     assert "<table" in html.read_text() and "http" not in html.read_text()
     # A masked-LM encoder fills in [MASK].
-    assert main(["encoder", "explain", "--model", str(mlm), "aromas of [MASK] and cocoa", "--no-color"]) == 0
+    assert main(["encoder", "explain", str(mlm), "aromas of [MASK] and cocoa", "--no-color"]) == 0
     assert "[MASK]@" in capsys.readouterr().out
 
 

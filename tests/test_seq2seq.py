@@ -193,10 +193,10 @@ def test_save_load_round_trip(trained):
 
 def test_cli_translate_and_explain(trained, tmp_path, capsys):
     _, out = trained
-    assert main(["seq2seq", "translate", "--model", str(out), "--beam", "2", "six two one", "five"]) == 0
+    assert main(["seq2seq", "translate", str(out), "--beam", "2", "six two one", "five"]) == 0
     assert capsys.readouterr().out.splitlines() == ["seis dos uno", "cinco"]
     html, js = tmp_path / "x.html", tmp_path / "x.json"
-    assert main(["seq2seq", "explain", "--model", str(out), "six two one", "--html", str(html),
+    assert main(["seq2seq", "explain", str(out), "six two one", "--html", str(html),
                  "--json", str(js), "--no-color"]) == 0
     text = capsys.readouterr().out
     assert "seis" in text and "six" in text

@@ -119,6 +119,10 @@ def read_config(model_dir: str | os.PathLike, make: str = "gptlab train") -> dic
         raise UserError(f"{p} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): restore it or re-train") from None
     except OSError as e:
         raise UserError(f"cannot read {p} ({e.strerror}): check its permissions") from None
+    from gptlab.checkpoint import hf  # here, not at the top: hf imports this package
+
+    if hf.is_hf_config(cfg):  # a Hugging Face GPT-2 folder: its config, as a gptlab "gpt" one
+        return hf.gptlab_config(cfg, p)
     if not isinstance(cfg, dict) or "kind" not in cfg or "model" not in cfg:
         raise UserError(f"{p} is not a gptlab config (no 'kind'/'model' keys): is this folder from another tool?")
     check_config(cfg, p)
@@ -270,13 +274,18 @@ def load_tokenizer(model_dir: str | os.PathLike, cfg: dict) -> Tokenizer:
 def load_checkpoint(model_dir: str | os.PathLike, device: str | torch.device = "cpu", *,
                     max_params: int = MAX_PARAMS) -> tuple[Any, Tokenizer, dict]:
     """Return (model in eval mode, tokenizer, config dict) from a model folder; the model is the
-    module of its kind (KINDS), which the caller knows.
+    module of its kind (KINDS), which the caller knows. A Hugging Face GPT-2 folder (see hf.py)
+    loads as a "gpt".
 
     Everything is checked before the model is allocated: the config, the tokenizer's vocabulary,
     the weights file's header against the config, and the size against `max_params`.
     """
     d = Path(model_dir)
     cfg = read_config(d)
+    if cfg.get("source") == "huggingface":
+        from gptlab.checkpoint.hf import load_hf  # here, not at the top: hf imports this package
+
+        return load_hf(d, cfg, device, max_params=max_params)
     tok = load_tokenizer(d, cfg)
     check_weights_file(cfg, d / WEIGHTS, max_params)
     model = build_model(cfg)

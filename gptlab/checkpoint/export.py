@@ -25,6 +25,7 @@ from gptlab.checkpoint import (
     model_config,
     read_config,
 )
+from gptlab.checkpoint.hf import gpt2_names
 from gptlab.data.tokenizer import EOT, PAD, UNK, Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT
@@ -52,19 +53,12 @@ def check_gpt2_shaped(cfg) -> None:
 
 
 def gpt2_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's tensors under GPT-2's names (hf.gpt2_names: the table import reads too)."""
     sd = model.state_dict()
-    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
-           "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": sd["ln_f.bias"]}
-    linear = {"attn.qkv": "attn.c_attn", "attn.out": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
-    norms = {"ln_attn": "ln_1", "ln_mlp": "ln_2"}
-    for i in range(model.cfg.n_layer):
-        src, dst = f"blocks.{i}.", f"transformer.h.{i}."
-        for a, b in linear.items():
-            out[dst + b + ".weight"] = sd[src + a + ".weight"].t().contiguous()  # Conv1D is (in, out)
-            out[dst + b + ".bias"] = sd[src + a + ".bias"]
-        for a, b in norms.items():
-            out[dst + b + ".weight"] = sd[src + a + ".weight"]
-            out[dst + b + ".bias"] = sd[src + a + ".bias"]
+    out = {}
+    for name, (hf_name, transposed) in gpt2_names(model.cfg.n_layer).items():
+        t = sd[name]
+        out["transformer." + hf_name] = t.t().contiguous() if transposed else t  # Conv1D is (in, out)
     return out
 
 

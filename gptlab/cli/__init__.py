@@ -15,26 +15,30 @@ import traceback
 from typing import NoReturn
 
 from gptlab import __version__
+from gptlab.cli.common import UsageError, settle, short_usage
 from gptlab.errors import UserError
 
 COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export"]
 INTERNAL_ERROR = 1
 
 
-class UsageError(Exception):
-    """A command line argparse cannot read (unknown flag, missing argument, 'abc' for a number)."""
-
-    def __init__(self, prog: str, message: str):
-        super().__init__(message)
-        self.prog = prog
-
-
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line naming the problem (not the usage block, which
-    `--help` shows), and `main` returns instead of exiting. Subcommand parsers inherit the class."""
+    """argparse, but a bad command line is one line naming the problem and the usage of the
+    (sub)command that failed (not the usage block, which `--help` shows), and `main` returns
+    instead of exiting. Subcommand parsers inherit the class."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(self.prog, message)
+        raise UsageError(self.prog, message, self)
+
+
+def _tag(parser: argparse.ArgumentParser) -> None:
+    """Each parser remembers itself as `_parser` (a subcommand's overrides its parent's), so an
+    error found after parsing names the subcommand and its usage."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in dict.fromkeys(action.choices.values()):
+                _tag(sp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built in this version
             raise
         mod.register(sub)
+    _tag(parser)
     return parser
 
 
@@ -77,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
-        if extra:  # named after the command they were given to, not the top-level parser
-            prog = " ".join(p for p in ("gptlab", args.command, getattr(args, "action", None)) if p)
-            raise UsageError(prog, f"unrecognized arguments: {' '.join(extra)}")
+        settle(args, extra)  # positionals given their meaning; unknown flags named after the subcommand
     except UsageError as e:
-        print(f"{e.prog}: error: {one_line(str(e))} (see `{e.prog} --help`)", file=sys.stderr)
+        usage = f"usage: {short_usage(e.parser)}; " if e.parser is not None else ""
+        print(f"{e.prog}: error: {one_line(str(e))} ({usage}see `{e.prog} --help`)", file=sys.stderr)
         return UserError.exit_code
     if not getattr(args, "func", None):
         parser.print_help()

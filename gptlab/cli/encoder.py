@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, show_trace
+from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, resolve_device, show_trace
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.data import DataConfig
 from gptlab.errors import UserError
@@ -49,13 +49,14 @@ def register(sub: Any) -> None:
     pre.set_defaults(func=run_pretrain)
 
     cl = ss.add_parser("classify", help="fine-tune a classifier on a labelled column (e.g. wine variety or country)",
-                       description="Predict --label from --text-field alone. With --model PRETRAINED the encoder "
-                                   "starts from masked-LM weights; without, from scratch.")
+                       description="Predict --label from --text-field alone. Here --model PRETRAINED is not a model "
+                                   "to use (as MODEL is in predict/explain) but the encoder to start from: "
+                                   "masked-LM weights from `gptlab encoder pretrain`; without it, from scratch.")
     add_options(cl, _sections(ClassifyConfig, "model when training from scratch", data_skip=("template",)))
     cl.set_defaults(func=run_classify)
 
     pr = ss.add_parser("predict", help="label texts with a trained classifier", formatter_class=FMT)
-    add_use_flags(pr, text_help="texts to classify", many=True, model="runs/classifier",
+    add_use_flags(pr, text_help="texts to classify", many=True,
                   model_help="classifier folder from `gptlab encoder classify`")
     pr.add_argument("--top", type=int, default=3, help="labels shown per text")
     pr.set_defaults(func=run_predict)
@@ -65,7 +66,7 @@ def register(sub: Any) -> None:
                        description="Bidirectional attention made visible: the chosen token's attention over every "
                                    "token, left and right. A classifier also shows its prediction; a masked-LM "
                                    "encoder fills each [MASK] in the text.")
-    add_use_flags(ex, text_help="the sentence", many=False, model="runs/classifier",
+    add_use_flags(ex, text_help="the sentence", many=False,
                   model_help="encoder or classifier folder")
     ex.add_argument("--token", default=None, help="position (0 = [CLS]) or word whose attention to show")
     add_view_flags(ex, layer_help="layer (0.., -1 = last) or 'mean' over layers")
@@ -107,7 +108,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError(f"--top must be >= 1 (got {args.top}): the number of labels shown per text")
     texts = read_texts(args.text)
-    model, tok, cfg = load_encoder(args.model, args.device, kinds=(KIND_CLASSIFIER,))
+    model, tok, cfg = load_encoder(args.model, resolve_device(args.device), kinds=(KIND_CLASSIFIER,))
     for text, top in zip(texts, predict(model, tok, cfg, texts, top=args.top)):
         print(" | ".join(f"{label} {p:.0%}" for label, p in top) + f"\t{text[:60]}")
     return 0
@@ -117,7 +118,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from gptlab.data import normalize_text
     from gptlab.explain.capture import explain_encoder
     from gptlab.infer.classify import load_encoder
-    model, tok, cfg = load_encoder(args.model, args.device)
+    model, tok, cfg = load_encoder(args.model, resolve_device(args.device))
     labels = cfg.get("classifier", {}).get("labels")
     # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.
     text = normalize_text(args.text).replace("[ mask ]", "[MASK]").strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from gptlab.cli.common import add_device_arg, add_positionals, resolve_device
 from gptlab.cli.generate import MAX_SAMPLES, LoadOptions
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.settings import SEED_MAX, setting
@@ -25,7 +26,8 @@ def register(sub) -> None:
                                    "P(province | country), so it reports the total-variation distance of the "
                                    "model's next-word distribution from it; on any wine model it samples and "
                                    "checks the template.")
-    p.add_argument("model", help="model folder (holds config.json, model.safetensors, tokenizer.json)")
+    add_positionals(p)
+    add_device_arg(p)
     add_options(p, [Section("view", EvalView, "evaluation", aliases={"temperature": ["-T"]},
                             first=("country", "samples", "temperature", "seed"))])
     p.set_defaults(func=run)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     catalog = WineCatalog()
     if v.country not in catalog.countries():  # checked before the model is read
         raise UserError(f"unknown country {v.country!r}: the built-in catalog has {', '.join(sorted(catalog.countries()))}")
-    lm = api.load(args.model, max_params=v.max_params)
+    lm = api.load(args.model, device=resolve_device(args.device), max_params=v.max_params)
     if lm.kind != "gpt":
         raise UserError(f"{args.model} is a {lm.kind} model; gptlab eval measures GPTs")
     tv, model_p, true_p = province_tv(lm, catalog, v.country)

@@ -13,6 +13,7 @@ from gptlab.cli.generate import (
     add_model_args,
     add_sampling_args,
     load_model,
+    prompt_slot,
     read_sampling,
     warnings_to_stderr,
 )
@@ -47,8 +48,7 @@ def register(subparsers) -> None:
                     "most likely next words. Example: gptlab explain runs/demo \"wine review : germany\" "
                     "--steps 4 --out trace.html",
     )
-    add_model_args(p, optional=True)
-    p.add_argument("prompt", nargs="?", default=None, help="text to continue")
+    add_model_args(p, prompt_slot(p, "text to continue", default=None), optional=True)
     add_sampling_args(p, skip=("max_new_tokens",),
                       view=Section("view", ExplainView, "explanation", first=("steps", "top", "out", "json", "trace", "layer", "head")))
     p.set_defaults(func=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from gptlab.cli.common import add_positionals
 from gptlab.cli.generate import LoadOptions
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
@@ -22,7 +23,7 @@ def register(sub) -> None:
                        description="Write DIR with config.json (model_type gpt2), model.safetensors and the "
                                    "tokenizer, loadable by transformers.AutoModelForCausalLM / AutoTokenizer. "
                                    "The folder is written whole or not at all.")
-    p.add_argument("model", help="gptlab model folder")
+    add_positionals(p, model_help="gptlab model folder to export")
     add_options(p, [Section("view", ExportView, "export", first=("out", "overwrite"))])
     p.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gptlab.cli.common import OWN_DEFAULT, Slot, add_device_arg, add_positionals, resolve_device
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.infer.dtypes import DTYPE_HELP, DTYPE_NAMES
@@ -26,11 +27,18 @@ from gptlab.settings import SEED_MAX, setting
 MAX_SAMPLES = 1_000_000
 
 
-def add_model_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
-    parser.add_argument("model", nargs="?" if optional else None, metavar="MODEL",
-                        help="model folder (config.json, model.safetensors, tokenizer.json), e.g. runs/demo")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+def add_model_args(parser: argparse.ArgumentParser, *slots: Slot, optional: bool = False) -> None:
+    """MODEL (or -m/--model), the positionals after it, --device and --dtype."""
+    add_positionals(parser, *slots, model="optional" if optional else "required")
+    add_device_arg(parser)
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help=DTYPE_HELP)
+
+
+def prompt_slot(parser: argparse.ArgumentParser, help: str, default: str | None = "") -> Slot:
+    """The positional PROMPT, with -p/--prompt PROMPT as the flag that may give it instead."""
+    parser.add_argument("-p", "--prompt", dest="prompt_opt", metavar="PROMPT", default=None,
+                        help="the PROMPT as a flag (as in llama.cpp)" + OWN_DEFAULT)
+    return Slot("prompt", "PROMPT", "?", default, alias="prompt_opt", help=help)
 
 
 @dataclass
@@ -41,18 +49,8 @@ class LoadOptions:
 
 
 def load_model(args: argparse.Namespace, max_params: int = MAX_PARAMS):
-    import torch
-
     from gptlab.api import load
-    device = args.device
-    if device is not None:
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {device!r} asked for but no CUDA GPU is available: use --device cpu")
-    return load(args.model, device=device, dtype=getattr(args, "dtype", None), max_params=max_params)
+    return load(args.model, device=resolve_device(args.device), dtype=getattr(args, "dtype", None), max_params=max_params)
 
 
 @contextmanager
@@ -97,10 +95,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="sample text from a trained model",
         description="Sample text from a trained model. Example: "
-                    "gptlab generate runs/demo \"wine review : us\" -T 0.5 -n 3 --seed 1",
+                    "gptlab generate runs/demo \"wine review : us\" -T 0.5 -n 3 --seed 1 "
+                    "(-n counts samples, not tokens as in llama.cpp: --max-tokens sets the length)",
     )
-    add_model_args(p)
-    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty, start from scratch)")
+    add_model_args(p, prompt_slot(p, "text to continue (default: empty, start from scratch)"))
     add_sampling_args(p, view=Section("view", GenerateView, "output", aliases={"n": ["-n"]}, first=("n", "stream", "json")))
     p.set_defaults(func=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, show_trace
+from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, resolve_device, show_trace
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.training.config import own_fields
@@ -44,8 +44,10 @@ def register(sub: Any) -> None:
     add_options(tr, _sections())
     tr.set_defaults(func=run_train)
 
-    t = ss.add_parser("translate", help="translate text with a trained model", formatter_class=FMT)
-    add_use_flags(t, text_help="sentences to translate", many=True, model="runs/seq2seq",
+    t = ss.add_parser("translate", help="translate text with a trained model", formatter_class=FMT,
+                      description="Translate each TEXT (or each line of stdin). Example: gptlab seq2seq translate "
+                                  "runs/numbers \"three hundred forty-two\" --beam 4")
+    add_use_flags(t, text_help="sentences to translate", many=True,
                   model_help="model folder from `gptlab seq2seq train`")
     t.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     t.set_defaults(func=run_translate)
@@ -54,7 +56,7 @@ def register(sub: Any) -> None:
                       description="Translate one sentence and show the decoder's cross-attention (rows: generated "
                                   "words, columns: source words) in the terminal, and optionally as an HTML heatmap "
                                   "and a gptlab-trace JSON file.")
-    add_use_flags(e, text_help="the sentence to translate", many=False, model="runs/seq2seq",
+    add_use_flags(e, text_help="the sentence to translate", many=False,
                   model_help="model folder from `gptlab seq2seq train`")
     e.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     add_view_flags(e, layer_help="decoder layer to show (0.., -1 = last) or 'mean' over layers")
@@ -96,7 +98,7 @@ def run_translate(args: argparse.Namespace) -> int:
     from gptlab.infer.translate import load, translate
     check_beam(args.beam)
     texts = read_texts(args.text)
-    model, tok, _ = load(args.model, args.device)
+    model, tok, _ = load(args.model, resolve_device(args.device))
     for line in translate(model, tok, texts, beam=args.beam):
         print(line)
     return 0
@@ -106,6 +108,6 @@ def run_explain(args: argparse.Namespace) -> int:
     from gptlab.explain.capture import explain_translation
     from gptlab.infer.translate import load
     check_beam(args.beam)
-    model, tok, _ = load(args.model, args.device)
+    model, tok, _ = load(args.model, resolve_device(args.device))
     trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
     return show_trace(trace.terminal(color=args.color, values=args.values), trace, args)

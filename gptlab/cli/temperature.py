@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from gptlab.cli.generate import LoadOptions, add_model_args, load_model, warnings_to_stderr
+from gptlab.cli.generate import LoadOptions, add_model_args, load_model, prompt_slot, warnings_to_stderr
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.infer.sampling import temperature_table
@@ -33,8 +33,7 @@ def register(subparsers) -> None:
                     "and the entropy. Examples: gptlab temperature runs/demo \"wine review : germany :\" -T 0.5 1 1.5 3; "
                     "gptlab temperature --logits 4.1,3.9,2.7 --labels pfalz,mosel,rhein",
     )
-    add_model_args(p, optional=True)
-    p.add_argument("prompt", nargs="?", default="", help="text whose next token is examined")
+    add_model_args(p, prompt_slot(p, "text whose next token is examined"), optional=True)
     add_options(p, [Section("view", TemperatureView, "table", aliases={"temperatures": ["-T"]},
                             first=("temperatures", "top", "logits", "labels", "decimals", "json"))])
     p.set_defaults(func=run)
