@@ -59,6 +59,9 @@ def models_dir(tmp_path_factory, outside) -> Path:
         make_model(root / name)
         (root / name / linked).unlink()
         os.symlink(outside / linked, root / name / linked)
+    make_model(root / "vocab-out")     # a Hugging Face GPT-2 tokenizer file linked out (gptlab.load reads it)
+    (outside / "vocab.json").write_text("{}")
+    os.symlink(outside / "vocab.json", root / "vocab-out" / "vocab.json")
     make_model(root / "weights-in")    # a link that stays inside the models folder is fine
     (root / "weights-in" / WEIGHTS).unlink()
     os.symlink(root / "wine" / WEIGHTS, root / "weights-in" / WEIGHTS)
@@ -333,7 +336,8 @@ def test_a_load_that_runs_out_of_memory_fails_fast_afterwards(tmp_path, monkeypa
 
 
 # -- every file of a model stays inside the models folder ----------------------------------------
-@pytest.mark.parametrize("name, file", [("weights-out", WEIGHTS), ("tokenizer-out", TOKENIZER), ("fifo", WEIGHTS)])
+@pytest.mark.parametrize("name, file", [("weights-out", WEIGHTS), ("tokenizer-out", TOKENIZER), ("fifo", WEIGHTS),
+                                        ("vocab-out", "vocab.json")])
 def test_a_file_linked_out_of_the_models_folder_is_refused(client, models_dir, outside, count_loads, name, file):
     for r in (client.post("/v1/completions", json={"model": name, "prompt": PROMPT}),
               client.post("/v1/completions", json={"model": name, "prompt": PROMPT, "stream": True}),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gptlab.api import LoadedModel, load
 from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, read_config
+from gptlab.checkpoint.hf import MERGES, VOCAB
 from gptlab.errors import UserError
 from gptlab.serve.redact import hide_paths
 
@@ -32,7 +33,8 @@ log = logging.getLogger("gptlab.serve")
 _PART = r"[\w][\w.+ -]*"
 _NAME_RE = re.compile(rf"^{_PART}(/{_PART})?$")
 MAX_DEPTH = 2  # runs/wine and runs/wine/epoch3
-MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER)  # what `gptlab.load` reads from a folder
+# What `gptlab.load` reads from a folder: gptlab's files, and a Hugging Face GPT-2 folder's tokenizer.
+MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER, VOCAB, MERGES)
 
 Stamp = tuple[tuple[int, ...] | None, ...]
 
