@@ -171,15 +171,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is truncated or not a safetensors file ({str(e)[:80]}): re-train or copy it again") from None
     expected = state_dict_for_save(model)  # tied weights appear once, as they were saved
-    missing = [n for n in expected if n not in tensors]
-    unexpected = [n for n in tensors if n not in expected]
-    if missing or unexpected:
-        raise UserError(f"{path} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}): "
-                        "it belongs to another model; re-train or restore the matching config.json")
-    for n, t in tensors.items():
-        if t.shape != expected[n].shape:
-            raise UserError(f"{path}: tensor {n} has shape {tuple(t.shape)}, config.json says {tuple(expected[n].shape)}: "
-                            "weights and config come from different models")
+    check_shapes(path, {n: tuple(v.shape) for n, v in expected.items()}, {n: tuple(v.shape) for n, v in tensors.items()})
     model.load_state_dict(tensors, strict=False)
 
 
@@ -234,26 +226,36 @@ def read_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]
         raise UserError(f"{path} is truncated or not a safetensors file ({str(e)[:80]}): re-train or copy it again") from None
 
 
+def check_shapes(path: str | os.PathLike, expected: dict[str, tuple[int, ...]],
+                 found: dict[str, tuple[int, ...]]) -> None:
+    """The tensors a weights file holds (name -> shape) must be the ones its config.json asks for."""
+    missing = [n for n in expected if n not in found]
+    unexpected = [n for n in found if n not in expected]
+    if missing or unexpected:
+        raise UserError(f"{path} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+                        "it belongs to another model; re-train or restore the matching config.json")
+    for n, shape in expected.items():
+        if found[n] != shape:
+            raise UserError(f"{path}: tensor {n} has shape {found[n]}, config.json says {shape}: "
+                            "weights and config come from different models")
+
+
 def check_weights_file(cfg: dict, path: str | os.PathLike, max_params: int = MAX_PARAMS) -> int:
     """The parameter count of the model `cfg` describes, once its weights file's header agrees
     with it and it is within `max_params`; a UserError otherwise. Reads the header only."""
     header = read_header(path)
     planned = planned_tensors(cfg)
-    missing = [n for n in planned if n not in header]
-    unexpected = [n for n in header if n not in planned]
-    if missing or unexpected:
-        raise UserError(f"{path} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}): "
-                        "it belongs to another model; re-train or restore the matching config.json")
-    for n, shape in planned.items():
-        dtype, saved = header[n]
-        if saved != shape:
-            raise UserError(f"{path}: tensor {n} has shape {saved}, config.json says {shape}: "
-                            "weights and config come from different models")
+    check_shapes(path, planned, {n: shape for n, (_, shape) in header.items()})
+    for n, (dtype, _) in header.items():
         if dtype not in FLOAT_DTYPES:
             raise UserError(f"{path}: tensor {n} holds {dtype} values, not floating point: it is not a gptlab model")
-    n_params = sum(math.prod(shape) for shape in planned.values())
+    return check_param_count(sum(math.prod(shape) for shape in planned.values()), max_params, Path(path).parent)
+
+
+def check_param_count(n_params: int, max_params: int, folder: Path) -> int:
+    """n_params, if within the cap; a one-line error naming the flag that lifts it otherwise."""
     if n_params > max_params:
-        raise UserError(f"the model in {Path(path).parent} has {n_params:,} parameters, more than the limit of "
+        raise UserError(f"the model in {folder} has {n_params:,} parameters, more than the limit of "
                         f"{max_params:,}: pass --max-params {n_params} (max_params= in Python) if you mean to load it")
     return n_params
 

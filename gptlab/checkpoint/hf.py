@@ -158,11 +158,7 @@ def check_hf_weights(cfg: ModelConfig, path: Path, max_params: int = MAX_PARAMS)
                             "weights and config come from different models")
         if dtype not in ckpt.FLOAT_DTYPES:
             raise UserError(f"{path}: tensor {hf} holds {dtype} values, not floating point: not a GPT-2 model")
-    n_params = sum(math.prod(shape) for _, _, shape in plan.values())
-    if n_params > max_params:
-        raise UserError(f"the model in {path.parent} has {n_params:,} parameters, more than the limit of "
-                        f"{max_params:,}: pass --max-params {n_params} (max_params= in Python) if you mean to load it")
-    return n_params
+    return ckpt.check_param_count(sum(math.prod(shape) for _, _, shape in plan.values()), max_params, path.parent)
 
 
 def load_hf_weights(model: GPT, path: Path) -> None:
