@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +169,3 @@ def read_options(args: argparse.Namespace, base: Callable[[dict[str, dict[str, A
         if is_dataclass(obj):
             check(obj, {n: flag for (s, n), flag in flags.items() if s == section})
     return objs
-
-
-def defaults_of(cls: type) -> dict[str, Any]:
-    """Field defaults of a dataclass (for a section without a preset)."""
-    out = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
