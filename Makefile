@@ -23,16 +23,17 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-$(EXTRAS)
 
 demo: install
-	$(BIN)/gptlab train --preset small --time-budget $(DEMO_SECONDS) --eval-interval 400 --out runs/demo --overwrite
-	@echo; echo "== samples at T=1.0 and T=0.5"
+	$(BIN)/gptlab train --preset fast --time-budget $(DEMO_SECONDS) --eval-interval 400 --out runs/demo --overwrite
+	@echo; echo "== samples at T=1.0 and T=0.5, and two whole reviews from an empty prompt"
 	$(BIN)/gptlab generate runs/demo "wine review : germany :" -T 1.0 -n 3 --seed 1
 	$(BIN)/gptlab generate runs/demo "wine review : us :" -T 0.5 -n 2 --seed 1
+	$(BIN)/gptlab generate runs/demo -n 2 --seed 2
 	@echo; echo "== what the model saw, step by step (also written to runs/demo/trace.html)"
 	$(BIN)/gptlab explain runs/demo "wine review : germany :" --steps 3 --seed 1
 	$(BIN)/gptlab explain runs/demo "wine review : germany :" --steps 3 --seed 1 --out runs/demo/trace.html
 	@echo; echo "== temperature"
 	$(BIN)/gptlab temperature runs/demo "wine review : germany :" -T 0.5 1 1.5 3
-	@echo; echo "== what it learned, against the built-in corpus's truth"
+	@echo; echo "== what it learned, against the built-in generator's exact probabilities"
 	$(BIN)/gptlab eval runs/demo --samples 100
 
 test: install

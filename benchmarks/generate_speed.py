@@ -15,11 +15,19 @@ with random weights samples 80-token texts (a 4-token prompt + 76 new tokens) at
                any sampler on gptlab's fp32 model code, to show what the generation loop itself costs.
 
 Each figure is the median of --repeats runs, in new tokens per second (batch x new tokens / time);
-ratios are against the recompute baseline measured in the same run. Last, the cost of an
-explanation (`LoadedModel.explain`: attention and top candidates captured at every step) against
-plain generation (`LoadedModel.generate`) of the same tokens.
+ratios are against the recompute baseline measured in the same run. Then, at batch 1, where a step's
+time goes (microseconds per new token, same run): the output layer alone (its matrix-vector
+product once per token: reading its weights is the floor of any fp32 step), the cached forward
+passes, and the whole generation loop. Last, the cost of an explanation (`LoadedModel.explain`:
+attention and top candidates captured at every step) against plain generation
+(`LoadedModel.generate`) of the same tokens.
 
     python benchmarks/generate_speed.py [--repeats 7] [--batches 1 32] [--dtypes fp32 bf16 int8] [--threads N] [--clock wall|cpu]
+    python benchmarks/generate_speed.py --compare-threads 1 2   # batch 1, fp32, wall clock: only this comparison
+
+On a machine shared with other jobs, intra-op threads at batch 1 can cost far more than they
+give (each parallel region waits for all its threads to be scheduled): --compare-threads times
+the same batch-1 generation at each thread count, alternating within one process.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -77,6 +86,14 @@ def run_forward_only(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
 
 
 @torch.inference_mode()
+def run_output_layer(model, B: int, new_tokens: int) -> None:
+    """The output layer alone, once per new token: at batch 1 the step's one large weight read."""
+    h_BxC = torch.randn(B, model.cfg.d_model, dtype=next(model.parameters()).dtype)
+    for _ in range(new_tokens):
+        model.lm_head(h_BxC)
+
+
+@torch.inference_mode()
 def run_recompute(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
     cfg, g = SamplingConfig(seed=0), make_generator(0)
     ids_BxT = prompts_BxT
@@ -88,7 +105,7 @@ def run_recompute(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
 
 def as_dtype(model: GPT, dtype: str) -> GPT:
     """A copy of `model` with its weights as `gptlab.load(..., dtype=)` would hold them."""
-    return with_dtype(copy.deepcopy(model), dtype)
+    return cast(GPT, with_dtype(copy.deepcopy(model), dtype))
 
 
 def hf_model(seed: int = 0):
@@ -117,6 +134,26 @@ def word_tokenizer(vocab: int) -> Tokenizer:
     return Tokenizer.train([" ".join(words)], kind="word", vocab_size=vocab)
 
 
+def compare_threads(counts: list[int], repeats: int, new_tokens: int) -> None:
+    """Batch-1 fp32 generation at each thread count, the counts alternating so each sees the same load."""
+    torch.manual_seed(0)
+    model = GPT(book(VOCAB)).eval()
+    prompts = torch.randint(3, VOCAB, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(repeats):
+        for n in counts:
+            torch.set_num_threads(n)
+            run_gptlab(model, prompts, 4)  # warm-up at this count
+            t0 = time.perf_counter()
+            run_gptlab(model, prompts, new_tokens)
+            times[n].append(time.perf_counter() - t0)
+    print(f"batch 1, fp32, {new_tokens} new tokens, wall clock, median of {repeats}; load average {load:.1f} "
+          f"on {os.cpu_count()} CPUs at start")
+    for n, ts in times.items():
+        print(f"  {n} thread(s): {new_tokens / statistics.median(ts):8,.0f} tokens/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -129,7 +166,13 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time, with --threads 1 a fairer figure on a machine shared "
                          "with other jobs (wall time there measures the queue, not the code)")
+    ap.add_argument("--compare-threads", type=int, nargs="+", default=None, metavar="N",
+                    help="only time batch-1 fp32 generation (wall clock) at each of these torch thread counts, "
+                         "alternating in one process")
     args = ap.parse_args()
+    if args.compare_threads:
+        compare_threads(args.compare_threads, args.repeats, args.new_tokens)
+        return
     global CLOCK
     if args.clock == "cpu":
         if args.threads != 1:
@@ -165,11 +208,22 @@ def main() -> None:
         row += f"  {ceiling:>12,.0f}  {ceiling / base:>5.1f}x"
         print(row, flush=True)
 
+    if 1 in args.batches:
+        prompts = torch.randint(3, VOCAB, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+        us = 1e6 / args.new_tokens
+        print("\nbatch 1, microseconds per new token (median of --repeats): output layer alone / cached forward "
+              "passes / whole generation loop")
+        for d, m in variants.items():
+            head = median_time(lambda m=m: run_output_layer(m, 1, args.new_tokens), args.repeats) * us
+            fwd = median_time(lambda m=m, p=prompts: run_forward_only(m, p, args.new_tokens), args.repeats) * us
+            whole = median_time(lambda m=m, p=prompts: run_gptlab(m, p, args.new_tokens), args.repeats) * us
+            print(f"  {d:>5}: {head:6.0f} / {fwd:6.0f} / {whole:6.0f}  (output layer {head / whole:.0%} of a step; "
+                  f"{1e6 / whole:,.0f} tokens/s)", flush=True)
+
     lm = LoadedModel(model, word_tokenizer(VOCAB), {"kind": "gpt", "model": model.cfg.to_dict()})
     prompt = " ".join(f"w{i}" for i in range(PROMPT_LEN))
-    kw = dict(seed=0)
-    plain = median_time(lambda: lm.generate(prompt, max_new_tokens=args.new_tokens, **kw), args.repeats)
-    explained = median_time(lambda: lm.explain(prompt, steps=args.new_tokens, **kw), args.repeats)
+    plain = median_time(lambda: lm.generate(prompt, max_new_tokens=args.new_tokens, seed=0), args.repeats)
+    explained = median_time(lambda: lm.explain(prompt, steps=args.new_tokens, seed=0), args.repeats)
     print(f"\nexplain vs plain generate, batch 1, {args.new_tokens} tokens through LoadedModel: "
           f"{explained * 1e3:.1f} ms vs {plain * 1e3:.1f} ms = {explained / plain:.2f}x")
 

@@ -3,12 +3,17 @@
     python benchmarks/serve_load.py                      # a random `small`-preset model, made here
     python benchmarks/serve_load.py --model runs/demo    # a trained model folder
 
-Phases, all against one `gptlab serve` subprocess on 127.0.0.1 (a free port):
+First the ceiling: `generate_steps` of the same model at batch --clients in this process (median
+of --repeats). Then, against a `gptlab serve` subprocess on 127.0.0.1 per path (--paths: `off`, the
+old path where each request decodes alone on one of --workers threads; `on`, the engine with --slots
+decoded together), the same requests in the same order:
   1. warm-up: --warmup requests, then the server's RSS is read from /proc;
   2. load: --requests completions from --clients concurrent clients (every --stream-every-th one
-     streamed); counts statuses, p50/p95 latency, generated tokens per second, and RSS growth;
-  3. flood: --flood requests at once, more than workers + queue: the excess must get 429, none a
-     5xx, and the server must still answer afterwards.
+     streamed); counts statuses, p50/p95 latency, time to first token of the streamed ones,
+     generated tokens per second, and RSS growth;
+  3. flood (engine only): --flood requests at once, more than slots + queue: the excess must get
+     429, none a 5xx, and the server must still answer afterwards.
+The summary gives tokens/s of the engine over the old path (target 10x) and over offline (50%).
 Exits 1 when a check fails (any 5xx or transport error, RSS growth >= 10%, no 429 in the flood).
 Every request has a timeout and the number of requests is fixed, so the run ends by itself.
 """
@@ -63,11 +68,18 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(models: Path, args) -> tuple[subprocess.Popen, str, Path]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(models: Path, args, engine: str) -> tuple[subprocess.Popen, str, Path]:
     log = Path(tempfile.mkstemp(prefix="gptlab-serve-load-", suffix=".log")[1])
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "gptlab", "serve", "--models", str(models), "--port", "0", "--log-level", "warning",
-           "--workers", str(args.workers), "--queue", str(args.queue), "--max-tokens", str(max(args.max_tokens, 16))]
+           "--workers", str(args.workers), "--queue", str(args.queue), "--max-tokens", str(max(args.max_tokens, 16)),
+           "--engine", engine, "--slots", str(args.slots), "--threads", str(args.threads)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -89,7 +101,7 @@ async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, st
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-            tokens, status, done = 0, None, False
+            tokens, status, done, ttft = 0, None, False, None
             async with client.stream("POST", "/v1/completions", json=body) as r:
                 status = r.status_code
                 async for line in r.aiter_lines():
@@ -101,8 +113,11 @@ async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, st
                             status = 599  # an error inside a 200 stream counts as a server failure
                         elif chunk.get("usage"):
                             tokens = chunk["usage"]["completion_tokens"]
+                        elif ttft is None and chunk.get("choices"):
+                            ttft = time.perf_counter() - t0  # the first piece of text (or the end)
             if status == 200 and not done:
                 status = 598  # stream cut short
+            return {"status": status, "latency": time.perf_counter() - t0, "tokens": tokens, "ttft": ttft}
         else:
             r = await client.post("/v1/completions", json=body)
             status = r.status_code
@@ -153,28 +168,32 @@ def summarize(name: str, results: list[dict]) -> dict:
     return {"statuses": statuses, "failures": failures}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="a trained model folder (default: a random model of --preset, made here)")
-    ap.add_argument("--preset", default="small", help="preset of the random model (tiny, small, book)")
-    ap.add_argument("--requests", type=int, default=500)
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--stream-every", type=int, default=5, help="every n-th request streams (0: none)")
-    ap.add_argument("--warmup", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--queue", type=int, default=64)
-    ap.add_argument("--flood", type=int, default=300, help="requests sent at once in the flood phase")
-    args = ap.parse_args()
+def offline_speed(model_dir: Path, batch: int, new_tokens: int, threads: int, repeats: int) -> tuple[float, float]:
+    """New tokens per second of `generate_steps` at `batch` in this process, per wall second and per CPU
+    second: the ceiling the server is measured against."""
+    import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="gptlab-serve-load-"))
-    if args.model:
-        models, name = Path(args.model).resolve(), Path(args.model).resolve().name
-    else:
-        name = f"random-{args.preset}"
-        models = make_model(tmp / name, args.preset)
-    proc, url, log = start_server(models, args)
-    ok = True
+    from gptlab.api import load
+    from gptlab.infer.generate import generate_steps
+    from gptlab.infer.sampling import SamplingConfig
+
+    torch.set_num_threads(threads)
+    lm = load(model_dir)
+    prompts = [lm.encode(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=new_tokens, seed=0)
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = sum(sum(step.active) for step in generate_steps(lm.model, prompts, cfg))  # type: ignore[arg-type]
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return n / statistics.median(times), n / statistics.median(cpu)
+
+
+def load_phase(label: str, models: Path, name: str, args, engine: str, flood_it: bool) -> tuple[bool, dict]:
+    """Warm-up, load and (optionally) flood against one server; (checks passed, figures)."""
+    proc, url, log = start_server(models, args, engine)
+    ok, fig = True, {}
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             for _ in range(100):
@@ -183,38 +202,52 @@ def main() -> int:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-        print(f"server {url}, pid {proc.pid}, model {name}, workers {args.workers}, queue {args.queue}, "
-              f"max_tokens {args.max_tokens}, {os.cpu_count()} CPU cores")
-
+        print(f"\n== {label}: server {url}, pid {proc.pid}, --engine {engine}, workers {args.workers}, "
+              f"slots {args.slots}, queue {args.queue}, threads {args.threads}")
         warm, _ = asyncio.run(run_clients(url, name, args.warmup, args.clients, args.max_tokens, args.stream_every, 0))
         ok &= summarize("warm-up", warm)["failures"] == 0
-        rss0 = rss_mib(proc.pid)
-
+        rss0, cpu0 = rss_mib(proc.pid), cpu_s(proc.pid)
         results, wall = asyncio.run(run_clients(url, name, args.requests, args.clients, args.max_tokens,
                                                 args.stream_every, 1))
-        rss1 = rss_mib(proc.pid)
+        rss1, cpu = rss_mib(proc.pid), cpu_s(proc.pid) - cpu0
         s = summarize("load", results)
+        fig["failures"] = s["failures"]
         ok &= s["failures"] == 0
         good = [r for r in results if r["status"] == 200]
         lat = [r["latency"] for r in good]
+        ttft = [r["ttft"] for r in good if r.get("ttft") is not None]
         tokens = sum(r["tokens"] for r in good)
         growth = (rss1 - rss0) / rss0
+        fig.update(tok_s=tokens / wall, tok_cpu_s=tokens / cpu, growth=growth)
+        print(f"  server CPU {cpu:.1f} s in {wall:.1f} s of load: {tokens / cpu:.0f} tokens per CPU second")
         if lat:
+            fig.update(p50=pct(lat, 50), p95=pct(lat, 95))
             print(f"  latency p50 {pct(lat, 50) * 1000:.0f} ms, p95 {pct(lat, 95) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
                   f"{len(good) / wall:.1f} requests/s, {tokens / wall:.0f} generated tokens/s ({tokens} tokens in {wall:.1f} s)")
+        if ttft:
+            fig.update(ttft50=pct(ttft, 50), ttft95=pct(ttft, 95))
+            print(f"  time to first token (streamed requests, {len(ttft)}): p50 {pct(ttft, 50) * 1000:.0f} ms, "
+                  f"p95 {pct(ttft, 95) * 1000:.0f} ms")
         print(f"  server RSS after warm-up {rss0:.1f} MiB, after load {rss1:.1f} MiB: growth {100 * growth:+.1f}% (limit +10%)")
         ok &= growth < 0.10 and len(good) == args.requests
-
-        flooded = asyncio.run(flood(url, name, args.flood, args.max_tokens))
-        f = summarize(f"flood ({args.flood} at once, capacity {args.workers + args.queue})", flooded)
-        n429 = f["statuses"].get(429, 0)
-        ok &= f["failures"] == 0 and n429 > 0
-        with httpx.Client(base_url=url, timeout=60) as c:
-            alive = c.get("/healthz").json()
-            after = c.post("/v1/completions", json={"model": name, "prompt": "wine review", "max_tokens": 4})
-        print(f"  after the flood: /healthz {alive['status']}, in flight {alive['in_flight']}, "
-              f"a completion -> {after.status_code}; server RSS {rss_mib(proc.pid):.1f} MiB")
-        ok &= after.status_code == 200 and proc.poll() is None
+        if flood_it:
+            flooded = asyncio.run(flood(url, name, args.flood, args.max_tokens))
+            capacity = (args.slots if engine == "on" else args.workers) + args.queue
+            f = summarize(f"flood ({args.flood} at once, capacity {capacity})", flooded)
+            n429 = f["statuses"].get(429, 0)
+            fig.update(flood_429=n429, flood_5xx=f["failures"])
+            ok &= f["failures"] == 0 and n429 > 0
+            with httpx.Client(base_url=url, timeout=60) as c:
+                alive = c.get("/healthz").json()
+                after = c.post("/v1/completions", json={"model": name, "prompt": "wine review", "max_tokens": 4})
+                metrics = c.get("/metrics").text if engine == "on" else ""
+            print(f"  after the flood: /healthz {alive['status']}, in flight {alive['in_flight']}, "
+                  f"a completion -> {after.status_code}; server RSS {rss_mib(proc.pid):.1f} MiB")
+            ok &= after.status_code == 200 and proc.poll() is None
+            if metrics:
+                shown = [ln for ln in metrics.splitlines() if ln.startswith(("gptlab_generated_tokens_total",
+                         "gptlab_requests_total", "gptlab_time_to_first_token_seconds_count", "gptlab_slots_in_use"))]
+                print("  /metrics: " + "; ".join(shown))
     finally:
         proc.terminate()
         try:
@@ -224,6 +257,61 @@ def main() -> int:
         if not ok:
             print("server log (tail):\n" + log.read_text(errors="replace")[-3000:])
         log.unlink(missing_ok=True)
+    return ok, fig
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="a trained model folder (default: a random model of --preset, made here)")
+    ap.add_argument("--preset", default="small", help="preset of the random model (tiny, small, book)")
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--stream-every", type=int, default=5, help="every n-th request streams (0: none)")
+    ap.add_argument("--warmup", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2, help="gate workers (the old path's concurrent generations)")
+    ap.add_argument("--slots", type=int, default=32, help="the engine's slots")
+    ap.add_argument("--queue", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                    help="torch threads of both servers and of the offline run (default: half the cores)")
+    ap.add_argument("--flood", type=int, default=300, help="requests sent at once in the flood phase (engine)")
+    ap.add_argument("--repeats", type=int, default=3, help="offline runs (median)")
+    ap.add_argument("--paths", nargs="+", default=["off", "on"], choices=["off", "on"],
+                    help="which server paths to load: off = one request per worker (the old path), on = the engine")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gptlab-serve-load-"))
+    if args.model:
+        models, name = Path(args.model).resolve(), Path(args.model).resolve().name
+    else:
+        name = f"random-{args.preset}"
+        models = make_model(tmp / name, args.preset)
+    print(f"model {name}, {args.requests} requests x {args.max_tokens} tokens from {args.clients} clients, "
+          f"{os.cpu_count()} CPU cores")
+    offline, offline_cpu = offline_speed(models, args.clients, args.max_tokens, args.threads, args.repeats)
+    print(f"offline generate_steps at batch {args.clients}: {offline:.0f} new tokens/s, {offline_cpu:.0f} per CPU "
+          f"second (median of {args.repeats}, {args.threads} torch threads)")
+    ok, figs = True, {}
+    for engine in args.paths:
+        label = "engine (continuous batching)" if engine == "on" else "old path (each request alone on a worker)"
+        passed, figs[engine] = load_phase(label, models, name, args, engine, flood_it=engine == "on")
+        ok &= passed
+    print("\n== summary")
+    for engine, fig in figs.items():
+        print(f"  --engine {engine}: {fig.get('tok_s', 0):.0f} tokens/s = {fig.get('tok_s', 0) / offline:.2f} x offline "
+              f"batch {args.clients}; p50 {fig.get('p50', 0) * 1000:.0f} ms, p95 {fig.get('p95', 0) * 1000:.0f} ms, "
+              f"TTFT p50 {fig.get('ttft50', 0) * 1000:.0f} ms, p95 {fig.get('ttft95', 0) * 1000:.0f} ms; "
+              f"5xx {fig.get('failures')}; RSS growth {100 * fig.get('growth', 0):+.1f}%; "
+              f"{fig.get('tok_cpu_s', 0):.0f} tokens per server CPU second = {fig.get('tok_cpu_s', 0) / offline_cpu:.2f} x offline's")
+    if "on" in figs and "off" in figs:
+        ratio = figs["on"]["tok_s"] / figs["off"]["tok_s"]
+        print(f"  engine / old path: {ratio:.1f}x tokens/s (target >= 10x); engine / offline batch {args.clients}: "
+              f"{figs['on']['tok_s'] / offline:.0%} (target >= 50%)")
+    # On a machine shared with other jobs the server gets less CPU than the offline run did: per CPU
+    # second, the comparison does not depend on what else runs.
+    if "on" in figs:
+        print(f"  per CPU second: engine / offline batch {args.clients}: {figs['on']['tok_cpu_s'] / offline_cpu:.0%}"
+              + (f", engine / old path: {figs['on']['tok_cpu_s'] / figs['off']['tok_cpu_s']:.1f}x" if "off" in figs else ""))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

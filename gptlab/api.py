@@ -61,7 +61,8 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
+        """The ids the model reads for `text` as a prompt: after <|endoftext|> for a model trained so."""
+        return self.tokenizer.encode_prompt(text)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)

@@ -101,3 +101,14 @@ class GateWatch:
         with self._changed:
             ok = self._changed.wait_for(lambda: self.events.count(event) >= count, self.wait_s)
         assert ok, f"the gate reported {self.events}, not {count} x {event!r}"
+
+
+def one_line_error(capsys, argv, *words) -> str:
+    """Run `gptlab ARGV`: exit status 2 and one line on stderr, no traceback, naming each of `words`."""
+    from gptlab.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err

@@ -93,7 +93,7 @@ def test_no_import_cycles():
 
 def test_checkpoint_kinds_are_one_explicit_table():
     from gptlab.checkpoint import KINDS
-    assert set(KINDS) == {"gpt", "encoder", "classifier", "seq2seq"}
+    assert set(KINDS) == {"gpt", "encoder", "classifier", "seq2seq", "reward", "gpt-value", "image"}
 
 
 def test_model_package_imports_only_torch():

@@ -11,6 +11,7 @@ import torch
 
 from gptlab.cli import main
 from gptlab.data import DataConfig
+from gptlab.explain.trace import VERSION
 from gptlab.infer.classify import predict
 from gptlab.model import IGNORE_INDEX
 from gptlab.model.encoder import Classifier, Encoder, bert_tiny
@@ -170,7 +171,7 @@ def test_cli_pretrain_classify_predict_explain(tmp_path, capsys):
     assert main(["encoder", "explain", str(cls), "Ripe plum and cocoa.", "--token", "plum",
                  "--html", str(html), "--json", str(js), "--no-color"]) == 0
     trace = json.loads(js.read_text())
-    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 2, "classifier")
+    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", VERSION, "classifier")
     assert trace["tokens"][:3] == ["[CLS]", "ripe", "plum"] and trace["focus"] == 2
     T = len(trace["tokens"])
     assert len(trace["self_attention"]["layers"][0]) == T and len(trace["self_attention"]["layers"][0][0]) == T

@@ -15,6 +15,7 @@ from conftest import tiny_model
 
 from gptlab.errors import UserError
 from gptlab.explain import Trace, render_html, render_terminal, use_color
+from gptlab.explain.style import display_token
 from gptlab.infer.generate import GenerationWarning
 
 EXPLAIN_DIR = Path(__file__).resolve().parents[1] / "gptlab" / "explain"
@@ -78,6 +79,65 @@ def test_probabilities_after_temperature_and_top_k(lm):
         assert math.isclose(step.reweight(1.0)[0], step.candidates[0].p, rel_tol=1e-4)
 
 
+@pytest.mark.parametrize("settings", [
+    dict(temperature=1.0), dict(temperature=3.0), dict(temperature=0.5, top_k=2), dict(temperature=1.3, top_p=0.6),
+    dict(temperature=0.8, min_p=0.2), dict(temperature=2.0, top_k=5, top_p=0.9, min_p=0.05),
+    dict(temperature=1.5, repetition_penalty=1.7), dict(temperature=0),
+])
+def test_stored_distribution_is_the_one_the_sampler_drew_from(lm, settings):
+    """The step's `dist`, run through the Python port of the sampler's pipeline, gives back the
+    probabilities torch drew with, for every token of the vocabulary that the candidates name."""
+    from gptlab.explain.distribution import distribution
+    t = lm.explain(PROMPT, steps=6, seed=3, **settings)
+    s = t.sampling
+    for step in t.steps:
+        assert len(step.dist["logits"]) == lm.tokenizer.vocab_size  # a small vocabulary: every logit
+        groups = {g.id: g for g in distribution(step.dist, s["temperature"], s["top_k"], s["top_p"], s["min_p"])}
+        assert math.isclose(sum(g.p for g in groups.values()), 1.0, abs_tol=1e-9)
+        for c in step.candidates + [step.chosen]:
+            assert math.isclose(groups[c.id].p, c.p_sample, rel_tol=2e-3, abs_tol=1e-6), (settings, c)
+            assert (groups[c.id].kept == 0) == (c.p_sample == 0)
+        assert groups[step.chosen.id].kept == 1
+
+
+def test_a_large_vocabulary_keeps_the_top_and_a_histogram_of_the_rest(lm):
+    """Above the full-vocabulary limit the step keeps the top logits and binned counts of the others:
+    the probabilities at any temperature still match torch's whole-vocabulary softmax closely."""
+    from gptlab.explain.capture import N_DIST_TOP, explain
+    from gptlab.explain.distribution import distribution
+    from gptlab.infer.sampling import SamplingConfig
+    V = lm.tokenizer.vocab_size
+    t = explain(lm.model, lm.tokenizer, PROMPT, SamplingConfig(temperature=3.0, max_new_tokens=3, seed=0),
+                full_vocab_max=V - 1)
+    for step in t.steps:
+        d = step.dist
+        assert len(d["ids"]) == N_DIST_TOP and sum(d["tail"]["counts"]) == V - N_DIST_TOP
+        groups = distribution(d, 3.0)
+        assert math.isclose(sum(g.p * g.count for g in groups), 1.0, abs_tol=1e-9)
+        by_id = {g.id: g.p for g in groups if g.id is not None}
+        for c in step.candidates:
+            assert math.isclose(by_id[c.id], c.p_sample, rel_tol=5e-3), c
+    # The "all other words" mass at T = 3 against torch's softmax over the whole vocabulary.
+    probs_V = (lm.next_token_logits(PROMPT) / 3.0).softmax(-1)
+    true_tail = 1 - float(probs_V[t.steps[0].dist["ids"]].sum())
+    tail_mass = sum(g.p * g.count for g in distribution(t.steps[0].dist, 3.0) if g.id is None)
+    assert tail_mass > 0.1 and math.isclose(tail_mass, true_tail, rel_tol=1e-3)
+
+
+def test_logit_lens_ends_with_the_model_own_prediction(lm, trace):
+    """One entry per residual stream (the embeddings, then each layer); the last is the output layer's."""
+    for step in trace.steps:
+        assert len(step.lens) == lm.model.cfg.n_layer + 1
+        for entry in step.lens:
+            ps = [w["p"] for w in entry["top"]]
+            assert ps == sorted(ps, reverse=True) and 0 <= entry["p_chosen"] <= 1
+        last = step.lens[-1]
+        assert [w["id"] for w in last["top"]] == [c.id for c in step.candidates[:len(last["top"])]]
+        assert math.isclose(last["top"][0]["p"], step.candidates[0].p, rel_tol=1e-3)
+        assert math.isclose(last["p_chosen"], step.chosen.p, rel_tol=1e-3)
+        assert step.lens[0]["top"][0]["id"] != last["top"][0]["id"] or step.lens[0]["top"][0]["p"] != last["top"][0]["p"]
+
+
 def test_window_slides_in_a_long_explanation(lm):
     C = lm.model.cfg.context_length
     t = lm.explain(PROMPT, steps=C, seed=2, temperature=0)
@@ -89,7 +149,7 @@ def test_window_slides_in_a_long_explanation(lm):
 def test_json_round_trip(trace, tmp_path):
     assert Trace.from_dict(json.loads(trace.to_json())) == trace
     d = trace.to_dict()
-    assert d["format"] == "gptlab-trace" and d["version"] == 2 and d["kind"] == "gpt"
+    assert d["format"] == "gptlab-trace" and d["version"] == 3 and d["kind"] == "gpt"
     path = tmp_path / "trace.json"
     trace.save(path)
     again = Trace.load(path)
@@ -126,8 +186,9 @@ def test_html_is_standalone_highlighted_and_escaped(lm, trace):
     for word in ["wine", "review", "germany"]:
         assert re.search(r'<span class="t"[^>]*rgba\(135,206,250,[0-9.]+\)[^>]*>' + word + "</span>", page)
     for c in trace.steps[0].candidates[:5]:
-        assert f'<td class="w">{html.escape(c.token)}</td>' in page
-    assert page.count('<select class="layer">') == 1 and page.count('class="step"') == 4
+        assert f'<td class="w">{html.escape(display_token(c.token))}</td>' in page
+    assert page.count('class="step"') == 4 and page.count('class="tv-mount"') == 1
+    assert "GptlabTraceView" in page and page.count("all other words") >= 4
     with pytest.warns(GenerationWarning, match="vocabulary"):
         nasty = lm.explain("wine <script>alert(1)</script> review", steps=1, seed=0)
     nasty_page = render_html(nasty)
@@ -137,11 +198,33 @@ def test_html_is_standalone_highlighted_and_escaped(lm, trace):
 
 
 def test_html_layer_and_head_choice(trace):
+    """The static steps are drawn with the chosen layer and head; the interactive view starts there."""
     head0 = render_html(trace, layer=0, head=0)
-    assert '<option value="0" selected>layer 1</option>' in head0 and '<option value="0" selected>head 1</option>' in head0
+    assert '{head: "0:0"}' in head0 and "(layer 1, head 1)" in head0
     row = trace.steps[0].attention_row(0, 0)
     m = max(row)
     assert f"rgba(135,206,250,{row[0] / m:.3f})" in head0
+    assert '{head: "mean"}' in render_html(trace, layer="mean") and '{head: "1"}' in render_html(trace, layer=-1)
+
+
+def test_html_greys_out_what_the_filters_removed(lm):
+    """With top-k 2 the third candidate and below are drawn with 0: greyed out below a cut line."""
+    t = lm.explain(PROMPT, steps=2, top=5, top_k=2, seed=0)
+    page = render_html(t)
+    static = page.split('<script type="application/json"')[0]
+    assert static.count('<tr class="cut">') == 2 and "cut by top-k 2" in static
+    assert static.count('class="removed"') + static.count('class="chosen removed"') >= 2 * 3
+
+
+def test_terminal_names_the_positions_attended_to(trace):
+    """Two ':' in the prompt: each word attended to carries its position, so they can be told apart."""
+    text = render_terminal(trace, color=False)
+    lines = [ln for ln in text.splitlines() if "attends most to:" in ln]
+    assert len(lines) == 4
+    for step, line in zip(trace.steps, lines):
+        for word, pos, _ in re.findall(r"(\S+) \(#(\d+)\) ([\d.]+)", line):
+            assert display_token(step.tokens[int(pos) - step.start], int(pos)).strip() == word
+    assert re.search(r": \(#2\) [\d.]+", text) and "logit lens: emb" in text
 
 
 def test_terminal_view(trace, monkeypatch):
@@ -194,3 +277,12 @@ def test_captured_rows_of_a_ragged_batch_ignore_the_padding(lm):
         for a in step.attn:  # (B, H, S): row 0 has S - short padding keys in front
             torch.testing.assert_close(a[0, :, -short:].sum(-1), torch.ones(a.shape[1]))
             assert torch.all(a[0, :, :-short] == 0)
+
+
+def test_an_int8_output_layer_still_explains():
+    """The logit lens reads the output layer as it is: an Int8Linear (no .weight) included."""
+    from gptlab.api import with_dtype
+    lm = tiny_model()
+    with_dtype(lm.model, "int8")
+    t = lm.explain(PROMPT, steps=2, seed=0)
+    assert t.steps[0].lens[-1]["top"][0]["id"] == t.steps[0].candidates[0].id

@@ -79,7 +79,7 @@ def test_one_loader_and_the_same_renderers_for_every_kind(traces, kind, tmp_path
     path = tmp_path / f"{kind}.json"
     trace.save_json(path)
     saved = json.loads(path.read_text())
-    assert (saved["format"], saved["version"], saved["kind"]) == ("gptlab-trace", 2, kind)
+    assert (saved["format"], saved["version"], saved["kind"]) == ("gptlab-trace", 3, kind)
     assert saved["model"]["n_layer"] == 2 and saved["model"]["n_head"] == 2
     loaded = load_trace(path)
     assert type(loaded) is type(trace) and loaded.kind == kind
@@ -219,7 +219,7 @@ def test_version_1_files_of_every_kind_still_load(kind, tmp_path):
     trace = load_trace(path)
     assert trace.kind == kind and type(trace) is {"gpt": GPTTrace, "classifier": EncoderTrace,
                                                   "seq2seq": Seq2SeqTrace}[kind]
-    assert trace.to_dict()["version"] == 2  # saved again, it is a version-2 file
+    assert trace.to_dict()["version"] == 3  # saved again, it is a version-3 file
     assert load_trace(path) == Trace.from_dict(trace.to_dict())
     page, text = render_html(trace), render_terminal(trace, color=False)
     for token in shown_tokens(trace):
@@ -240,7 +240,7 @@ def _v2(base: str, **changes) -> dict:
     ("{not json", "is not valid JSON"),
     ("[1, 2]", "not a gptlab trace"),
     (json.dumps({"format": "other", "version": 1}), "not a gptlab trace"),
-    (json.dumps(_v2("gpt", version=3)), "newer than this gptlab reads (2): upgrade gptlab"),
+    (json.dumps(_v2("gpt", version=4)), "newer than this gptlab reads (3): upgrade gptlab"),
     (json.dumps(_v2("gpt", version="2")), "not one gptlab writes"),
     (json.dumps(_v2("gpt", kind=None)), 'has no "kind"'),
     (json.dumps(_v2("gpt", kind="vision")), "unknown trace kind 'vision'"),
@@ -257,6 +257,19 @@ def test_anything_else_is_a_one_line_user_error(tmp_path, content, words):
     message = str(e.value)
     assert words in message and "\n" not in message
     assert ": " in message and any(fix in message for fix in ("write", "upgrade", "pass"))  # names the fix
+
+
+def test_a_version_2_gpt_file_loads_and_renders_without_dist_or_lens(tmp_path):
+    """Version 2 GPT steps have no "dist" or "lens": they load, render, and re-weight their candidates."""
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(_v2("gpt")))
+    trace = load_trace(path)
+    step = trace.steps[0]
+    assert step.dist is None and step.lens is None
+    assert math.isclose(step.reweight(1.0)[0], math.exp(2.0 - 2.5))
+    page = render_html(trace)
+    assert "germany" in page and "logit lens" not in page.lower().split("<script")[0]
+    assert "germany" in render_terminal(trace, color=False)
 
 
 def test_a_missing_file_and_the_wrong_class(tmp_path):

@@ -46,3 +46,27 @@ def test_book_preset_is_refused_with_a_reason(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not GPT-2 shaped" in err and "post" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_pipeline_reproduces_greedy_text_and_files_are_readable(tmp_path, kind="word"):
+    """transformers.pipeline on the export gives the prompt + gptlab's greedy completion, spaces and
+    start token included, and the folder's files get the normal mode (the umask's), not 0600.
+    (Word-level: an untrained byte-level model's greedy tokens are broken UTF-8, which gptlab holds
+    back and transformers shows as U+FFFD, so its text would differ for that reason alone.)"""
+    import os
+
+    import gptlab
+    torch.manual_seed(0)
+    tok = Tokenizer.train(LINES, kind=kind, vocab_size=300 if kind == "bpe" else 64, start_with_eot=True)
+    model = GPT(tiny(tok.vocab_size)).eval()
+    save_model(tmp_path / "m", model, tok, {"kind": "gpt", "model": model.cfg.to_dict()})
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
+    prompt = "wine review : germany :"
+    ours = gptlab.load(tmp_path / "m", device="cpu").generate(prompt, max_new_tokens=10, temperature=0)[0].text
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    theirs = pipe(prompt, max_new_tokens=10, do_sample=False)[0]["generated_text"]
+    assert theirs == prompt + ours
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in (tmp_path / "hf").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f

@@ -10,6 +10,7 @@ import torch
 
 from gptlab.cli import main
 from gptlab.data.pairs import english_number, number_pairs, read_pairs, spanish_number
+from gptlab.explain.trace import VERSION
 from gptlab.infer.translate import beam_search, greedy_decode, translate
 from gptlab.model.seq2seq import Seq2Seq, Seq2SeqConfig, seq2seq_tiny
 from gptlab.training.tasks.seq2seq import Seq2SeqTrainConfig, train
@@ -201,7 +202,7 @@ def test_cli_translate_and_explain(trained, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "seis" in text and "six" in text
     trace = json.loads(js.read_text())
-    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", 2, "seq2seq")
+    assert (trace["format"], trace["version"], trace["kind"]) == ("gptlab-trace", VERSION, "seq2seq")
     assert trace["source_tokens"] == ["six", "two", "one"]
     assert trace["target_tokens"] == ["seis", "dos", "uno", "<|endoftext|>"]
     layers = trace["cross_attention"]["layers"]

@@ -20,6 +20,7 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gptlab.checkpoint import CONFIG, WEIGHTS  # noqa: E402
+from gptlab.explain.trace import VERSION
 from gptlab.serve import ServeSettings, create_app  # noqa: E402
 from gptlab.serve.limits import Gate  # noqa: E402
 
@@ -304,7 +305,9 @@ def test_gate_reports_each_request_and_survives_a_failing_hook():
 
 def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
     watch = GateWatch()
-    app = create_app(models_dir, serve_settings(workers=1, queue=1, timeout_s=30), on_gate_event=watch)
+    # The per-request path (--engine off), whose generation `Held` holds; the engine's own queue and
+    # 429 are tested in tests/test_serve_engine.py.
+    app = create_app(models_dir, serve_settings(workers=1, queue=1, timeout_s=30, engine="off"), on_gate_event=watch)
     lm = app.state.registry.get("wine")
     body = {"model": "wine", "prompt": PROMPT, "max_tokens": 3, "seed": 1}
 
@@ -336,7 +339,8 @@ def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
 
 def test_timeout_is_504_and_frees_the_worker(models_dir):
     watch = GateWatch()
-    app = create_app(models_dir, serve_settings(workers=1, queue=4, timeout_s=0.3), on_gate_event=watch)
+    # The per-request path (--engine off); the engine's deadline is tested in tests/test_serve_engine.py.
+    app = create_app(models_dir, serve_settings(workers=1, queue=4, timeout_s=0.3, engine="off"), on_gate_event=watch)
     lm = app.state.registry.get("wine")
     forwards = []
     handle = lm.model.register_forward_hook(lambda *a: forwards.append(1))
@@ -396,7 +400,7 @@ def test_explain_returns_the_trace(client):
     r = client.post("/v1/explain", json={"model": "wine", "prompt": PROMPT, "steps": 3, "top": 4, "seed": 2})
     assert r.status_code == 200, r.text
     t = r.json()
-    assert t["format"] == "gptlab-trace" and t["version"] == 2 and t["top"] == 4
+    assert t["format"] == "gptlab-trace" and t["version"] == VERSION and t["top"] == 4
     assert t["model"]["path"] == "wine"      # the model's name, not a path on the server's disk
     assert t["prompt_tokens"] == PROMPT.split()
     assert 1 <= len(t["steps"]) <= 3

@@ -100,8 +100,10 @@ def post_raw(client, path: str, raw: str):
 
 
 class Steps:
-    """A forward hook counting a model's forward passes (one per generated token); the first one,
-    once computed, waits for `hold_first` to return, so a test can act while a generation is inside it."""
+    """A forward hook counting a model's steps (one per generated token; hooked on its token embedding,
+    which the batched decoding steps of the engine call too, unlike the model's own forward); the
+    first one, once computed, waits for `hold_first` to return, so a test can act while a generation
+    is inside it."""
 
     def __init__(self, model, hold_first: Callable[[], None] | None = None):
         self.count = 0
@@ -217,11 +219,11 @@ def test_disconnect_stops_a_non_streamed_generation_within_one_step(models_dir, 
         body.pop("steps")
 
     async def scenario() -> tuple[tuple[int, bytes], int, tuple[int, bytes]]:
-        whole = Steps(lm.model)                 # the same request, kept: how many steps it takes
+        whole = Steps(lm.model.tok_emb)                 # the same request, kept: how many steps it takes
         assert (await asgi_post(app, path, body))[0] == 200
         whole.handle.remove()
         # The first step waits, inside the worker, until the gate has cancelled the request.
-        steps = Steps(lm.model, hold_first=lambda: watch.wait("cancelled"))
+        steps = Steps(lm.model.tok_emb, hold_first=lambda: watch.wait("cancelled"))
         left = asyncio.Event()
         answer = asyncio.ensure_future(asgi_post(app, path, body, client_left=left))
         await asyncio.to_thread(steps.wait_first)
@@ -269,7 +271,7 @@ def test_live_server_refuses_other_hosts_and_stops_when_the_client_hangs_up(mode
         refused = conn.getresponse()
         assert refused.status == 421 and json.loads(refused.read())["error"]["type"] == "misdirected_request"
         conn.close()
-        steps = Steps(lm.model, hold_first=lambda: watch.wait("cancelled"))
+        steps = Steps(lm.model.tok_emb, hold_first=lambda: watch.wait("cancelled"))
         raw = socket.create_connection((host, port), timeout=WAIT_S)
         raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))

@@ -21,7 +21,9 @@ from torch.overrides import TorchFunctionMode
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT, Classifier, Encoder, ModelConfig, Seq2Seq, Seq2SeqConfig
+from gptlab.model.align import RewardModel, ValuePolicy
 from gptlab.model.config import MAX_PARAMS
+from gptlab.model.diffusion import ImageConfig, TextToImage
 from gptlab.model.encoder import POOLINGS
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
@@ -46,19 +48,55 @@ def _seq2seq(cfg: dict) -> torch.nn.Module:
     return Seq2Seq(Seq2SeqConfig.from_dict(cfg["model"]))
 
 
+def _reward(cfg: dict) -> torch.nn.Module:
+    return RewardModel(ModelConfig.from_dict(cfg["model"]))
+
+
+def _gpt_value(cfg: dict) -> torch.nn.Module:
+    r = cfg.get("rollout")
+    sizes: list[int] = [n for n in (r.get("rows"), r.get("length")) if isinstance(n, int) and not isinstance(n, bool)
+                        and 1 <= n <= 2**20] if isinstance(r, dict) else []
+    if len(sizes) != 2:
+        raise ValueError(f"a PPO policy's config needs rollout.rows and rollout.length, 1..{2**20} (got {r!r})")
+    return ValuePolicy(ModelConfig.from_dict(cfg["model"]), sizes[0], sizes[1])
+
+
+def _image_config(cfg: dict) -> ImageConfig:
+    d = cfg.get("image")
+    if not isinstance(d, dict):
+        raise ValueError("an image model's config needs an 'image' object (autoencoder, denoiser, schedule)")
+    return ImageConfig.from_dict(d)
+
+
+def _image(cfg: dict) -> torch.nn.Module:
+    # "model" is the caption encoder (its vocab_size is the tokenizer's); "image" the rest.
+    return TextToImage(ModelConfig.from_dict(cfg["model"]), _image_config(cfg))
+
+
 # Checkpoint kind (config.json "kind") -> builder of its model from the config dict: every kind
 # gptlab writes, in one table, so loading never depends on which modules were imported.
+# "reward": a reward model (align reward); "gpt-value": a PPO policy (a GPT with a value head).
 KINDS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "gpt": _gpt, "encoder": _encoder, "classifier": _classifier, "seq2seq": _seq2seq,
+    "reward": _reward, "gpt-value": _gpt_value, "image": _image,
 }
 
 
 # -- atomic writes ------------------------------------------------------------------------------
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _replace_with(path: Path, write: Callable[[Path], object]) -> None:
     """write(tmp), then rename tmp over path; on any failure tmp is removed, path left as it was."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        # Some writers (safetensors) create private 0600 files; a model folder is meant to be shared.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -143,6 +181,8 @@ def check_config(cfg: dict, where: str | os.PathLike = CONFIG) -> None:
         model_config(cfg).validate()
         if kind == "classifier":
             _check_classifier(cfg.get("classifier"))
+        if kind == "image":
+            _image_config(cfg).validate()
     except (TypeError, ValueError, UserError) as e:
         raise UserError(f"{where}: {e}: restore the folder's config.json or re-train") from None
 

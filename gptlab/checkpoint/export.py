@@ -15,12 +15,15 @@ import shutil
 from pathlib import Path
 
 import torch
+from tokenizers import Regex, decoders
+from tokenizers import Tokenizer as HFTokenizer
 
 from gptlab.checkpoint import (
     CONFIG,
     TOKENIZER,
     atomic_save_tensors,
     atomic_write_json,
+    atomic_write_text,
     load_checkpoint,
     model_config,
     read_config,
@@ -99,10 +102,23 @@ def check_target(model_dir: str | os.PathLike, out_dir: str | os.PathLike, overw
                             "or pick a new or empty folder")
 
 
+def _write_tokenizer(path: Path, tok: Tokenizer) -> None:
+    """The model's tokenizer.json, made to decode a continuation as `transformers` pipelines use it.
+
+    A pipeline returns the prompt + the decoded new tokens. Word-level tokens have no spaces of their
+    own (gptlab joins them with one), so without a decoder `germany :` + `mosel` reads `germany :mosel`;
+    here every word decodes with its leading space, as gptlab's completions start with one.
+    """
+    hf = HFTokenizer.from_str(tok.hf.to_str())
+    if tok.kind == "word":
+        hf.decoder = decoders.Sequence([decoders.Replace(Regex("^"), " "), decoders.Fuse()])
+    atomic_write_text(path, hf.to_str(pretty=True))
+
+
 def _write_folder(folder: Path, model_dir: Path, model: GPT, tok: Tokenizer) -> None:
     cfg = model.cfg
     atomic_save_tensors(folder / "model.safetensors", gpt2_state_dict(model), metadata={"format": "pt"})
-    shutil.copyfile(model_dir / TOKENIZER, folder / TOKENIZER)
+    _write_tokenizer(folder / TOKENIZER, tok)
     atomic_write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.context_length,
         "eos_token": EOT, "bos_token": EOT, "pad_token": PAD, "unk_token": UNK,

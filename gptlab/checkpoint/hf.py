@@ -26,7 +26,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 import gptlab.checkpoint as ckpt
-from gptlab.data.tokenizer import EOT, PAD, UNK, Tokenizer
+from gptlab.data.tokenizer import EOT, PAD, UNK, Tokenizer, starts_with
 from gptlab.errors import UserError
 from gptlab.model import GPT, ModelConfig
 from gptlab.model.config import MAX_PARAMS
@@ -187,6 +187,8 @@ class GPT2Tokenizer(Tokenizer):
                             "is it from another model?")
         self.hf, self.kind = hf, "bpe"
         self.pad_id = self.unk_id = self.eot_id = eot_id
+        # GPT-2's own tokenizer adds nothing; a gptlab export carries its start token in tokenizer.json.
+        self.starts_with_eot = starts_with(hf, eot_id)
 
 
 def _read_hf_tokenizer(d: Path) -> tuple[HFTokenizer, Path]:

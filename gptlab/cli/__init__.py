@@ -18,7 +18,7 @@ from gptlab import __version__
 from gptlab.cli.common import UsageError, settle, short_usage
 from gptlab.errors import UserError
 
-COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export"]
+COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export", "align", "image"]
 INTERNAL_ERROR = 1
 
 

@@ -167,6 +167,20 @@ def add_use_flags(parser: argparse.ArgumentParser, *, text_help: str, many: bool
     add_device_arg(parser)
 
 
+def pick_index(value: str | None, n: int, what: str) -> int | str | None:
+    """A --layer/--head choice, counted from 1 as people count (1..n or 'mean'), -> 0-based index,
+    "mean" or None. Every explain command reads it so."""
+    if value is None or value == "mean":
+        return value
+    try:
+        i = int(value)
+    except ValueError:
+        i = 0
+    if not 1 <= i <= n:
+        raise UserError(f"--{what} must be 1..{n} or 'mean' (got {value!r})")
+    return i - 1
+
+
 def add_view_flags(parser: argparse.ArgumentParser, *, layer_help: str) -> None:
     """The explain commands' choice of layer and their outputs besides the terminal."""
     parser.add_argument("--layer", default="mean", help=layer_help)

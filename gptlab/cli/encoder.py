@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, resolve_device, show_trace
+from gptlab.cli.common import FMT, add_use_flags, add_view_flags, pick_index, read_texts, resolve_device, show_trace
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.data import DataConfig
 from gptlab.errors import UserError
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     add_use_flags(ex, text_help="the sentence", many=False,
                   model_help="encoder or classifier folder")
     ex.add_argument("--token", default=None, help="position (0 = [CLS]) or word whose attention to show")
-    add_view_flags(ex, layer_help="layer (0.., -1 = last) or 'mean' over layers")
+    add_view_flags(ex, layer_help="layer to show, 1..n_layer, or 'mean' over layers")
     ex.add_argument("--matrix", action="store_true", help="also print every token's attention as a heatmap")
     ex.set_defaults(func=run_explain)
 
@@ -122,5 +122,6 @@ def run_explain(args: argparse.Namespace) -> int:
     labels = cfg.get("classifier", {}).get("labels")
     # Read the text as the model was trained to (lowercase, punctuation apart); [MASK] survives.
     text = normalize_text(args.text).replace("[ mask ]", "[MASK]").strip()
-    trace = explain_encoder(model, tok, text, focus=args.token, layer=args.layer, labels=labels)
+    layer = pick_index(args.layer, model.cfg.n_layer, "layer")
+    trace = explain_encoder(model, tok, text, focus=args.token, layer=layer, labels=labels)
     return show_trace(trace.terminal(color=args.color, matrix=args.matrix), trace, args)

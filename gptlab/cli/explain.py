@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptlab.cli.common import pick_index
 from gptlab.cli.generate import (
     LoadOptions,
     add_model_args,
@@ -39,6 +40,8 @@ class ExplainView(LoadOptions):
     trace: str | None = setting(None, "render a saved trace (any family's) instead of running a model")
     layer: str | None = setting(None, "attention layer to show, 1..n_layer or 'mean' (default: the last)")
     head: str | None = setting(None, "attention head to show, 1..n_head or 'mean' (default: mean)")
+    compare: str | None = setting(None, "REF model folder (e.g. the SFT model an aligned MODEL came from): per step, "
+                                        "the top candidates of both and the KL between them, instead of attention")
 
 
 def register(subparsers) -> None:
@@ -52,19 +55,6 @@ def register(subparsers) -> None:
     add_sampling_args(p, skip=("max_new_tokens",),
                       view=Section("view", ExplainView, "explanation", first=("steps", "top", "out", "json", "trace", "layer", "head")))
     p.set_defaults(func=run)
-
-
-def _pick(value: str | None, n: int, what: str) -> int | str | None:
-    """1-based CLI choice -> 0-based index, "mean" or None."""
-    if value is None or value == "mean":
-        return value
-    try:
-        i = int(value)
-    except ValueError:
-        i = 0
-    if not 1 <= i <= n:
-        raise UserError(f"--{what} must be 1..{n} or 'mean' (got {value!r})")
-    return i - 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("give a MODEL folder and a PROMPT (or --trace FILE to render a saved trace)")
         model = load_model(args, view.max_params)
         check_generative(model.model, model.kind)
+        if view.compare:
+            from gptlab.cli.align import run_compare
+            return run_compare(args, model, view.compare, cfg, view.steps, view.top)
     n_layer, n_head = (trace.n_layer, trace.n_head) if view.trace else (model.model.cfg.n_layer, model.model.cfg.n_head)
-    layer = _pick(view.layer, n_layer, "layer")
-    head = _pick(view.head, n_head, "head")
+    layer = pick_index(view.layer, n_layer, "layer")
+    head = pick_index(view.head, n_head, "head")
     if not view.trace:
         kwargs = {k: v for k, v in cfg.to_dict().items() if k != "max_new_tokens"}
         with warnings_to_stderr("explain"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptlab.cli.common import FMT, add_use_flags, add_view_flags, read_texts, resolve_device, show_trace
+from gptlab.cli.common import FMT, add_use_flags, add_view_flags, pick_index, read_texts, resolve_device, show_trace
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.errors import UserError
 from gptlab.training.config import own_fields
@@ -59,7 +59,7 @@ def register(sub: Any) -> None:
     add_use_flags(e, text_help="the sentence to translate", many=False,
                   model_help="model folder from `gptlab seq2seq train`")
     e.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    add_view_flags(e, layer_help="decoder layer to show (0.., -1 = last) or 'mean' over layers")
+    add_view_flags(e, layer_help="decoder layer to show, 1..n, or 'mean' over layers")
     e.add_argument("--values", action="store_true", help="print weights (x100) instead of shades")
     e.set_defaults(func=run_explain)
 
@@ -109,5 +109,6 @@ def run_explain(args: argparse.Namespace) -> int:
     from gptlab.infer.translate import load
     check_beam(args.beam)
     model, tok, _ = load(args.model, resolve_device(args.device))
-    trace = explain_translation(model, tok, args.text, beam=args.beam, layer=args.layer)
+    layer = pick_index(args.layer, model.cfg.n_decoder_layer, "layer")
+    trace = explain_translation(model, tok, args.text, beam=args.beam, layer=layer)
     return show_trace(trace.terminal(color=args.color, values=args.values), trace, args)

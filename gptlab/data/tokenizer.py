@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from gptlab.errors import UserError
@@ -51,6 +51,11 @@ def _special_id(hf: HFTokenizer, tok: str) -> int:
     return i
 
 
+def starts_with(hf: HFTokenizer, token_id: int) -> bool:
+    """Whether the tokenizer's post-processor puts `token_id` before every text."""
+    return hf.encode("", add_special_tokens=True).ids[:1] == [token_id]
+
+
 class Tokenizer:
     """Thin wrapper over a `tokenizers.Tokenizer` with gptlab's special tokens."""
 
@@ -61,11 +66,19 @@ class Tokenizer:
         self.pad_id = _special_id(hf, PAD)
         self.unk_id = _special_id(hf, UNK)
         self.eot_id = _special_id(hf, EOT)
+        # A GPT's texts begin with <|endoftext|> when its tokenizer.json says so (the post-processor
+        # `start_with_eot` writes); older models' tokenizers do not, and their prompts stay as they were.
+        self.starts_with_eot = starts_with(hf, self.eot_id)
 
     # -- building -------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "word", vocab_size: int = 10000,
-              lowercase: bool = True, extra_specials: tuple[str, ...] = ()) -> Tokenizer:
+              lowercase: bool = True, extra_specials: tuple[str, ...] = (),
+              start_with_eot: bool = False) -> Tokenizer:
+        """A tokenizer trained on `texts`; `start_with_eot` (for GPTs) makes every text begin with
+        <|endoftext|>, GPT-2's convention, so the model learns how a text starts and an empty prompt
+        samples a whole record. It is stored in tokenizer.json as the post-processor, so a
+        `transformers` tokenizer loaded from an exported folder adds the same start token."""
         specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
         if vocab_size < len(specials) + 1:
             raise UserError(f"vocab_size {vocab_size} is too small: use at least {len(specials) + 1}")
@@ -90,6 +103,9 @@ class Tokenizer:
         else:
             raise UserError(f"unknown tokenizer {kind!r}: use 'word' or 'bpe'")
         hf.train_from_iterator(texts, trainer)
+        if start_with_eot:
+            hf.post_processor = processors.TemplateProcessing(
+                single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B", special_tokens=[(EOT, hf.token_to_id(EOT))])
         return cls(hf, kind)
 
     # -- files ----------------------------------------------------------------------------
@@ -124,6 +140,12 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(check_text(text), add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt's ids as the model saw texts begin: after <|endoftext|> when it was trained so.
+        An empty prompt is <|endoftext|> alone either way (the state after a finished text)."""
+        ids = self.encode(text)
+        return [self.eot_id] + ids if self.starts_with_eot or not ids else ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         try:  # checked only on failure: this is the hot path of encoding a corpus

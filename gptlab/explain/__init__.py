@@ -1,7 +1,8 @@
 """Explanations for every family: capture (model -> Trace) and renderers (Trace -> HTML / terminal).
 
-- `trace`: the one versioned schema ("gptlab-trace" version 2, a `kind` per family) and its
-  loader, `load_trace`, which also reads version-1 files;
+- `trace`: the one versioned schema ("gptlab-trace" version 3, a `kind` per family) and its
+  loader, `load_trace`, which also reads version-1 and -2 files; `distribution`: the sampler's
+  pipeline redone on a GPT step's stored logits (any temperature, top-k, top-p, min-p);
 - `capture`: runs a model with attention capture (GPT steps, encoder/classifier, seq2seq);
 - `render_html`, `render_term`: one view per kind behind one entry point each; `heatmap` and
   `style` hold the pictures and the colours, CSS and escaping they share.

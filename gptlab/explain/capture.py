@@ -5,7 +5,9 @@ model predicts tokens or labels.
 
 - GPT: `explain` generates and records each step (`capture_step`): the predicting position's
   attention row, taken from the same cached forward pass that produced the logits, so explaining
-  costs little more than generating.
+  costs little more than generating; the sampler's logits (`distribution_data`); and the logit
+  lens (`logit_lens`) from the residual streams that `ResidualTap`'s forward hooks keep during
+  that same pass (the model itself is unchanged).
 - encoder / classifier: `explain_encoder`; seq2seq: `explain_translation`. Both go through
   `capture_attention`, which pads a batch, hides the padding with the key mask and cuts it away
   again per row, so a row's weights are the same alone or in a ragged batch.
@@ -14,6 +16,7 @@ model predicts tokens or labels.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -25,13 +28,18 @@ from gptlab.data.tokenizer import UNK, Tokenizer
 from gptlab.errors import UserError
 from gptlab.explain.trace import Candidate, EncoderTrace, GPTTrace, Layer, Seq2SeqTrace, TraceStep
 from gptlab.infer.generate import Step, TextTracker, encode_prompts, text_steps
-from gptlab.infer.sampling import SamplingConfig, entropy_bits, make_generator
+from gptlab.infer.sampling import SamplingConfig, apply_repetition_penalty, entropy_bits, make_generator
 
 if TYPE_CHECKING:
     from gptlab.model.config import ModelConfig
     from gptlab.model.gpt import GPT
 
-N_LOGITS = 20        # candidates stored per GPT step (with logits), so a renderer can re-weight by temperature
+N_LOGITS = 20        # candidates stored per GPT step (with logits, labels, p at T=1 and as drawn)
+FULL_VOCAB_MAX = 4096  # up to this vocabulary a GPT step keeps every logit (a few tens of kB of JSON)
+N_DIST_TOP = 50      # above it: the top logits, and a histogram of the others
+TAIL_BIN = 0.02      # the histogram's bin width, in logits
+LOGIT_DECIMALS = 4   # stored logits: ties closer than 1e-4 are as rare as they are harmless
+LENS_TOP = 5         # words kept per layer of the logit lens
 MATRIX_DECIMALS = 4  # attention matrices: 4 decimals keep the JSON small; rows still sum to 1 within 1e-3
 
 
@@ -97,9 +105,93 @@ def top_tokens(logits_NxV: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 
 
 # -- GPT: generation steps -----------------------------------------------------------------------------
+def sampler_logits(logits_V: torch.Tensor, seen: set[int], penalty: float) -> torch.Tensor:
+    """The logits the sampler turns into a distribution before temperature: the raw ones with the
+    repetition penalty applied to the tokens already in the text (the same function the sampler calls)."""
+    if penalty == 1.0 or not seen:
+        return logits_V.float()
+    seen_1xV = torch.zeros(1, logits_V.shape[-1], dtype=torch.bool, device=logits_V.device)
+    seen_1xV[0, torch.tensor(sorted(seen), device=logits_V.device)] = True
+    return apply_repetition_penalty(logits_V.float()[None], seen_1xV, penalty)[0]
+
+
+def distribution_data(z_V: torch.Tensor, full_vocab_max: int = FULL_VOCAB_MAX, n_top: int = N_DIST_TOP) -> dict:
+    """Enough of the sampler's logits `z_V` (before temperature) to redo softmax(filters(z / T)) for any T.
+
+    A vocabulary up to `full_vocab_max`: every logit (rounded to LOGIT_DECIMALS: the probabilities
+    move by < 0.05% / T). Larger: the top `n_top` logits and a histogram of all the others (bins of
+    TAIL_BIN logits, counted), so the "all other words" mass at temperature T is
+    sum(count * exp(bin middle / T)): within a factor exp(TAIL_BIN / 2T) of the truth for those words
+    alone (the logsumexp of the tail at T = 1 alone could not be re-weighted to another T).
+    """
+    z_V = z_V.double()
+    if z_V.shape[-1] <= full_vocab_max:
+        return {"logits": round_list(z_V, LOGIT_DECIMALS)}
+    top = z_V.topk(min(n_top, z_V.shape[-1]))
+    rest_V = torch.ones_like(z_V, dtype=torch.bool)
+    rest_V[top.indices] = False
+    tail = z_V[rest_V & torch.isfinite(z_V)]
+    lo = math.floor(float(tail.min()) / TAIL_BIN) * TAIL_BIN if len(tail) else 0.0
+    counts = torch.bincount(((tail - lo) / TAIL_BIN).floor().long()) if len(tail) else torch.zeros(0, dtype=torch.long)
+    return {"ids": top.indices.tolist(), "logits": round_list(top.values, LOGIT_DECIMALS),
+            "tail": {"lo": round(lo, 6), "width": TAIL_BIN, "counts": counts.tolist()}}
+
+
+def logit_lens(model: GPT, residuals: list[torch.Tensor], chosen: int, label: Callable[[int], str],
+               top: int = LENS_TOP) -> list[dict]:
+    """What the model would predict from each residual stream (the embeddings, then after each block):
+    the final norm and the output layer applied to it early (nostalgebraist's "logit lens")."""
+    with torch.inference_mode():
+        h_LxC = torch.stack(residuals)  # in the model's own dtype, as its last block hands it on
+        probs_LxV = model.lm_head(model.ln_f(h_LxC)).float().softmax(dim=-1)
+        p_LxK, ids_LxK = probs_LxV.topk(min(top, probs_LxV.shape[-1]), dim=-1)
+        p_chosen_L = probs_LxV[:, chosen]
+    return [{"top": [{"token": label(i), "id": i, "p": p} for i, p in zip(ids, _round_sig(ps, 4))],
+             "p_chosen": pc}
+            for ids, ps, pc in zip(ids_LxK.tolist(), p_LxK, _round_sig(p_chosen_L, 4))]
+
+
+class ResidualTap:
+    """Forward hooks on a GPT's blocks that keep the last position's residual stream of each call:
+    the embeddings (the first block's input), then every block's output. The model stays as it is;
+    `with ResidualTap(model) as tap:` removes the hooks on exit. `take()` returns and clears them.
+    Only calls from the thread that opened the tap count: a server may run the same model for
+    others on another thread meanwhile."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self.residuals: list[torch.Tensor] = []
+        self.handles: list = []
+        self.thread = threading.get_ident()
+
+    def _keep(self, x_BxTxC: torch.Tensor) -> None:
+        if threading.get_ident() == self.thread:
+            self.residuals.append(x_BxTxC[0, -1].detach())
+
+    def __enter__(self) -> ResidualTap:
+        blocks = list(self.model.blocks)
+        self.handles.append(blocks[0].register_forward_pre_hook(lambda _m, args: self._keep(args[0])))
+        for b in blocks:
+            self.handles.append(b.register_forward_hook(lambda _m, _args, out: self._keep(out[0])))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def take(self) -> list[torch.Tensor]:
+        out, self.residuals = self.residuals, []
+        return out
+
+
 def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
-                 n_logits: int = N_LOGITS) -> TraceStep:
-    """One row of an engine Step (run with capture=True) as plain data."""
+                 n_logits: int = N_LOGITS, *, sampler_z_V: torch.Tensor | None = None,
+                 lens: list[dict] | None = None, full_vocab_max: int = FULL_VOCAB_MAX) -> TraceStep:
+    """One row of an engine Step (run with capture=True) as plain data.
+
+    sampler_z_V: the logits the sampler saw before temperature (see `sampler_logits`; default the
+    raw ones), kept as the step's `dist`; lens: the step's logit lens (`logit_lens`).
+    """
     if step.context is None or step.attn is None:
         raise TypeError("capture_step needs a Step generated with capture=True")
     context = step.context[row]
@@ -108,9 +200,12 @@ def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
     attention = [round_list(a[row, :, -S:], 5) for a in step.attn]
     logits_V = step.logits_BxV[row]
     probs_V = step.probs_BxV[row]
+    z_V = logits_V if sampler_z_V is None else sampler_z_V
     lse = logits_V.logsumexp(dim=-1)
     logp_V = logits_V - lse
-    ids_K = torch.cat([logits_V.topk(min(n_logits, logits_V.shape[-1])).indices, step.tokens_B[row:row + 1]])
+    # The candidates: the best by the sampler's logits (the raw ones unless a repetition penalty
+    # moved some), then the drawn token.
+    ids_K = torch.cat([z_V.topk(min(n_logits, z_V.shape[-1])).indices, step.tokens_B[row:row + 1]])
     K = len(ids_K)
     numbers = _round_sig(torch.cat([
         logits_V[ids_K], logp_V[ids_K].exp(), probs_V[ids_K],
@@ -120,16 +215,19 @@ def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
     entropy, entropy_sample, lse = numbers[3 * K:]
     candidates = [Candidate(token=label(i), id=i, logit=lg, p=p, p_sample=q)
                   for i, lg, p, q in zip(ids_K.tolist(), logits, ps, p_samples)]
+    dist = distribution_data(z_V, full_vocab_max)
     return TraceStep(
         tokens=[label(i) for i in context], token_ids=list(context), start=start, attention=attention,
         candidates=candidates[:-1], chosen=candidates[-1], entropy=entropy, entropy_sample=entropy_sample,
-        logsumexp=lse, finish=step.finish[row],
+        logsumexp=lse, finish=step.finish[row], dist=dist, lens=lens,
     )
 
 
 def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
-            top: int = 5, info: dict | None = None, n_logits: int = N_LOGITS) -> GPTTrace:
-    """Generate cfg.max_new_tokens tokens after `prompt`, recording every step."""
+            top: int = 5, info: dict | None = None, n_logits: int = N_LOGITS,
+            full_vocab_max: int = FULL_VOCAB_MAX) -> GPTTrace:
+    """Generate cfg.max_new_tokens tokens after `prompt`, recording every step: attention, the
+    sampler's whole distribution (`distribution_data`) and the logit lens of each layer."""
     cfg.validate()
     ids = encode_prompts(tokenizer, [prompt])
     tracker = TextTracker(tokenizer, ids[0], cfg.stop)
@@ -137,10 +235,18 @@ def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, 
     label = token_labels(tokenizer)
     steps = []
     n_prompt = len(ids[0])
-    for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator, capture=True):
-        assert step.context is not None  # capture=True records it
-        start = n_prompt + step.index - len(step.context[0])
-        steps.append(capture_step(step, 0, label, start, max(n_logits, top)))
+    # The tokens the repetition penalty sees: the prompt as the engine keeps it, then each new one.
+    seen = set(ids[0][-model.cfg.context_length:])
+    with ResidualTap(model) as tap:
+        for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator, capture=True):
+            assert step.context is not None  # capture=True records it
+            start = n_prompt + step.index - len(step.context[0])
+            chosen = int(step.tokens_B[0])
+            lens = logit_lens(model, tap.take(), chosen, label)
+            z_V = sampler_logits(step.logits_BxV[0], seen, cfg.repetition_penalty)
+            steps.append(capture_step(step, 0, label, start, max(n_logits, top), sampler_z_V=z_V, lens=lens,
+                                      full_vocab_max=full_vocab_max))
+            seen.add(chosen)
     return GPTTrace(
         prompt=prompt, prompt_tokens=[label(i) for i in ids[0]], completion=tracker.text,
         finish_reason=steps[-1].finish if steps else None,

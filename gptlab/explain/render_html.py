@@ -1,10 +1,12 @@
 """Any Trace as HTML: a standalone page (CSS and JS inline, opens offline) or a notebook fragment,
 one entry point (`render_html`) that draws each kind its way:
 
-- gpt: the course notebook's `print_probs`: per step, the words the model saw, highlighted by the
-  predicting position's attention (alpha = attention / max, mean over heads), then the most
-  likely next words with their probabilities as bars. A small inline script lets the reader pick
-  any layer or head (or the mean) and repaints the highlights from the data embedded in the page.
+- gpt: the interactive step view (`static/trace_view.js`, the page's own): a step slider over every
+  generated token, the words highlighted by attention, a grid of every layer x head, the
+  distribution each word was drawn from at any temperature / top-k / top-p / min-p, and the logit
+  lens. Under it, for where scripts do not run, every step as the course notebook's
+  `print_probs` drew it: the context highlighted, the candidates with the probability each was
+  drawn with (the ones a filter removed greyed out below the cut) and the logit lens in a line.
 - encoder / classifier: the prediction, the sentence highlighted by the focus token's attention,
   and every token's attention as a heatmap.
 - seq2seq: the cross-attention heatmap (generated words x source words) and the probability each
@@ -17,37 +19,27 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptlab.explain import heatmap
-from gptlab.explain.style import CSS, RGB, alpha, css_rgba, esc, page, script_json, top_weight
+from gptlab.explain.render_image import image_html
+from gptlab.explain.style import CSS, alpha, css_rgba, display_token, esc, page, script_json, top_weight
 
 if TYPE_CHECKING:  # types only: trace.py calls these renderers, so a runtime import would be a cycle
     from gptlab.explain.trace import Candidate, EncoderTrace, GPTTrace, Layer, Seq2SeqTrace, Trace, TraceStep
 
-# Recolours the highlights for the selected layer/head from the JSON embedded beside it.
-JS = """
+# The interactive step view (trace_view.js, with its stylesheet): shared with the page of
+# `gptlab serve`, read once. It replaces the static steps below it when scripts run (a browser, a
+# trusted notebook); where they do not (a notebook on GitHub), the static steps remain.
+VIEW_JS = (Path(__file__).parent / "static" / "trace_view.js").read_text(encoding="utf-8")
+VIEW_CSS = (Path(__file__).parent / "static" / "trace_view.css").read_text(encoding="utf-8")
+MOUNT_JS = """
 (function(){
-  var root=document.getElementById("%(uid)s"); if(!root) return;
+  var root=document.getElementById("%(uid)s"); if(!root||!window.GptlabTraceView) return;
   var data=JSON.parse(root.querySelector("script.gptlab-data").textContent);
-  var ls=root.querySelector("select.layer"), hs=root.querySelector("select.head");
-  function row(att,l,h){
-    var layers=l==="mean"?att:[att[+l]], rows=[];
-    layers.forEach(function(heads){ if(h==="mean"){rows=rows.concat(heads);} else {rows.push(heads[+h]);} });
-    var out=[];
-    for(var j=0;j<rows[0].length;j++){var s=0; rows.forEach(function(r){s+=r[j];}); out.push(s/rows.length);}
-    return out;
-  }
-  function paint(){
-    root.querySelectorAll("div.step").forEach(function(div,i){
-      var r=row(data.attention[i],ls.value,hs.value), m=Math.max.apply(null,r)||1;
-      div.querySelectorAll("span.t").forEach(function(sp,j){
-        sp.style.backgroundColor="rgba(%(rgb)s,"+(r[j]/m).toFixed(3)+")";
-        sp.title="attention "+r[j].toFixed(4);
-      });
-    });
-  }
-  ls.onchange=paint; hs.onchange=paint;
+  window.GptlabTraceView.mount(root.querySelector("div.tv-mount"), data, {head: "%(head)s"});
+  root.querySelector("div.static-steps").hidden=true;
 })();
 """
 
@@ -59,26 +51,55 @@ def _pct(p: float) -> str:
 # -- gpt ------------------------------------------------------------------------------------------
 def _context_html(step: TraceStep, row: list[float], joiner: str) -> str:
     top = top_weight(row)
-    spans = [f'<span class="t" title="attention {a:.4f}" style="background-color:{css_rgba(alpha(a, top))}">'
-             f"{esc(tok)}</span>" for tok, a in zip(step.tokens, row)]
+    spans = [f'<span class="t" title="#{step.start + k} attention {a:.4f}" style="background-color:{css_rgba(alpha(a, top))}">'
+             f"{esc(display_token(tok, step.start + k))}</span>" for k, (tok, a) in enumerate(zip(step.tokens, row))]
     lead = "\u2026 " if step.start > 0 else ""
     return lead + joiner.join(spans)
 
 
-def _top_html(step: TraceStep, top: int) -> str:
+def _active_filters(sampling: dict) -> str:
+    if sampling.get("temperature") == 0:
+        return "temperature 0 (greedy)"
+    on = [f"{name} {sampling[key]}" for key, off, name in (("top_k", 0, "top-k"), ("top_p", 1.0, "top-p"), ("min_p", 0.0, "min-p"))
+          if sampling.get(key, off) != off]
+    return ", ".join(on)
+
+
+def _top_html(step: TraceStep, top: int, sampling: dict) -> str:
+    """The best candidates with the probability each was drawn with; the ones the filters removed
+    greyed out below a line that marks the cut; the rest of the vocabulary as one last row."""
     shown: list[Candidate] = step.candidates[:top]
     if all(c.id != step.chosen.id for c in shown):
         shown = shown + [step.chosen]  # drawn from further down the list: show it anyway
-    rows = []
+    rows, cut = [], False
     for c in shown:
-        cls = ' class="chosen"' if c.id == step.chosen.id else ""
-        rows.append(f'<tr{cls}><td class="w">{esc(c.token)}</td>'
+        removed = c.p_sample == 0
+        if removed and not cut:
+            rows.append(f'<tr class="cut"><td colspan="5">\u2500\u2500 cut by {esc(_active_filters(sampling))}: '
+                        "the words below are never drawn</td></tr>")
+            cut = True
+        cls = " ".join(x for x in ("chosen" if c.id == step.chosen.id else "", "removed" if removed else "") if x)
+        rows.append(f'<tr{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}><td class="w">{esc(display_token(c.token))}</td>'
                     f'<td class="bar"><div style="width:{min(100.0, 100 * c.p_sample):.1f}%"></div></td>'
                     f'<td class="num">{_pct(c.p_sample)}</td><td class="num">{_pct(c.p)}</td>'
                     f'<td class="num">{c.logit:.2f}</td></tr>')
+    rest = max(0.0, 1.0 - sum(c.p_sample for c in shown))
+    rest_t1 = max(0.0, 1.0 - sum(c.p for c in shown))
+    rows.append(f'<tr class="other"><td class="w">all other words</td><td class="bar"><div style="width:{100 * rest:.1f}%">'
+                f'</div></td><td class="num">{_pct(rest)}</td><td class="num">{_pct(rest_t1)}</td><td class="num"></td></tr>')
     return ('<table class="top"><colgroup><col class="w"><col class="bar"><col class="num"><col class="num"><col class="num">'
             '</colgroup><tr><th>next token</th><th colspan="2">probability, as drawn</th><th>at T=1</th>'
             '<th>logit</th></tr>' + "".join(rows) + "</table>")
+
+
+def _lens_html(step: TraceStep) -> str:
+    """The logit lens in one line: the word each residual stream would predict, and its probability."""
+    if not step.lens:
+        return ""
+    names = ["embeddings"] + [f"layer {i}" for i in range(1, len(step.lens))]
+    parts = [f"{name} \u2192 <b>{esc(display_token(e['top'][0]['token']))}</b> {_pct(e['top'][0]['p'])}"
+             for name, e in zip(names, step.lens)]
+    return '<div class="lens">logit lens: ' + " \u00b7 ".join(parts) + "</div>"
 
 
 def _settings(trace: GPTTrace) -> str:
@@ -93,34 +114,42 @@ def _settings(trace: GPTTrace) -> str:
             f"context {m.get('context_length', '?')} \u00b7 " + ", ".join(parts))
 
 
-def _select(cls: str, opts: list[tuple[str, str]], chosen: object) -> str:
-    return f'<select class="{cls}">' + "".join(
-        f'<option value="{v}"{" selected" if v == str(chosen) else ""}>{label}</option>' for v, label in opts) + "</select>"
-
-
 def _step_html(k: int, step: TraceStep, trace: GPTTrace, layer: Layer, head: Layer, joiner: str) -> str:
     finish = f" \u00b7 finished ({esc(step.finish)})" if step.finish else ""
-    return (f'<div class="step"><div class="stephead">step {k + 1} \u00b7 chose <b>{esc(step.chosen.token)}</b> '
+    return (f'<div class="step"><div class="stephead">step {k + 1} \u00b7 chose <b>{esc(display_token(step.chosen.token))}</b> '
             f"({_pct(step.chosen.p_sample)}) \u00b7 entropy {step.entropy:.2f} bits, drawn from "
             f"{step.entropy_sample:.2f} bits{finish}</div>"
             f'<div class="ctx">{_context_html(step, step.attention_row(layer, head), joiner)}{joiner}'
-            f'<span class="next">\u2192 {esc(step.chosen.token)}</span></div>{_top_html(step, trace.top)}</div>')
+            f'<span class="next">\u2192 {esc(display_token(step.chosen.token))}</span></div>'
+            f"{_top_html(step, trace.top, trace.sampling)}{_lens_html(step)}</div>")
+
+
+def _view_choice(layer: Layer, head: Layer) -> str:
+    """The interactive view's choice ("mean", "L" or "L:H", 0-based) for the static view's layer and head."""
+    if layer == "mean":
+        return "mean"  # the interactive view has no "one head, mean of layers": it starts from the mean
+    return str(layer) if head == "mean" else f"{layer}:{head}"
 
 
 def _gpt_body(trace: GPTTrace, uid: str, layer: Layer, head: Layer, **_) -> str:
     joiner = " " if trace.model.get("tokenizer", "word") == "word" else ""
     layer = trace.n_layer - 1 if layer is None else layer  # default: the last layer, as the notebook shows
+    layer = layer % trace.n_layer if isinstance(layer, int) and trace.n_layer else layer
     head = "mean" if head is None else head
-    layer_opts = [(str(i), f"layer {i + 1}") for i in range(trace.n_layer)] + [("mean", "mean of layers")]
-    head_opts = [("mean", "mean of heads")] + [(str(h), f"head {h + 1}") for h in range(trace.n_head)]
+    head = head % trace.n_head if isinstance(head, int) and trace.n_head else head
+    which = ("mean of layers" if layer == "mean" else f"layer {int(layer) + 1}") + (
+        ", mean of heads" if head == "mean" else f", head {int(head) + 1}")
     steps = "".join(_step_html(k, step, trace, layer, head, joiner) for k, step in enumerate(trace.steps))
-    data = script_json({"attention": [s.attention for s in trace.steps]})
+    d = trace.to_dict()
+    # Where the model lay on disk is no part of what the view shows, nor of a page shared with others.
+    data = script_json({**d, "model": {k: v for k, v in d["model"].items() if k != "path"}})
     return (f'<h2>{esc(trace.prompt)}<span class="gen">{esc(trace.completion)}</span></h2>'
             f'<div class="meta">{esc(_settings(trace))}</div>'
-            f'<div class="controls">highlight = attention of the predicting position, scaled by its maximum: '
-            f'{_select("layer", layer_opts, layer)} {_select("head", head_opts, head)}</div>{steps}'
+            f'<div class="tv-mount"></div>'
+            f'<div class="static-steps"><div class="controls">highlight = attention of the predicting position '
+            f"({which}), scaled by its maximum; bars: the probability each word was drawn with</div>{steps}</div>"
             f'<script type="application/json" class="gptlab-data">{data}</script>'
-            f"<script>{JS % {'uid': uid, 'rgb': ','.join(map(str, RGB))}}</script>")
+            f"<script>{VIEW_JS}{MOUNT_JS % {'uid': uid, 'head': _view_choice(layer, head)}}</script>")
 
 
 # -- encoder / classifier / seq2seq ---------------------------------------------------------------
@@ -146,7 +175,7 @@ def _seq2seq_body(trace: Seq2SeqTrace, uid: str, layer: Layer, head: Layer, **_)
 
 
 BODIES: dict[str, Callable[..., str]] = {"gpt": _gpt_body, "encoder": _encoder_body, "classifier": _encoder_body,
-                                         "seq2seq": _seq2seq_body}
+                                         "seq2seq": _seq2seq_body, "image": image_html}
 
 
 def render_html(trace: Trace, *, full_page: bool = True, layer: Layer = None, head: Layer = None,
@@ -156,6 +185,7 @@ def render_html(trace: Trace, *, full_page: bool = True, layer: Layer = None, he
     matrix=False leaves out an encoder trace's full heatmap."""
     uid = "gptlab-trace-" + secrets.token_hex(4)
     body = BODIES[trace.kind](trace, uid, layer, head, matrix=matrix)
+    css = CSS + VIEW_CSS if trace.kind == "gpt" else CSS
     fragment = (f'<div class="gptlab-trace" data-kind="{esc(trace.kind)}" id="{uid}">'
-                f"{body}<style>{CSS}</style></div>")
+                f"{body}<style>{css}</style></div>")
     return page(trace.title(layer, head), fragment) if full_page else fragment

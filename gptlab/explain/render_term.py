@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gptlab.explain import heatmap
-from gptlab.explain.style import alpha, ansi_highlight, bar, bold, top_weight, use_color
+from gptlab.explain.render_image import image_text
+from gptlab.explain.style import alpha, ansi_highlight, bar, bold, display_token, top_weight, use_color
 
 if TYPE_CHECKING:  # types only: trace.py calls these renderers, so a runtime import would be a cycle
     from gptlab.explain.trace import EncoderTrace, GPTTrace, Layer, Seq2SeqTrace, Trace, TraceStep
@@ -28,23 +29,39 @@ def _step_lines(k: int, step: TraceStep, trace: GPTTrace, color: bool, layer: La
                 joiner: str) -> list[str]:
     row = step.attention_row(layer, head)
     top = top_weight(row)
-    words = [ansi_highlight(t, alpha(a, top)) if color else t for t, a in zip(step.tokens, row)]
+    tokens = [display_token(t, step.start + k) for k, t in enumerate(step.tokens)]
+    words = [ansi_highlight(t, alpha(a, top)) if color else t for t, a in zip(tokens, row)]
     lead = "\u2026 " if step.start > 0 else ""
     lines = [f"step {k + 1}: chose {step.chosen.token!r} ({100 * step.chosen.p_sample:.1f}%), "
              f"entropy {step.entropy:.2f} bits (drawn from {step.entropy_sample:.2f})"
              + (f", finished ({step.finish})" if step.finish else ""),
-             "  " + lead + joiner.join(words) + joiner + "\u2192 " + bold(step.chosen.token, color)]
+             "  " + lead + joiner.join(words) + joiner + "\u2192 " + bold(display_token(step.chosen.token), color)]
     ranked = sorted(range(len(row)), key=lambda i: -row[i])[:5]
+    # Each with its position in prompt + text (#0 is the first token), so two ':' can be told apart.
     lines.append("  attends most to: " + ", ".join(
-        f"{step.tokens[i].strip() or repr(step.tokens[i])} {row[i] / top:.2f}" for i in ranked))
+        f"{_word(step.tokens[i], step.start + i)} (#{step.start + i}) {row[i] / top:.2f}" for i in ranked))
     shown = step.candidates[:trace.top]
     if all(c.id != step.chosen.id for c in shown):
         shown = shown + [step.chosen]
-    width = max(len(c.token) for c in shown)
+    width = max(len(display_token(c.token)) for c in shown)
+    cut = False
     for c in shown:
+        if c.p_sample == 0 and not cut:
+            lines.append(f"    {'':-<{width}} cut: the words below are never drawn")
+            cut = True
         mark = " \u2190" if c.id == step.chosen.id else ""
-        lines.append(f"    {c.token:<{width}} {bar(c.p_sample)} {100 * c.p_sample:6.2f}%  (T=1 {100 * c.p:6.2f}%){mark}")
+        lines.append(f"    {display_token(c.token):<{width}} {bar(c.p_sample)} {100 * c.p_sample:6.2f}%  "
+                     f"(T=1 {100 * c.p:6.2f}%){mark}")
+    if step.lens:
+        lines.append("  logit lens: " + ", ".join(
+            f"{'emb' if i == 0 else f'L{i}'} {_word(e['top'][0]['token'])} {100 * e['top'][0]['p']:.0f}%"
+            for i, e in enumerate(step.lens)))
     return lines
+
+
+def _word(token: str, position: int | None = None) -> str:
+    shown = display_token(token, position)
+    return shown.strip() or repr(shown)
 
 
 def _gpt_text(trace: GPTTrace, color: bool, layer: Layer, head: Layer, **_) -> str:
@@ -80,7 +97,7 @@ def _seq2seq_text(trace: Seq2SeqTrace, color: bool, layer: Layer, head: Layer, v
 
 
 VIEWS: dict[str, Callable[..., str]] = {"gpt": _gpt_text, "encoder": _encoder_text, "classifier": _encoder_text,
-                                        "seq2seq": _seq2seq_text}
+                                        "seq2seq": _seq2seq_text, "image": image_text}
 
 
 def render_terminal(trace: Trace, *, color: bool | None = None, layer: Layer = None, head: Layer = None,

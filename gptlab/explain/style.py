@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 RGB = (135, 206, 250)
+EOT = "<|endoftext|>"  # the tokenizer's end-of-text token (gptlab.data.tokenizer.EOT; renderers import no torch)
 RESET = "\x1b[0m"
 SHADES = " ░▒▓█"                               # weight without colour: survives a pipe or a log file
 EIGHTHS = " \u258f\u258e\u258d\u258c\u258b\u258a\u2589"  # 0/8 .. 7/8 of a bar cell
@@ -43,6 +44,13 @@ def esc(text: object) -> str:
     return html.escape(str(text))
 
 
+def display_token(token: str, position: int | None = None) -> str:
+    """A token as a view shows it: the end-of-text token by its role (it starts a text at position 0)."""
+    if token == EOT:
+        return "\u27e8start\u27e9" if position == 0 else "\u27e8end\u27e9"
+    return token
+
+
 def script_json(obj: object) -> str:
     """JSON that cannot end the <script> element it sits in."""
     return (json.dumps(obj, separators=(",", ":"), allow_nan=False)
@@ -52,26 +60,30 @@ def script_json(obj: object) -> str:
 # One stylesheet for every kind. Inline in each fragment (no CDN, no file beside it), so a page
 # opens offline and a notebook cell renders on its own.
 CSS = """
-.gptlab-trace{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;max-width:60em}
+.gptlab-trace{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2330;max-width:70em;min-width:0;overflow-wrap:anywhere}
 .gptlab-trace h2{font-size:1.15em;margin:.3em 0}
-.gptlab-trace .gen{font-weight:600;color:#0b5394}
-.gptlab-trace .meta{color:#666;font-size:.85em;margin:.2em 0 .6em}
+.gptlab-trace .gen{font-weight:600;color:#7a1f3d}
+.gptlab-trace .meta{color:#667085;font-size:.85em;margin:.2em 0 .6em}
 .gptlab-trace .pred{margin:.3em 0}
-.gptlab-trace .controls{font-size:.85em;margin:.4em 0 .8em}
-.gptlab-trace .step{border-top:1px solid #ddd;padding:.5em 0}
+.gptlab-trace .controls{font-size:.85em;margin:.4em 0 .8em;color:#667085}
+.gptlab-trace .step{border-top:1px solid #e3e6eb;padding:.5em 0}
 .gptlab-trace .stephead{font-size:.85em;color:#555;margin-bottom:.3em}
-.gptlab-trace .ctx{font-family:ui-monospace,Menlo,Consolas,monospace;line-height:1.9;white-space:pre-wrap}
+.gptlab-trace .ctx{font-family:ui-monospace,Menlo,Consolas,monospace;line-height:1.9;white-space:pre-wrap;overflow-wrap:anywhere}
 .gptlab-trace .t{border-radius:3px;padding:1px 0}
-.gptlab-trace .next{font-weight:700;color:#0b5394}
-.gptlab-trace table.top{border-collapse:collapse;font-size:.85em;margin-top:.3em;table-layout:fixed;width:44em}
-.gptlab-trace table.top col.w{width:12em}.gptlab-trace table.top col.bar{width:16em}.gptlab-trace table.top col.num{width:5.3em}
-.gptlab-trace table.top td,.gptlab-trace table.top th{padding:1px 6px;text-align:left}
+.gptlab-trace .next{font-weight:700;color:#1f6f5c}
+.gptlab-trace .lens{font-size:.8em;color:#667085;margin-top:.3em}
+.gptlab-trace table.top{border-collapse:collapse;font-size:.85em;margin-top:.3em;table-layout:fixed;width:100%;max-width:44em}
+.gptlab-trace table.top col.w{width:27%}.gptlab-trace table.top col.bar{width:34%}.gptlab-trace table.top col.num{width:13%}
+.gptlab-trace table.top td,.gptlab-trace table.top th{padding:1px 4px;text-align:left;overflow:hidden}
 .gptlab-trace table.top th{color:#777;font-weight:400}
 .gptlab-trace td.w{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;overflow:hidden;text-overflow:ellipsis}
-.gptlab-trace td.bar div{background:rgb(135,206,250);height:.9em;border-radius:2px}
+.gptlab-trace td.bar div{background:rgba(122,31,61,.75);height:.9em;border-radius:2px}
 .gptlab-trace td.num{text-align:right;font-variant-numeric:tabular-nums}
-.gptlab-trace tr.chosen td.w{font-weight:700}
-.gptlab-trace tr.chosen td.w::after{content:" \\2190 chosen";font-weight:400;color:#0b5394}
+.gptlab-trace tr.chosen td.w{font-weight:700;color:#1f6f5c}
+.gptlab-trace tr.chosen td.bar div{background:#1f6f5c}
+.gptlab-trace tr.removed{opacity:.55}.gptlab-trace tr.removed td.w{text-decoration:line-through}
+.gptlab-trace tr.other td.w{font-style:italic;font-family:inherit;color:#667085}
+.gptlab-trace tr.cut td{font-size:.85em;color:#7a1f3d;border-top:2px dashed #7a1f3d}
 .gptlab-heatmap{overflow-x:auto;margin:.4em 0}
 .gptlab-heatmap .title,.gptlab-highlight .title{font-weight:600;margin:4px 0}
 .gptlab-heatmap table{border-collapse:collapse}
@@ -91,7 +103,10 @@ def page(title: str, body: str) -> str:
     """A whole HTML document around a fragment (the fragment carries its own stylesheet)."""
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title or 'gptlab attention')}</title></head><body>{body}</body></html>\n")
+            f"<title>{esc(title or 'gptlab attention')}</title></head>"
+            '<body style="margin:0;padding:1rem;background:#f6f7f9">'
+            '<div style="background:#fff;border:1px solid #e3e6eb;border-radius:10px;padding:1rem 1.1rem;'
+            f'max-width:1100px;margin:0 auto">{body}</div></body></html>\n')
 
 
 # -- terminal -----------------------------------------------------------------------------------

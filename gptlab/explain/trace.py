@@ -1,16 +1,20 @@
 """Explanation traces of every family, as plain data (no torch) in one versioned JSON schema, so a
 trace can be rendered again later, elsewhere, without the model.
 
-Every trace (version 2) is one JSON object with a common envelope and a body per `kind`:
+Every trace (version 3) is one JSON object with a common envelope and a body per `kind`:
 
-    {"format": "gptlab-trace", "version": 2, "kind": "gpt" | "encoder" | "classifier" | "seq2seq",
+    {"format": "gptlab-trace", "version": 3, "kind": "gpt" | "encoder" | "classifier" | "seq2seq",
      "model": {"kind", "n_layer", "n_head", "d_model", "vocab_size", "context_length", "tokenizer", ...},
      ...the kind's fields}
 
 - gpt: "prompt", "prompt_tokens", "completion", "finish_reason", "sampling", "top" and "steps":
   per generated token {"tokens", "token_ids", "start", "attention" [layer][head][position] (the
   predicting position's row), "candidates" and "chosen" {token, id, logit, p, p_sample},
-  "entropy", "entropy_sample", "logsumexp", "finish"}.
+  "entropy", "entropy_sample", "logsumexp", "finish", "dist", "lens"}. "dist" holds the logits
+  the sampler saw before temperature, enough to redo its distribution at any temperature
+  (`gptlab.explain.distribution`): every one for a vocabulary up to 4096, else the top 50 and a
+  histogram of the rest. "lens" is the logit lens: per residual stream (the embeddings, then
+  after each layer) {"top": [{token, id, p}], "p_chosen"}, what the model would predict from there.
 - encoder / classifier: "text", "tokens", "focus" (the token highlighted), "self_attention"
   (an attention block over query x key) and "prediction": {"labels": [{label, p}], "entropy"}
   for a classifier, {"masks": [{position, top: [{token, p}], entropy}]} for a masked-LM encoder.
@@ -22,8 +26,10 @@ Every trace (version 2) is one JSON object with a common envelope and a body per
 An attention block is {"axes", "reduce": "mean over heads", "n_layer", "n_head", "layers"
 (L x rows x columns, mean over heads), "heads" (L x H x rows x columns)}.
 
-Version 1 files still load: a GPT one has no "kind" (it is "gpt"), an encoder one has no "heads",
-and none has "model" (encoder, seq2seq) or "next_tokens". Anything else (not JSON, another
+Version 1 and 2 files still load: a version-1 GPT one has no "kind" (it is "gpt"), a version-1
+encoder one has no "heads", and none has "model" (encoder, seq2seq) or "next_tokens"; GPT steps
+before version 3 have no "dist" or "lens" (the views then re-weight the stored candidates only, and
+say so). Anything else (not JSON, another
 format, a newer version, an unknown kind, missing fields) is a one-line `UserError`.
 """
 
@@ -36,10 +42,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gptlab.errors import UserError
+from gptlab.explain.distribution import distribution
 
 FORMAT = "gptlab-trace"
-VERSION = 2
-KINDS = ("gpt", "encoder", "classifier", "seq2seq")
+VERSION = 3
+KINDS = ("gpt", "encoder", "classifier", "seq2seq", "image")
 WRITERS = "`gptlab explain`, `gptlab encoder explain` or `gptlab seq2seq explain` with --json"
 
 Layer = int | str | None  # an index (negative from the end), "mean", or None for the trace's default
@@ -70,8 +77,13 @@ def mean_of(arrays: list) -> list:
 
 
 def view_name(layer: Layer, head: Layer = None) -> str:
-    name = "mean over layers" if layer in (None, "mean") else f"layer {layer}"
-    return name + ("" if head in (None, "mean") else f", head {head}")
+    """Layers and heads are stored from 0 (as the model indexes them) and shown from 1 (as the
+    commands' --layer/--head count them)."""
+    def shown(i: Layer) -> str:
+        k = int(i)  # type: ignore[arg-type]  # not None or "mean" here
+        return str(k + 1) if k >= 0 else ("the last" if k == -1 else f"{-k} from the end")
+    name = "mean over layers" if layer in (None, "mean") else f"layer {shown(layer)}"
+    return name + ("" if head in (None, "mean") else f", head {shown(head)}")
 
 
 def _one_line(e: Exception) -> str:
@@ -112,7 +124,7 @@ class Trace:
 
     @classmethod
     def from_dict(cls, d: dict) -> Trace:
-        """The trace object for `d` (any kind, version 1 or 2); UserError when it is not one."""
+        """The trace object for `d` (any kind, version 1 to 3); UserError when it is not one."""
         kind = read_header(d)
         target = TRACE_CLASSES[kind]
         if not issubclass(target, cls):
@@ -217,12 +229,14 @@ class TraceStep:
     token_ids: list[int]
     start: int                              # index of tokens[0] in prompt + completion (> 0 once the window slid)
     attention: list[list[list[float]]]      # [layer][head][position]: the predicting position's attention, rows sum to 1
-    candidates: list[Candidate]             # the most likely next tokens by raw logit, best first
+    candidates: list[Candidate]             # the best next tokens for the sampler (by raw logit unless a repetition penalty moved some)
     chosen: Candidate                       # the token that was drawn
     entropy: float                          # bits, of the model's distribution (temperature 1)
     entropy_sample: float                   # bits, of the distribution drawn from
     logsumexp: float                        # of the raw logits over the vocabulary: p = exp(logit - logsumexp)
     finish: str | None = None               # "stop" / "length" on the last step
+    dist: dict | None = None                # the sampler's logits before temperature (module docstring); None before version 3
+    lens: list[dict] | None = None          # logit lens per residual stream; None before version 3
 
     def attention_row(self, layer: Layer = None, head: Layer = None) -> list[float]:
         """Attention over `tokens`: one layer (default: the last) or "mean" of layers; one head or the mean (default)."""
@@ -230,13 +244,17 @@ class TraceStep:
         heads = pick("mean" if head is None else head, len(self.attention[0]), "head")
         return mean_of([self.attention[li][h] for li in layers for h in heads])
 
-    def reweight(self, temperature: float) -> list[float]:
-        """Candidates' probabilities at another temperature, renormalised over the stored candidates.
+    def reweight(self, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> list[float]:
+        """Candidates' probabilities under other sampling settings, over the whole vocabulary.
 
-        Exact at temperature 1 (it uses logsumexp); elsewhere an approximation that ignores the rest
-        of the vocabulary, good when the stored candidates hold most of the mass.
+        From `dist` (version 3): the sampler's own pipeline (`gptlab.explain.distribution`). An
+        older trace has only its candidates: exact at temperature 1 without filters (it uses
+        logsumexp); elsewhere renormalised over the candidates, which ignores the rest of the vocabulary.
         """
-        if temperature == 1.0:
+        if self.dist is not None:
+            p = {g.id: g.p for g in distribution(self.dist, temperature, top_k, top_p, min_p) if g.id is not None}
+            return [p.get(c.id, 0.0) for c in self.candidates]
+        if temperature == 1.0 and (top_k, top_p, min_p) == (0, 1.0, 0.0):
             return [math.exp(c.logit - self.logsumexp) for c in self.candidates]
         return softmax([c.logit for c in self.candidates], temperature)
 
@@ -416,12 +434,56 @@ class Seq2SeqTrace(MatrixTrace):
         return f"<gptlab Seq2SeqTrace: {self.source!r} -> {self.translation!r}>"
 
 
+# -- image: a generated picture, each prompt word's cross-attention over it (DAAM), a filmstrip --------
+@dataclass(repr=False)
+class ImageTrace(Trace):
+    """`gptlab image explain`: images are PNG data URLs; "heatmaps" holds, per caption token, its
+    cross-attention over the latent grid (rows x cols, row-major) summed over layers, heads and
+    denoising steps, then divided by their number (Tang et al. 2022, DAAM)."""
+    prompt: str
+    tokens: list[str]
+    grid: list[int]                          # [rows, cols] of the latent grid
+    heatmaps: list[list[float]]              # per token, rows * cols weights
+    image: str                               # the generated image, a data:image/png URL
+    filmstrip: list[dict] = field(default_factory=list)  # {"step", "of", "image"}: predicted clean image
+    settings: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+
+    kind = "image"  # not a field: one kind per class
+
+    def body(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_body(cls, d: dict, kind: str) -> ImageTrace:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def check(self) -> None:
+        rows, cols = self.grid
+        if len(self.heatmaps) != len(self.tokens) or any(len(h) != rows * cols for h in self.heatmaps):
+            raise ValueError(f"heatmaps do not match {len(self.tokens)} tokens x a {rows}x{cols} grid")
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.model.get("n_layer", 0))
+
+    @property
+    def n_head(self) -> int:
+        return int(self.model.get("n_head", 0))
+
+    def title(self, layer: Layer = None, head: Layer = None) -> str:
+        return f"where each word looked (cross-attention, DAAM): {self.prompt!r}"
+
+    def __repr__(self) -> str:
+        return f"<gptlab ImageTrace: {self.prompt!r}, {len(self.tokens)} tokens, {len(self.filmstrip)} film frames>"
+
+
 TRACE_CLASSES: dict[str, type[Trace]] = {"gpt": GPTTrace, "encoder": EncoderTrace, "classifier": EncoderTrace,
-                                         "seq2seq": Seq2SeqTrace}
+                                         "seq2seq": Seq2SeqTrace, "image": ImageTrace}
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
-    """A saved trace (any kind, version 1 or 2) back as its object, to render again without the model."""
+    """A saved trace (any kind, version 1 to 3) back as its object, to render again without the model."""
     return Trace.load(path)
 
 

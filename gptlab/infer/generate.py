@@ -241,7 +241,8 @@ class TextTracker:
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt; unknown words are named in one warning; an empty prompt starts at end-of-text."""
+    """Token ids of each prompt, as the model saw texts begin (`Tokenizer.encode_prompt`); unknown words
+    are named in one warning; an empty prompt starts at end-of-text."""
     for p in prompts:  # before the warning: a prompt that is not text gets one error line, nothing else
         check_text(p, "the prompt")
     unknown = list(dict.fromkeys(w for p in prompts for w in tokenizer.unknown_words(p)))
@@ -249,7 +250,7 @@ def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> list[list[in
         shown = ", ".join(repr(w) for w in unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
         warnings.warn(f"{len(unknown)} word(s) not in the model's vocabulary, read as [UNK]: {shown}",
                       GenerationWarning, stacklevel=3)
-    return [tokenizer.encode(p) or [tokenizer.eot_id] for p in prompts]
+    return [tokenizer.encode_prompt(p) for p in prompts]
 
 
 def text_steps(model: torch.nn.Module, tokenizer: Tokenizer, prompt_ids: Sequence[Sequence[int]],

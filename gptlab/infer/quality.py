@@ -19,10 +19,10 @@ def candidate_probs(lm, prompt: str, candidates: list[str]) -> dict[str, float]:
     model, tok = lm.model, lm.tokenizer
     device = next(model.parameters()).device
     ctx = model.cfg.context_length
-    base = tok.encode(prompt)
+    base = tok.encode_prompt(prompt)
     out = {}
     for cand in candidates:
-        full = tok.encode(prompt + " " + cand)
+        full = tok.encode_prompt(prompt + " " + cand)
         suffix = full[len(base):] if full[:len(base)] == base else tok.encode(" " + cand)
         seq = (base + suffix)[-ctx:]
         logp = torch.log_softmax(model(torch.tensor([seq], device=device)).logits[0].float(), -1)
@@ -72,3 +72,19 @@ def template_valid(text: str, provinces_by_country: dict[str, set[str]], varieti
         return False
     c, p, v, d = parsed
     return c in provinces_by_country and p in provinces_by_country[c] and v in varieties and bool(d)
+
+
+def template_counts(records: list[str]) -> tuple[dict[str, Counter], set[str], int]:
+    """From records in the wine template: province counts per country, the varieties seen, and how
+    many records parsed. A model trained on these records is measured against them (`gptlab eval`)."""
+    provinces: dict[str, Counter] = {}
+    varieties: set[str] = set()
+    parsed = 0
+    for r in records:
+        t = parse_template(r)
+        if t is None:
+            continue
+        parsed += 1
+        provinces.setdefault(t[0], Counter())[t[1]] += 1
+        varieties.add(t[2])
+    return provinces, varieties, parsed

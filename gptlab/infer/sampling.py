@@ -125,8 +125,12 @@ def process_logits(logits_BxV: torch.Tensor, cfg: SamplingConfig,
     return logits_BxV
 
 
-def draw(probs_BxV: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw(probs_BxV: torch.Tensor, generator: torch.Generator | None = None,
+         u_Bx1: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from probabilities (B, V) -> (B,): inverse-CDF sampling, one uniform number per row.
+
+    `u_Bx1`: those numbers, when the caller draws them (the serving engine, one generator per row,
+    each drawing as `torch.rand((1, 1), generator=g, dtype=probs.dtype)`); else from `generator`.
 
     Same distribution as `torch.multinomial`, which on a CPU draws V random numbers per row and
     costs more than the forward pass of a small model. The target is kept below the total mass, so
@@ -135,7 +139,8 @@ def draw(probs_BxV: torch.Tensor, generator: torch.Generator | None = None) -> t
     """
     cdf_BxV = probs_BxV.cumsum(dim=-1)
     total_Bx1 = cdf_BxV[:, -1:]
-    u_Bx1 = torch.rand(total_Bx1.shape, generator=generator, device=probs_BxV.device, dtype=cdf_BxV.dtype)
+    if u_Bx1 is None:
+        u_Bx1 = torch.rand(total_Bx1.shape, generator=generator, device=probs_BxV.device, dtype=cdf_BxV.dtype)
     target_Bx1 = torch.minimum(u_Bx1 * total_Bx1, torch.nextafter(total_Bx1, torch.zeros_like(total_Bx1)))
     return torch.searchsorted(cdf_BxV, target_Bx1, right=True).squeeze(-1)
 

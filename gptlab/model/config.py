@@ -133,6 +133,16 @@ def small(vocab_size: int = 10000) -> ModelConfig:
     )
 
 
+def fast(vocab_size: int = 10000) -> ModelConfig:
+    """The best held-out loss for the minutes of a CPU (measured in benchmarks/RESULTS.md): GPT-2
+    shaped but narrow and shallow, so a step is cheap and the model sees the corpus many times."""
+    return ModelConfig(
+        vocab_size=vocab_size, context_length=80, d_model=128, n_layer=2, n_head=4, head_dim=0,
+        d_ff=512, dropout=0.0, norm="pre", ln_eps=1e-5, activation="gelu",
+        tie_embeddings=True, bias=True, final_norm=True,
+    )
+
+
 def tiny(vocab_size: int = 10000) -> ModelConfig:
     """For tests and quick tries: trains in seconds."""
     return ModelConfig(
@@ -151,4 +161,4 @@ def gpt2(vocab_size: int = 50257) -> ModelConfig:
     )
 
 
-PRESETS = {"book": book, "small": small, "tiny": tiny, "gpt2": gpt2}
+PRESETS = {"book": book, "small": small, "fast": fast, "tiny": tiny, "gpt2": gpt2}

@@ -52,6 +52,47 @@ class KVCache:
         self.cross = {i: (k[rows], v[rows]) for i, (k, v) in self.cross.items()}
 
 
+
+class SlotCache(KVCache):
+    """A KV cache whose batch rows are independent slots, each at its own position (continuous batching).
+
+    Row b holds one sequence from position 0; `pos_B` is where each row's next key goes. A decoding
+    step (GPT.decode: one new token per row, at position pos_B) writes there and attends over all
+    `max_len` positions, so the caller passes key_mask_BxS = keys <= pos_B. Prompts are computed on
+    their own (a plain KVCache, batch 1) and copied into their slot with `fill`. `length` is unused.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
+                 device=None, dtype=torch.float32):
+        super().__init__(n_layer, batch, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.pos_B = torch.zeros(batch, dtype=torch.long, device=device)
+        self.rows_B = torch.arange(batch, device=device)
+
+    def update(self, layer: int, k_BxHxTxD: torch.Tensor, v_BxHxTxD: torch.Tensor):
+        if k_BxHxTxD.shape[2] != 1:
+            raise ValueError("a SlotCache takes one new position per row: prefill a prompt on its own and `fill` its slot")
+        self.k_LxBxHxSxD[layer, self.rows_B, :, self.pos_B] = k_BxHxTxD[:, :, 0]
+        self.v_LxBxHxSxD[layer, self.rows_B, :, self.pos_B] = v_BxHxTxD[:, :, 0]
+        return self.k_LxBxHxSxD[layer], self.v_LxBxHxSxD[layer]
+
+    def fill(self, row: int, cache: KVCache) -> None:
+        """Slot `row` := the cache.length positions of batch-1 `cache`; the rest zeroed, so a slot's
+        keys never depend on who used it before."""
+        n = cache.length
+        if n > self.max_len:
+            raise ValueError(f"{n} positions do not fit a slot of {self.max_len}")
+        self.k_LxBxHxSxD[:, row, :, :n] = cache.k_LxBxHxSxD[:, 0, :, :n]
+        self.v_LxBxHxSxD[:, row, :, :n] = cache.v_LxBxHxSxD[:, 0, :, :n]
+        self.k_LxBxHxSxD[:, row, :, n:] = 0
+        self.v_LxBxHxSxD[:, row, :, n:] = 0
+        self.pos_B[row] = n
+
+    def clear(self, row: int) -> None:
+        """Slot `row` empty, at position 0."""
+        self.k_LxBxHxSxD[:, row] = 0
+        self.v_LxBxHxSxD[:, row] = 0
+        self.pos_B[row] = 0
+
 def build_mask(T: int, S: int, *, causal: bool, offset: int = 0,
                key_mask_BxS: torch.Tensor | None = None, device=None,
                self_attention: bool = True) -> torch.Tensor | None:

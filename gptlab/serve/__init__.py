@@ -1,7 +1,7 @@
 """`gptlab serve`: an HTTP API (OpenAI's completions shape, plus explanation traces) and a web page.
 
-Needs the `serve` extra (fastapi, uvicorn): `pip install 'gptlab[serve]'`. Importing this package
-needs neither; `create_app` imports them when first used, so `gptlab --help` works without them.
+Needs the `serve` extra (fastapi, uvicorn, prometheus_client): `pip install 'gptlab[serve]'`. Importing this package
+needs none of them; `create_app` imports them when first used, so `gptlab --help` works without them.
 """
 
 from gptlab.serve.settings import ServeSettings

@@ -2,35 +2,42 @@
 
 Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/completions (optionally streamed as
 server-sent events in OpenAI's chunk format), POST /v1/explain (the explanation trace as JSON),
-GET /healthz, and the page at /. Every error, ours or the framework's, is JSON shaped like
+GET /healthz, GET /metrics (Prometheus), and the page at /. Every error, ours or the framework's, is JSON shaped like
 OpenAI's: {"error": {"message": ..., "type": ...}} (see `gptlab.serve.errors`). Requests for a host
 name that is not this server's get a 421 before any route (`gptlab.serve.hosts`), and a generation
 whose client disconnects stops at its next step (`gptlab.serve.limits`).
 
-The routes are module-level functions on one router; what they share (settings, models, workers)
-is the `ServeState` that `create_app` puts on `app.state.serve`.
+The routes are module-level functions on one router; what they share (settings, models, workers,
+engines, metrics) is the `ServeState` that `create_app` puts on `app.state.serve`.
+
+Completions run in each model's decoding engine (continuous batching, gptlab/infer/engine.py). An
+explanation trace takes a gate worker, which hands it to the model's engine thread and waits: it
+runs there between two decoding steps, so it never races the batch (and, while it runs, the
+batch waits; traces are capped at --max-explain-steps).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from gptlab import __version__
 from gptlab.errors import UserError
 from gptlab.serve.completions import complete, plan_completion, stream_completion
-from gptlab.serve.errors import APIError, add_error_handlers
+from gptlab.serve.engines import Engines
+from gptlab.serve.errors import APIError, add_error_handlers, error_for
 from gptlab.serve.hosts import HostAllowlist, HostCheck
 from gptlab.serve.limits import BodyLimit, Gate, GateHook, disconnect_of, install_deadline_hook
+from gptlab.serve.metrics import Metrics
 from gptlab.serve.registry import ModelRegistry
 from gptlab.serve.schemas import CompletionRequest, ExplainRequest
 from gptlab.serve.settings import ServeSettings
@@ -41,6 +48,7 @@ STATIC = Path(__file__).parent / "static"
 PAGE_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'"
 
 State = Annotated[ServeState, Depends(serve_state)]
+T = TypeVar("T")
 api = APIRouter()
 
 
@@ -60,8 +68,13 @@ def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = N
     except ValueError as e:
         raise UserError(f"bad server setting: {e}") from None
     registry = ModelRegistry(models_dir, device=settings.device, dtype=settings.dtype, max_loaded=settings.max_loaded,
-                             on_load=lambda lm: install_deadline_hook(lm.model))
-    state = ServeState(settings, registry, Gate(settings.workers, settings.queue, settings.timeout_s, on_gate_event))
+                             on_load=lambda lm: install_deadline_hook(lm.model),
+                             max_memory=int(settings.max_memory_mb * 2**20))
+    engines = Engines(registry, settings)
+    registry.size_of, registry.on_unload = engines.size_of, engines.unload
+    gate = Gate(settings.workers, settings.queue, settings.timeout_s, on_gate_event)
+    state = ServeState(settings, registry, gate, engines,
+                       Metrics(engines.load, lambda: gate.in_flight + engines.in_flight))
     app = FastAPI(
         title="gptlab serve", version=__version__, lifespan=_lifespan,
         # FastAPI's /docs and /redoc pages load their scripts from a CDN; the page must work offline.
@@ -72,6 +85,7 @@ def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = N
     app.state.serve = state
     # The same objects under their own names: the CLI and code embedding the app read them.
     app.state.settings, app.state.registry, app.state.gate = state.settings, state.registry, state.gate
+    app.state.engines, app.state.metrics = state.engines, state.metrics
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: a request for another host reads no body and reaches no route.
     app.add_middleware(HostCheck, allowlist=HostAllowlist(settings.allowed_hosts, listen_host))
@@ -85,6 +99,7 @@ def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = N
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     app.state.serve.gate.shutdown()
+    app.state.serve.engines.close()
 
 
 def _add_page(app: FastAPI) -> None:
@@ -93,7 +108,9 @@ def _add_page(app: FastAPI) -> None:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
                                                             "Cache-Control": "no-cache"})
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The step view (trace_view.js/.css) is the explanation stack's own, shared with the trace HTML
+    # and the notebook: served from gptlab.explain's folder, never copied.
+    app.mount("/static", StaticFiles(directory=STATIC, packages=[("gptlab.explain", "static")]), name="static")
 
 
 # -- routes ------------------------------------------------------------------------------------------
@@ -101,8 +118,15 @@ def _add_page(app: FastAPI) -> None:
 # body, and changing the schema); `response_model=None` sends what the handler built, as it is.
 @api.get("/healthz", summary="Liveness, load and limits", response_model=None)
 async def healthz(state: State) -> dict[str, Any]:
-    return {"status": "ok", "version": __version__, "in_flight": state.gate.in_flight,
+    return {"status": "ok", "version": __version__, "in_flight": state.in_flight,
             "capacity": state.gate.capacity, "limits": state.settings.public()}
+
+
+@api.get("/metrics", summary="Requests, queue depth, tokens generated, time to first token, slots in use "
+        "(Prometheus text format)", response_model=None)
+async def metrics(state: State) -> Response:
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @api.get("/v1/models", summary="The models served (OpenAI shape)", response_model=None)
@@ -119,10 +143,17 @@ async def get_model(model: str, state: State) -> dict[str, Any]:
 @api.post("/v1/completions", summary="Complete prompts (OpenAI shape; stream=true for server-sent events)",
           response_model=None)
 async def completions(req: CompletionRequest, state: State, request: Request) -> dict[str, Any] | StreamingResponse:
-    plan = plan_completion(req, state)
-    if req.stream:  # Starlette cancels a stream whose client left, and the gate then stops its worker
-        return await stream_completion(plan, state)
-    return await complete(plan, state, disconnect_of(request.receive))
+    status = 200
+    try:
+        plan = plan_completion(req, state)
+        if req.stream:  # Starlette cancels a stream whose client left, which stops its generation
+            return await stream_completion(plan, state)
+        return await complete(plan, state, disconnect_of(request.receive))
+    except Exception as e:
+        status = error_for(e)[0]
+        raise
+    finally:
+        state.metrics.requests.labels("completions", str(status)).inc()
 
 
 @api.post("/v1/explain", summary="Generate a few tokens and return what the model saw at each step",
@@ -133,8 +164,14 @@ async def explain(req: ExplainRequest, state: State, request: Request) -> JSONRe
     if req.steps > state.settings.max_explain_steps:
         raise APIError(400, f"steps {req.steps} is over this server's limit of {state.settings.max_explain_steps}",
                        param="steps")
-    trace = await state.gate.run(lambda: _explain_trace(state, name, req), disconnect_of(request.receive))
+    trace = await state.gate.run(lambda: _on_engine(state, name, lambda: _explain_trace(state, name, req)),
+                                 disconnect_of(request.receive))
     return JSONResponse(trace)
+
+
+def _on_engine(state: ServeState, name: str, fn: Callable[[], T]) -> T:
+    """Blocking, on a worker: `fn()` on the model's engine thread between two steps (engine on)."""
+    return state.engines.run(name, fn) if state.settings.engine == "on" else fn()
 
 
 def _explain_trace(state: ServeState, name: str, req: ExplainRequest) -> dict[str, Any]:

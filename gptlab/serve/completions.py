@@ -1,12 +1,16 @@
 """POST /v1/completions: the checks on a request, then its answer as one JSON body or as server-sent events.
 
-Every check runs before the request takes a worker, so a refused request costs no generation. A
-streamed answer waits for its first event before sending headers: a full queue, a bad sampling
+Every check runs before the request takes a slot or a worker, so a refused request costs no
+generation. With the engine on (the default) every choice is one request in the model's decoding
+engine (`gptlab.serve.engines`), choice j of a prompt seeded with seed + j, streamed or not; with
+--engine off each request decodes alone on a gate worker (the old path, kept to compare against).
+A streamed answer waits for its first event before sending headers: a full queue, a bad sampling
 setting or a timeout still gets its own status code; later errors travel as an error event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,12 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from gptlab.api import LoadedModel
 from gptlab.errors import UserError
+from gptlab.serve.engines import ChoicePiece, EngineCall
 from gptlab.serve.errors import APIError, error_for
 from gptlab.serve.generation import StreamEnd, stream_choice
-from gptlab.serve.limits import DeadlineExceeded
+from gptlab.serve.limits import ClientGone, DeadlineExceeded, consume
 from gptlab.serve.schemas import CompletionRequest
 from gptlab.serve.state import ServeState
 
@@ -46,14 +52,6 @@ class CompletionPlan:
     echo: bool
     include_usage: bool             # streamed: end with a chunk that carries the usage
     meta: dict[str, Any]            # id, created, model
-
-
-@dataclass(frozen=True)
-class ChoicePiece:
-    """Text of choice `index` as it comes; the last piece of a choice has its finish reason (and often no text)."""
-    index: int
-    text: str
-    finish_reason: str | None = None
 
 
 def plan_completion(req: CompletionRequest, state: ServeState) -> CompletionPlan:
@@ -98,9 +96,41 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def choices_of(plan: CompletionPlan) -> list[tuple[str, dict[str, Any]]]:
+    """(prompt, LoadedModel.generate's kwargs) of every choice, in order: prompt 0's n, then prompt 1's..."""
+    # Several choices of one prompt would repeat each other under one seed.
+    kwargs = dict(plan.generate_kwargs, stop=list(plan.generate_kwargs.get("stop") or []))
+    return [(p, dict(kwargs, seed=None if plan.seed is None else plan.seed + j))
+            for p in plan.prompts for j in range(plan.n)]
+
+
+async def start_engine_call(plan: CompletionPlan, state: ServeState, stream: bool) -> tuple[EngineCall, int]:
+    """The request's choices in its model's engine (Busy if it has no room), and its prompt tokens."""
+    call = EngineCall(state.gate, state.metrics, plan.model, time.monotonic() + state.settings.timeout_s, stream)
+
+    def submit() -> int:  # loading the model and encoding the prompts block: off the event loop
+        lm, engine = state.engines.get(plan.model)
+        call.submit(lm, engine, choices_of(plan))
+        return sum(len(lm.encode(p)) for p in plan.prompts)
+
+    return call, await run_in_threadpool(submit)
+
+
+async def engine_events(call: EngineCall, plan: CompletionPlan,
+                        prompt_tokens: int) -> AsyncGenerator[ChoicePiece | Usage, None]:
+    """The pieces of every choice as the engine makes them (choices interleave), then the usage of all."""
+    echo = {i: p for i, (p, _) in enumerate(choices_of(plan))} if plan.echo else {}
+    async for piece in call.pieces(echo):
+        yield piece
+    yield _usage(prompt_tokens, sum(call.n_tokens))
+
+
 async def complete(plan: CompletionPlan, state: ServeState,
                    client_gone: Callable[[], Awaitable[object]] | None = None) -> dict[str, Any]:
     """The whole answer as one text_completion object; cancelled (ClientGone) when `client_gone()` returns."""
+    if state.settings.engine == "on":
+        return await _complete_in_engine(plan, state, client_gone)
+
     def work() -> tuple[list, int]:
         lm = state.registry.get(plan.model)
         prompts = plan.prompts[0] if len(plan.prompts) == 1 else plan.prompts
@@ -142,9 +172,46 @@ def _choice_pieces(lm: LoadedModel, prompt: str, index: int, seed: int | None,
     return 0
 
 
+async def _complete_in_engine(plan: CompletionPlan, state: ServeState,
+                              client_gone: Callable[[], Awaitable[object]] | None) -> dict[str, Any]:
+    call, prompt_tokens = await start_engine_call(plan, state, stream=False)
+    texts = [""] * (len(plan.prompts) * plan.n)
+    reasons = ["length"] * len(texts)
+
+    async def collect() -> None:
+        async for piece in call.pieces({}):
+            texts[piece.index] += piece.text
+            reasons[piece.index] = piece.finish_reason or reasons[piece.index]
+
+    answer = asyncio.ensure_future(collect())
+    watcher = asyncio.ensure_future(client_gone()) if client_gone else None
+    try:
+        done, _ = await asyncio.wait([f for f in (answer, watcher) if f], return_when=asyncio.FIRST_COMPLETED)
+        if answer not in done:  # the client left: nobody reads the answer, so it stops before the next step
+            call.cancel()
+            state.gate.report("cancelled")
+            raise ClientGone()
+        answer.result()
+    finally:
+        for f in (answer, watcher):
+            if f is not None and not f.done():
+                f.cancel()
+            elif f is not None:
+                consume(f)  # a watcher that failed (a broken connection) is no error of ours
+    choices = [{"text": (p if plan.echo else "") + text, "index": i, "logprobs": None, "finish_reason": reason}
+               for i, ((p, _), text, reason) in enumerate(zip(choices_of(plan), texts, reasons))]
+    return {**plan.meta, "object": "text_completion", "choices": choices,
+            "usage": _usage(prompt_tokens, sum(call.n_tokens))}
+
+
 async def stream_completion(plan: CompletionPlan, state: ServeState) -> StreamingResponse:
     """The answer as server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
-    events = state.gate.stream(lambda: completion_events(state.registry.get(plan.model), plan))
+    events: AsyncGenerator[ChoicePiece | Usage, None]
+    if state.settings.engine == "on":
+        call, prompt_tokens = await start_engine_call(plan, state, stream=True)
+        events = engine_events(call, plan, prompt_tokens)
+    else:
+        events = state.gate.stream(lambda: completion_events(state.registry.get(plan.model), plan))
     # Busy, a bad setting (raised when the model's stream starts) or a timeout raises here, before
     # any header is sent, so it still gets its own status code rather than a 200.
     first = await anext(events, None)

@@ -110,6 +110,11 @@ class Gate:
             # An observer must not break the accounting: an admitted request is always released.
             log.exception("the gate's on_event hook failed on %r", event)
 
+    def report(self, event: GateEvent) -> None:
+        """Tell `on_event` about a request that runs elsewhere (a model's engine): the same four
+        moments, so whoever watches the gate watches every request."""
+        self._notify(event)
+
     def _admit(self) -> Job:
         with self._lock:
             if self.in_flight >= self.capacity:
@@ -161,9 +166,9 @@ class Gate:
             if watcher is not None:
                 watcher.cancel()
                 if watcher.done():  # it failed (a broken connection): that too means nobody is listening
-                    _consume(watcher)
+                    consume(watcher)
             if not fut.done():
-                fut.add_done_callback(_consume)
+                fut.add_done_callback(consume)
 
     def _cancel(self, job: Job, event: GateEvent | None) -> None:
         job.cancelled.set()
@@ -205,13 +210,28 @@ class Gate:
             # Normal end, error, timeout or a client that went away: stop the worker either way.
             job.cancelled.set()
             if not fut.done():
-                fut.add_done_callback(_consume)
+                fut.add_done_callback(consume)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _consume(fut: asyncio.Future) -> None:
+def under_current_job(fn: Callable[[], T]) -> Callable[[], T]:
+    """`fn`, to run on another thread (a model's engine), under the job of the worker calling this:
+    the forward hook there stops it at the deadline or when its client leaves, as on the worker."""
+    job = getattr(_current, "job", None)
+
+    def run() -> T:
+        _current.job = job
+        try:
+            return fn()
+        finally:
+            _current.job = None
+
+    return run
+
+
+def consume(fut: asyncio.Future) -> None:
     # The worker's exception (Cancelled, DeadlineExceeded) is expected once nobody waits for it:
     # retrieving it keeps asyncio from logging "exception was never retrieved".
     if not fut.cancelled():

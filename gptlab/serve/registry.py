@@ -6,6 +6,10 @@ models folder whose config.json does too; before a load, so must its weights and
 out of the folder is refused, not followed). Weights come in through `gptlab.load`, which reads only
 safetensors and JSON.
 
+Models stay loaded, most recently used last, up to `max_loaded` of them and, when `max_memory`
+(bytes) is set, up to that much memory as `size_of` counts it (the server counts the weights and
+the engine's slot caches); the least recently used go first, and `on_unload` hears of each.
+
 A load that fails is remembered with the folder's files as they were, so a broken model costs one
 failed load, not one per request (a config that asks for a huge model would otherwise allocate it
 again each time); changing any of its files retries.
@@ -56,7 +60,9 @@ class ModelRefused(Exception):
 
 class ModelRegistry:
     def __init__(self, models_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None, max_loaded: int = 8,
-                 on_load: Callable[[LoadedModel], None] | None = None):
+                 on_load: Callable[[LoadedModel], None] | None = None, *, max_memory: int = 0,
+                 size_of: Callable[[LoadedModel], int] | None = None,
+                 on_unload: Callable[[str, LoadedModel], None] | None = None):
         root = Path(models_dir).expanduser()
         if not root.is_dir():
             raise UserError(f"models folder {root} does not exist or is not a folder: "
@@ -66,7 +72,11 @@ class ModelRegistry:
         self.dtype = dtype
         self.max_loaded = max_loaded
         self.on_load = on_load
+        self.max_memory = max_memory
+        self.size_of = size_of or weight_bytes
+        self.on_unload = on_unload
         self._cache: OrderedDict[str, tuple[Stamp, LoadedModel]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._failed: dict[str, tuple[Stamp, str]] = {}  # name -> (files when it failed, the error)
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -196,13 +206,36 @@ class ModelRegistry:
                 if lm is not None:
                     return lm
             lm = self._load(name, p, stamp)
+            size = self.size_of(lm)
+            if self.max_memory and size > self.max_memory:
+                message = (f"model {name!r} needs {size / 2**20:.0f} MiB, more than this server's memory cap of "
+                           f"{self.max_memory / 2**20:.0f} MiB: raise --max-memory-mb or serve fewer --slots")
+                with self._lock:
+                    self._failed[name] = (stamp, message)
+                raise ModelBroken(message)
             with self._lock:
                 self._failed.pop(name, None)
+                old = self._cache.pop(name, None)
                 self._cache[name] = (stamp, lm)
-                self._cache.move_to_end(name)
-                while len(self._cache) > self.max_loaded:
-                    self._cache.popitem(last=False)
+                self._sizes[name] = size
+                unloaded = [(name, old[1])] if old else []
+                while len(self._cache) > 1 and (len(self._cache) > self.max_loaded or self._over_memory()):
+                    gone, (_, gone_lm) = self._cache.popitem(last=False)
+                    self._sizes.pop(gone, None)
+                    unloaded.append((gone, gone_lm))
+            for gone, gone_lm in unloaded:
+                log.info("model %r unloaded (least recently used)", gone)
+                if self.on_unload:
+                    self.on_unload(gone, gone_lm)
             return lm
+
+    def _over_memory(self) -> bool:
+        return bool(self.max_memory) and sum(self._sizes.values()) > self.max_memory
+
+    def loaded(self) -> list[str]:
+        """Names of the models in memory, least recently used first."""
+        with self._lock:
+            return list(self._cache)
 
     def _load(self, name: str, p: Path, stamp: Stamp) -> LoadedModel:
         """Load the folder; on failure remember the error for these files and raise ModelBroken."""
@@ -220,3 +253,9 @@ class ModelRegistry:
         with self._lock:
             self._failed[name] = (stamp, message)
         raise ModelBroken(message)
+
+
+def weight_bytes(lm: LoadedModel) -> int:
+    """Bytes of a model's parameters and buffers (a tied weight counted once)."""
+    tensors = {id(t): t for t in [*lm.model.parameters(), *lm.model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())

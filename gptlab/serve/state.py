@@ -7,8 +7,10 @@ from typing import Any
 
 from fastapi import Request
 
+from gptlab.serve.engines import Engines
 from gptlab.serve.errors import APIError
 from gptlab.serve.limits import Gate
+from gptlab.serve.metrics import Metrics
 from gptlab.serve.registry import ModelRegistry
 from gptlab.serve.settings import ServeSettings
 
@@ -20,6 +22,13 @@ class ServeState:
     settings: ServeSettings
     registry: ModelRegistry
     gate: Gate
+    engines: Engines
+    metrics: Metrics
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not finished: on the gate's workers and in the engines."""
+        return self.gate.in_flight + self.engines.in_flight
 
     def model_name(self, requested: str | None) -> str:
         """The model a request names, or the only one served; raised before the request takes a worker."""

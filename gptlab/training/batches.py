@@ -31,11 +31,14 @@ class Batch:
 
 
 def encode_records(tokenizer, records: list[str], context_length: int, truncate: bool = True) -> list[np.ndarray]:
-    """Token ids of each record followed by <|endoftext|>, truncated to context+1 unless packing."""
+    """Token ids of each record followed by <|endoftext|> (and preceded by it when the tokenizer
+    starts texts so), truncated to context+1 unless packing."""
     eot = tokenizer.eot_id
+    start = [eot] if tokenizer.starts_with_eot else []
     out = []
-    for ids in tokenizer.encode_batch(records):
-        seq = np.asarray(ids + [eot], dtype=np.int64)
+    for k, ids in enumerate(tokenizer.encode_batch(records)):
+        # Packed records share their separators: the <|endoftext|> ending one also starts the next.
+        seq = np.asarray((start if truncate or k == 0 else []) + ids + [eot], dtype=np.int64)
         out.append(seq[: context_length + 1] if truncate else seq)
     return out
 

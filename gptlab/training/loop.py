@@ -42,6 +42,7 @@ from gptlab.settings import check_writable
 from gptlab.training.config import LoopConfig
 from gptlab.training.env import Runtime
 from gptlab.training.optim import WeightAverage, build_optimizer, lr_at, warmup_for
+from gptlab.training.progress import Progress
 from gptlab.training.state import (
     CHECKPOINTS,
     has_checkpoints,
@@ -128,10 +129,6 @@ class TrainResult(Generic[M]):
     @property
     def val_loss(self) -> float | None:
         return self.metrics.get("val_loss")
-
-    @property
-    def val_loss_with_padding(self) -> float | None:
-        return self.metrics.get("val_loss_with_padding")
 
 
 # -- the output folder ----------------------------------------------------------------------------
@@ -252,7 +249,7 @@ class _Run:
         self.saved_step: int | None = None  # the step of the newest checkpoint, once there is one
         self.side_time = self.side_cpu = 0.0  # evaluation, samples and checkpoints: not training time
         self.writer: Any = None
-        self.bar: Any = None
+        self.bar: Progress | None = None
         if t.resume and self.out is not None:
             self._restore()
         self.first_new = len(self.history)  # records before it came from the run being resumed
@@ -347,9 +344,7 @@ class _Run:
             except ImportError:
                 self.log("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
         if self.t.progress:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.total if self.total < NO_LIMIT else None, initial=self.step, unit="step",
-                            dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+            self.bar = Progress(self.total if self.total < NO_LIMIT else None, self.step, self.t.time_budget)
 
     def _scalars(self, prefix: str, values: dict[str, Any]) -> None:
         if self.writer is not None:
@@ -459,7 +454,8 @@ class _Run:
             if self.step % self.t.log_interval == 0 or last:
                 self._log_train(loss_acc)
             if self.bar is not None:
-                self.bar.update(1)
+                h = self.history[-1] if self.history and self.history[-1].get("step") == self.step else {}
+                self.bar.update(self.step, time.perf_counter() - self.t0, h.get("loss"), h.get("tokens_per_s"))
             stop = False
             if self.t.eval_interval and self.step % self.t.eval_interval == 0 and not last:
                 stop = self._evaluate()
@@ -490,8 +486,6 @@ class _Run:
                "tokens_per_s": self.tokens_seen / max(el - self.side_time, 1e-9), "time": el,
                "train_time": el - self.side_time, "train_cpu_time": time.process_time() - self.c0 - self.side_cpu}
         self.history.append(rec)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
         self._scalars("train", {"loss": loss, "lr": self.lr, "tokens_per_s": rec["tokens_per_s"]})
 
     def _evaluate(self) -> bool:

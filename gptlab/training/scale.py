@@ -289,12 +289,13 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
         raise UserError("no validation records: scaling laws are measured on held-out text; raise --val-fraction")
     train_recs = [corpus.records[i] for i in train_idx]
     tok = Tokenizer.train(train_recs, kind=base.train.tokenizer, vocab_size=base.model.vocab_size,
-                          lowercase=base.data.normalize)
+                          lowercase=base.data.normalize, start_with_eot=True)
     # The data sweep takes prefixes of one fixed random order of the training records: nested subsets.
     order = list(range(len(train_idx)))
     random.Random(base.data.seed).shuffle(order)
-    lengths = [len(ids) + 1 for ids in tok.encode_batch(train_recs)]
-    val_tokens = sum(min(len(ids) + 1, base.model.context_length + 1) for ids in
+    marks = 1 + tok.starts_with_eot  # the <|endoftext|> after each record, and the one before it
+    lengths = [len(ids) + marks for ids in tok.encode_batch(train_recs)]
+    val_tokens = sum(min(len(ids) + marks, base.model.context_length + 1) for ids in
                      tok.encode_batch([corpus.records[i] for i in val_idx]))
     runs = plan_runs(base, sc, [lengths[i] for i in order], tok.vocab_size, val_tokens)
     for spec in runs:

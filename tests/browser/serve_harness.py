@@ -44,6 +44,7 @@ class LiveServer:
     url: str
     proc: subprocess.Popen
     log: Path
+    models: Path  # the --models folder it serves
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -77,7 +78,7 @@ def live_server(models_dir: Path, *args: str, timeout: float = 90.0):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gptlab serve never answered /healthz:\n{log.read_text(errors='replace')}") from None
                 time.sleep(0.1)
-        yield LiveServer(url, proc, log)
+        yield LiveServer(url, proc, log, models_dir)
     finally:
         proc.terminate()
         try:

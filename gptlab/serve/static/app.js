@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: null, controller: null, trace: null, step: 0, last: null };
+const state = { limits: null, controller: null, view: null, last: null };
 
 // ---------------------------------------------------------------------------------------------
 // API
@@ -54,6 +54,7 @@ function sampling(reuseSeed) {
     temperature: Number($("temperature").value),
     top_k: Number($("top-k").value),
     top_p: Number($("top-p").value),
+    min_p: Number($("min-p").value),
     seed,
   };
 }
@@ -63,6 +64,8 @@ function showSliderValues() {
   const k = Number($("top-k").value);
   $("top-k-value").textContent = k === 0 ? "off" : String(k);
   $("top-p-value").textContent = Number($("top-p").value).toFixed(2);
+  const minP = Number($("min-p").value);
+  $("min-p-value").textContent = minP === 0 ? "off" : minP.toFixed(2);
   $("max-tokens-value").textContent = $("max-tokens").value;
 }
 
@@ -158,22 +161,20 @@ function setBusy(busy) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step view: the explanation trace
+// Step view: the explanation trace, drawn by trace_view.js (the same view as an HTML trace's).
+// It replays the text just written (same prompt, settings and seed), one step per generated token.
 async function explain() {
   showError("");
   setBusy(true);
   try {
-    const steps = Math.max(1, Math.min(Number($("max-tokens").value), state.limits ? state.limits.max_explain_steps : 8, 12));
-    const resp = await api("/v1/explain", { ...sampling(true), prompt: $("prompt").value, steps, top: 6 });
-    state.trace = normaliseTrace(await resp.json());
-    if (!state.trace.steps.length) throw new Error("the model produced no steps for this prompt");
-    fillHeadSelect(state.trace);
-    const slider = $("step-slider");
-    slider.max = String(state.trace.steps.length - 1);
-    slider.value = "0";
-    $("reweight-temperature").value = String(clampT(state.trace.temperature));
+    const wanted = Math.max(1, Number($("max-tokens").value));
+    const limit = state.limits ? state.limits.max_explain_steps : wanted;
+    const steps = Math.min(wanted, limit);
+    const resp = await api("/v1/explain", { ...sampling(true), prompt: $("prompt").value, steps, top: 10 });
+    const trace = await resp.json();
+    const note = steps < wanted ? `this server traces at most ${limit} steps: the first ${steps} of ${wanted} tokens` : "";
+    state.view = GptlabTraceView.mount($("trace-view"), trace, { note, rows: 10 });
     $("step-view").hidden = false;
-    showStep(0);
     $("step-view").scrollIntoView({ behavior: "smooth", block: "start" });
   } catch (e) {
     showError(e.message);
@@ -182,158 +183,13 @@ async function explain() {
   }
 }
 
-function clampT(t) { return Math.min(3, Math.max(0.1, t)); }
-
-// The trace JSON (format "gptlab-trace", version 2, kind "gpt"; see gptlab/explain/trace.py) -> what the view draws.
-function normaliseTrace(raw) {
-  if (raw.format !== "gptlab-trace") throw new Error("the server sent something that is not a gptlab trace");
-  const nPrompt = (raw.prompt_tokens || []).length;
-  const steps = (raw.steps || []).map((s) => ({
-    tokens: s.tokens.map((text, k) => ({ text, generated: s.start + k >= nPrompt })),
-    attention: s.attention,                 // [layer][head][position]
-    candidates: s.candidates,               // best first, with raw logits: {token, id, logit, p, p_sample}
-    chosen: s.chosen,
-    entropy: s.entropy,                     // bits, temperature 1
-    logsumexp: s.logsumexp,
-    finish: s.finish,
-  }));
-  const t = (raw.sampling || {}).temperature;
-  return { temperature: t > 0 ? t : 1, top: raw.top || 5, steps, raw };
-}
-
-function label(text) {
-  // Spaces and newlines inside a token would vanish in a chip: show them.
-  const shown = text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");
-  return shown.trim() === "" ? shown.replace(/ /g, "\u2423") : shown;
-}
-
-function fillHeadSelect(trace) {
-  const select = $("head-select");
-  const att = trace.steps[0].attention;
-  const opts = [["mean", "mean over all heads"]];
-  att.forEach((layer, l) => {
-    opts.push([`${l}`, `layer ${l + 1} · mean of heads`]);
-    layer.forEach((_, h) => opts.push([`${l}:${h}`, `layer ${l + 1} · head ${h + 1}`]));
-  });
-  const keep = select.value;
-  select.replaceChildren(...opts.map(([v, label]) => {
-    const o = document.createElement("option");
-    o.value = v;
-    o.textContent = label;
-    return o;
-  }));
-  if (opts.some(([v]) => v === keep)) select.value = keep;
-}
-
-// Attention of the new position over the positions it saw, for the chosen layer/head view.
-function attentionRow(step, choice) {
-  const att = step.attention;
-  const rows = [];
-  if (choice === "mean") att.forEach((layer) => layer.forEach((row) => rows.push(row)));
-  else if (!choice.includes(":")) att[Number(choice)].forEach((row) => rows.push(row));
-  else { const [l, h] = choice.split(":").map(Number); rows.push(att[l][h]); }
-  const n = step.tokens.length;
-  const mean = new Array(n).fill(0);
-  for (const row of rows) for (let i = 0; i < n; i++) mean[i] += (row[i] || 0) / rows.length;
-  return mean;
-}
-
-function showStep(i) {
-  const trace = state.trace;
-  state.step = i;
-  const step = trace.steps[i];
-  $("step-slider").value = String(i);
-  $("step-label").textContent = `step ${i + 1} of ${trace.steps.length}`;
-  $("step-prev").disabled = i === 0;
-  $("step-next").disabled = i === trace.steps.length - 1;
-
-  const weights = attentionRow(step, $("head-select").value || "mean");
-  const max = Math.max(...weights, 1e-9);
-  const box = $("tokens");
-  const chips = step.tokens.map((t, k) => {
-    const chip = document.createElement("span");
-    chip.className = "tok" + (t.generated ? " generated" : "");
-    chip.textContent = label(t.text);
-    const w = weights[k] / max; // scaled to the strongest word so the pattern shows at any length
-    chip.style.backgroundColor = `rgba(122, 31, 61, ${(0.04 + 0.81 * w).toFixed(3)})`;
-    chip.style.color = w > 0.55 ? "#fff" : "";
-    chip.dataset.weight = weights[k].toFixed(4);
-    chip.title = `attention ${(100 * weights[k]).toFixed(1)}%`;
-    return chip;
-  });
-  const next = document.createElement("span");
-  next.className = "tok next";
-  next.textContent = label(step.chosen.token);
-  next.title = "the word the model picked at this step";
-  box.replaceChildren(...chips, next);
-  drawBars();
-}
-
-// softmax(logit / T) over the stored candidates (the model's top 20 by logit, plus the drawn
-// token): sharper below 1, flatter above. Renormalised over those at every T, T = 1 included, so
-// the bars move smoothly with the slider; the exact whole-vocabulary p at T = 1 is in each tooltip.
-function reweight(pool, T) {
-  const z = pool.map((c) => c.logit / T);
-  const m = Math.max(...z);
-  const e = z.map((v) => Math.exp(v - m));
-  const sum = e.reduce((a, b) => a + b, 0);
-  return e.map((v) => v / sum);
-}
-
-function drawBars() {
-  const step = state.trace.steps[state.step];
-  const T = Number($("reweight-temperature").value);
-  $("reweight-value").textContent = T.toFixed(2);
-  const pool = step.candidates.slice();
-  if (!pool.some((c) => c.id === step.chosen.id)) pool.push(step.chosen);
-  const probs = reweight(pool, T);
-  // The top candidates, plus the drawn token wherever it ranked.
-  const shown = pool.map((c, k) => ({ c, p: probs[k], rank: k }))
-    .filter((x) => x.rank < state.trace.top || x.c.id === step.chosen.id);
-  $("bars").replaceChildren(...shown.map(({ c, p, rank }) => {
-    const isChosen = c.id === step.chosen.id;
-    const row = document.createElement("div");
-    row.className = "bar" + (isChosen ? " chosen" : "");
-    const word = document.createElement("span");
-    word.className = "word";
-    word.textContent = (rank >= state.trace.top ? `#${rank + 1} ` : "") + label(c.token);
-    word.title = `${c.token} · logit ${c.logit.toFixed(3)} · p at T=1 ${(100 * c.p).toFixed(2)}%` +
-      ` · p it was drawn with ${(100 * c.p_sample).toFixed(2)}%` + (isChosen ? " · drawn" : "");
-    const track = document.createElement("span");
-    track.className = "track";
-    const fill = document.createElement("span");
-    fill.className = "fill";
-    fill.style.width = `${(100 * p).toFixed(2)}%`;
-    track.append(fill);
-    const pct = document.createElement("span");
-    pct.className = "pct";
-    pct.textContent = `${(100 * p).toFixed(1)}%`;
-    row.dataset.prob = p.toFixed(6);
-    row.append(word, track, pct);
-    return row;
-  }));
-  const h = -probs.reduce((a, q) => a + (q > 0 ? q * Math.log2(q) : 0), 0);
-  const parts = [`entropy of these ${probs.length} at T = ${T.toFixed(2)}: ${h.toFixed(2)} bits`];
-  if (typeof step.entropy === "number") parts.push(`model's full distribution (T = 1): ${step.entropy.toFixed(2)} bits`);
-  if (step.finish) parts.push(step.finish === "stop" ? "the text ended here" : "last step");
-  $("step-meta").textContent = parts.join(" · ");
-}
-
 // ---------------------------------------------------------------------------------------------
 function init() {
-  for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) $(id).addEventListener("input", showSliderValues);
+  for (const id of ["temperature", "top-k", "top-p", "min-p", "max-tokens"]) $(id).addEventListener("input", showSliderValues);
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   $("explain").addEventListener("click", explain);
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
-  $("step-prev").addEventListener("click", () => showStep(Math.max(0, state.step - 1)));
-  $("step-next").addEventListener("click", () => showStep(Math.min(state.trace.steps.length - 1, state.step + 1)));
-  $("step-slider").addEventListener("input", (e) => showStep(Number(e.target.value)));
-  $("head-select").addEventListener("change", () => showStep(state.step));
-  $("reweight-temperature").addEventListener("input", drawBars);
-  for (const b of document.querySelectorAll(".ticks button")) {
-    b.addEventListener("click", () => { $("reweight-temperature").value = b.dataset.t; drawBars(); });
-  }
   showSliderValues();
   loadModels();
 }

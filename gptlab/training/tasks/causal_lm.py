@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +21,21 @@ from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, run
 KIND = "gpt"
 
 
+@torch.no_grad()
+def heldout_nll(model: GPT, seqs: list, batch_size: int, pad_id: int, ctx: int, limit: int = 0,
+                device: torch.device | str = "cpu", autocast: Callable[[], Any] = contextlib.nullcontext) -> tuple[float, int]:
+    """(summed NLL in nats, target tokens) of `model` on token sequences, in fixed validation batches."""
+    nll, n = 0.0, 0
+    for b in eval_batches(seqs, batch_size, pad_id, ctx, limit):
+        x, y = b.x_BxT.to(device), b.y_BxT.to(device)
+        with autocast():
+            logits = model(x, return_logits=True).logits.float()
+        keep = y != IGNORE_INDEX
+        nll += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
+        n += int(keep.sum())
+    return nll, n
+
+
 class CausalLM(Task[GPT]):
     kind = KIND
 
@@ -30,7 +47,7 @@ class CausalLM(Task[GPT]):
         self.train_recs = [records[i] for i in train_idx]
         self.val_recs = [records[i] for i in val_idx]
         self.tokenizer = tokenizer or Tokenizer.train(self.train_recs, kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
-                                                      lowercase=cfg.data.normalize)
+                                                      lowercase=cfg.data.normalize, start_with_eot=True)
         cfg.model.vocab_size = self.tokenizer.vocab_size
         self.ctx = ctx = cfg.model.context_length
         train_seqs = encode_records(self.tokenizer, self.train_recs, ctx, truncate=t.batching != "pack")
@@ -57,24 +74,13 @@ class CausalLM(Task[GPT]):
 
     @torch.no_grad()
     def evaluate(self, model: GPT, rt: Runtime) -> dict[str, float]:
-        """NLL per non-padding token, and per position counting padding as the notebook's Keras loss does."""
+        """NLL per target token (padding is not a target: the model is never trained to predict it)."""
         if not self.val_seqs:
             return {}
         model.eval()
-        nll, n, nll_pad, n_pad = 0.0, 0, 0.0, 0
-        pad_id = self.tokenizer.pad_id
-        for b in eval_batches(self.val_seqs, self.cfg.train.batch_size, pad_id, self.ctx, self.cfg.train.eval_batches):
-            x, y = b.x_BxT.to(rt.device), b.y_BxT.to(rt.device)
-            with rt.autocast():
-                logits = model(x, return_logits=True).logits.float()
-            keep = y != IGNORE_INDEX
-            nll += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
-            n += int(keep.sum())
-            # The notebook's loss: padding is a target like any other word (its id is 0 in Keras).
-            y_pad = torch.where(keep, y, torch.full_like(y, pad_id))
-            nll_pad += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pad.reshape(-1), reduction="sum"))
-            n_pad += y.numel()
-        return {"val_loss": nll / max(n, 1), "val_loss_with_padding": nll_pad / max(n_pad, 1)}
+        nll, n = heldout_nll(model, self.val_seqs, self.cfg.train.batch_size, self.tokenizer.pad_id, self.ctx,
+                             self.cfg.train.eval_batches, rt.device, rt.autocast)
+        return {"val_loss": nll / max(n, 1)}
 
     @torch.no_grad()
     def sample(self, model: GPT, rt: Runtime, step: int) -> str | None:
@@ -84,7 +90,7 @@ class CausalLM(Task[GPT]):
             return None
         model.eval()
         tok = self.tokenizer
-        ids = tok.encode(t.sample_prompt)[-(self.ctx - 1):] or [tok.eot_id]
+        ids = tok.encode_prompt(t.sample_prompt)[-(self.ctx - 1):]
         g = torch.Generator(device="cpu").manual_seed(t.seed + step)
         cache = model.new_cache(1)
         logits = model(torch.tensor([ids], device=rt.device), cache=cache, last_only=True).logits
@@ -99,8 +105,6 @@ class CausalLM(Task[GPT]):
         return t.sample_prompt + " " + tok.decode(new)
 
     def format_metrics(self, metrics: dict[str, float]) -> str:
-        # Only the per-token loss: the notebook's figure (padding counted as a target) says little
-        # about a model never trained to predict padding; it stays in the history and TensorBoard.
         return f"val loss {metrics['val_loss']:.3f} per token"
 
     def config(self) -> dict[str, Any]:

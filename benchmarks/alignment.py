@@ -1,0 +1,417 @@
+"""The ChatGPT recipe end to end, with a gold reward to see over-optimisation.
+
+Stages (each on the one training loop, through the same functions `gptlab align` calls):
+base GPT -> SFT (instruction following at T=1) -> reward model (held-out pair accuracy, beside a
+TF-IDF + logistic-regression pair baseline measured in the same run) -> best-of-n, PPO, GRPO and a
+DPO beta sweep against it (proxy and gold reward against sqrt(KL), Gao et al.'s forms fitted) ->
+reflection tuning (how often one revision fixes a wrong province or variety).
+
+On the built-in corpus the gold reward is the generator's own rule (gptlab.data.instructions.gold_reward):
+the points its tier phrases encode, or the floor (80) for a response that does not follow the
+instruction. On a Kaggle-layout CSV (--data ../shared/data/wine-reviews.csv) the reviews are split
+in two halves: every stage sees only the first; the gold scorer is TF-IDF + ridge regression of
+the points, fitted on the second (the floor again for a wrong country or variety).
+
+    python benchmarks/alignment.py --quick          # minutes: checks that every stage runs
+    python benchmarks/alignment.py                  # the default run (sized for <= 45 min on 2 cores)
+    python benchmarks/alignment.py --data ../shared/data/wine-reviews.csv --out runs/alignment_csv
+
+Writes OUT/alignment.json, OUT/alignment.png and OUT/alignment.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from gptlab.checkpoint import load_checkpoint  # noqa: E402
+from gptlab.data import DataConfig, normalize_text, split_records  # noqa: E402
+from gptlab.data.instructions import NEEDED, gold_points, gold_reward, parse_prompt, review_rows  # noqa: E402
+from gptlab.model.config import small, tiny  # noqa: E402
+from gptlab.training.align import (  # noqa: E402
+    GoldFn,
+    Scorer,
+    best_of_n,
+    evaluate_policy,
+    load_reward,
+    pairs_for,
+    policy_prompts,
+    response_text,
+    sample_responses,
+)
+from gptlab.training.config import RunConfig, TrainConfig  # noqa: E402
+from gptlab.training.tasks.causal_lm import train  # noqa: E402
+from gptlab.training.tasks.dpo import DPOConfig, dpo  # noqa: E402
+from gptlab.training.tasks.ppo import GRPOConfig, PPOConfig, grpo, ppo  # noqa: E402
+from gptlab.training.tasks.reward import RewardConfig, train_reward  # noqa: E402
+from gptlab.training.tasks.sft import SFTConfig, sft  # noqa: E402
+
+
+@dataclass
+class Plan:
+    """Seconds of training per stage and the sizes of the run."""
+    builtin_size: int = 20000
+    base_preset: str = "small"
+    context: int = 128
+    base_s: float = 480
+    sft_s: float = 240
+    reward_s: float = 180
+    small_reward_pairs: int = 300   # the small proxy whose over-optimisation should show
+    bon_n: int = 64
+    bon_prompts: int = 96
+    ppo_s: float = 480
+    grpo_s: float = 240
+    dpo_betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    dpo_s: float = 75
+    reflect_s: float = 180
+    eval_prompts: int = 96
+
+
+QUICK = Plan(builtin_size=1500, base_preset="tiny", context=128, base_s=40, sft_s=30, reward_s=20, small_reward_pairs=100,
+             bon_n=8, bon_prompts=16, ppo_s=30, grpo_s=20, dpo_betas=(0.1, 1.0), dpo_s=10, reflect_s=20, eval_prompts=16)
+
+
+DEVICE = "cpu"
+
+
+def loop(out: Path, seconds: float, **kw) -> dict:
+    return {"out": str(out), "time_budget": seconds, "max_steps": 0, "epochs": 1000.0, "progress": False,
+            "tensorboard": False, "device": DEVICE, "overwrite": True, **kw}
+
+
+def load(folder: Path | str):
+    return load_checkpoint(folder, DEVICE)
+
+
+def timed(name: str, results: dict):
+    class _T:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+            print(f"== {name}", flush=True)
+
+        def __exit__(self, *exc):
+            results.setdefault("seconds", {})[name] = round(time.perf_counter() - self.t0, 1)
+    return _T()
+
+
+# -- stages ------------------------------------------------------------------------------------------------
+def base_gpt(plan: Plan, dcfg: DataConfig, out: Path) -> Path:
+    mcfg = (small if plan.base_preset == "small" else tiny)()
+    mcfg.context_length = plan.context
+    cfg = RunConfig(mcfg, DataConfig(**{**dcfg.to_dict()}),
+                    TrainConfig(**loop(out, plan.base_s), preset=plan.base_preset, sample_prompt="", eval_interval=0,
+                                warmup_steps=50))
+    train(cfg)
+    return out
+
+
+def tfidf_pair_baseline(train_pairs, val_pairs) -> float:
+    """Held-out pair accuracy of logistic regression on tfidf(chosen) - tfidf(rejected)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2).fit([p.chosen for p in train_pairs] + [p.rejected for p in train_pairs])
+
+    def diff(pairs):
+        return vec.transform([p.chosen for p in pairs]) - vec.transform([p.rejected for p in pairs])
+    x = diff(train_pairs)
+    clf = LogisticRegression(C=4.0, max_iter=2000, fit_intercept=False)
+    from scipy.sparse import vstack
+    clf.fit(vstack([x, -x]), np.r_[np.ones(x.shape[0]), np.zeros(x.shape[0])])
+    return float((clf.decision_function(diff(val_pairs)) > 0).mean())
+
+
+def fit_gao(sqrt_kl: list[float], gain: list[float], form: str) -> dict[str, float] | None:
+    """Least squares of the gold gain over the SFT model: d(alpha - beta d) (best-of-n) or
+    d(alpha - beta log d) (RL), d = sqrt(KL)."""
+    d = np.asarray(sqrt_kl, dtype=float)
+    y = np.asarray(gain, dtype=float)
+    keep = d > 1e-6
+    if keep.sum() < 2:
+        return None
+    d, y = d[keep], y[keep]
+    second = d * d if form == "bon" else d * np.log(d)
+    a, *_ = np.linalg.lstsq(np.stack([d, -second], 1), y, rcond=None)
+    return {"alpha": float(a[0]), "beta": float(a[1])}
+
+
+def csv_halves(path: str, out: Path, seed: int = 0) -> tuple[DataConfig, GoldFn, dict]:
+    """The policy's half of a Kaggle-layout CSV (written to OUT) and a gold scorer fitted on the
+    other half: TF-IDF + ridge regression of the points on the description."""
+    import csv
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import Ridge
+
+    rows = review_rows(DataConfig(data=path))
+    policy_idx, gold_idx = split_records(rows, 0.5, seed)
+    policy_csv = out / "policy_half.csv"
+    with open(policy_csv, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(NEEDED))
+        w.writeheader()
+        w.writerows({k: rows[i][k] for k in NEEDED} for i in policy_idx)
+    gold_rows = [rows[i] for i in gold_idx]
+    fit_idx, test_idx = split_records(gold_rows, 0.1, seed)
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True)
+    x = vec.fit_transform([normalize_text(gold_rows[i]["description"]) for i in fit_idx])
+    ridge = Ridge(alpha=1.0).fit(x, [gold_rows[i]["points"] for i in fit_idx])
+    pred = ridge.predict(vec.transform([normalize_text(gold_rows[i]["description"]) for i in test_idx]))
+    truth = np.array([gold_rows[i]["points"] for i in test_idx])
+    info = {"gold_rows": len(gold_rows), "policy_rows": len(policy_idx),
+            "gold_test_rmse": float(np.sqrt(np.mean((pred - truth) ** 2))), "gold_test_r": float(np.corrcoef(pred, truth)[0, 1])}
+
+    def gold(prompt: str, text: str, ended: bool) -> float:
+        asked = parse_prompt(prompt)
+        parts = text.split(" : ", 3)
+        if not ended or len(parts) < 4 or parts[0] != asked["country"] or parts[2] != asked["variety"]:
+            return 80.0
+        return float(ridge.predict(vec.transform([parts[3]]))[0])
+    return DataConfig(data=str(policy_csv), val_fraction=0.05), gold, info
+
+
+def policy_curve(history: list[dict]) -> list[dict]:
+    return [{"step": h["step"], "kl": h["kl"], "reward": h["reward"], "gold": h.get("gold")} for h in history if "kl" in h]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(REPO / "runs" / "alignment_bench"))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: check that every stage runs")
+    ap.add_argument("--data", default="builtin", help="builtin, or a Kaggle-layout CSV with points")
+    ap.add_argument("--base", help="reuse this base GPT instead of pretraining one (context >= 128 advised)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (every stage)")
+    ap.add_argument("--time-scale", type=float, default=1.0, help="multiply every stage's training seconds by this")
+    ap.add_argument("--bon-n", type=int, help="largest n of best-of-n (default 64; quick 8)")
+    ap.add_argument("--skip", default="", help="comma-separated stages to skip: grpo,dpo,reflect,bon")
+    args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    plan = dataclasses.replace(QUICK if args.quick else Plan())
+    for f in dataclasses.fields(plan):
+        if f.name.endswith("_s"):
+            setattr(plan, f.name, getattr(plan, f.name) * args.time_scale)
+    if args.bon_n:
+        plan.bon_n = args.bon_n
+    skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: dict = {"plan": vars(plan), "data": args.data}
+    if args.data == "builtin":
+        dcfg, gold = DataConfig(builtin_size=plan.builtin_size, val_fraction=0.05), gold_reward
+    else:
+        dcfg, gold, results["gold_scorer"] = csv_halves(args.data, out)
+        if args.quick:
+            dcfg.max_records = plan.builtin_size
+        print("gold scorer", results["gold_scorer"])
+
+    with timed("base", results):
+        base = Path(args.base) if args.base else base_gpt(plan, dcfg, out / "base")
+    with timed("sft", results):
+        r = sft(SFTConfig(model=str(base), check_samples=plan.eval_prompts * 2, **loop(out / "sft", plan.sft_s)), dcfg)
+        results["sft"] = {k: r.metrics[k] for k in ("stop_rate", "follow_rate", "train_examples", "dropped_too_long", "steps")}
+        print(results["sft"])
+    sft_dir = out / "sft"
+
+    with timed("reward", results):
+        rcfg = RewardConfig(model=str(sft_dir), **loop(out / "rm", plan.reward_s))
+        r = train_reward(rcfg, dcfg)
+        train_pairs, val_pairs = pairs_for(rcfg, dcfg)
+        results["reward"] = {"val_accuracy": r.metrics["val_accuracy"], "train_pairs": r.metrics["train_pairs"],
+                             "tfidf_logreg_val_accuracy": tfidf_pair_baseline(train_pairs, val_pairs)}
+        small_cfg = RewardConfig(model=str(sft_dir), n_pairs=plan.small_reward_pairs, **loop(out / "rm_small", plan.reward_s / 3))
+        results["reward"]["small_val_accuracy"] = train_reward(small_cfg, dcfg).metrics["val_accuracy"]
+        print(results["reward"])
+    proxy = str(out / "rm_small")  # the small proxy: its over-optimisation is what the gold reward shows
+
+    model, tok, _ = load(sft_dir)
+    rm, _, _ = load_reward(proxy)
+    rm.to(DEVICE)
+    scorer = Scorer(tok, model=rm, no_end_penalty=1.0)
+    _, prompts = policy_prompts(dcfg, plan.eval_prompts)
+    results["sft_eval"] = evaluate_policy(model, model, tok, prompts, scorer, 0, gold)
+    results["sft_eval"]["gold_sd"] = _gold_sd(model, tok, prompts, gold)  # the issue's unit of gold improvement
+    print("sft eval", results["sft_eval"])
+
+    if "bon" not in skip:
+        with timed("bon", results):
+            _, bon_prompts = policy_prompts(dcfg, plan.bon_prompts)
+            results["bon"] = best_of_n(model, tok, bon_prompts, scorer, plan.bon_n, 0, gold)
+    with timed("ppo", results):
+        r = ppo(PPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=20,
+                          **loop(out / "ppo", plan.ppo_s, lr=3e-5)), dcfg, gold=gold)
+        results["ppo"] = policy_curve(r.history)
+    if "grpo" not in skip:
+        with timed("grpo", results):
+            r = grpo(GRPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=10,
+                                **loop(out / "grpo", plan.grpo_s, lr=3e-5)), dcfg, gold=gold)
+            results["grpo"] = policy_curve(r.history)
+    if "dpo" not in skip:
+        results["dpo"] = []
+        for beta in plan.dpo_betas:
+            with timed(f"dpo beta {beta}", results):
+                dpo(DPOConfig(model=str(sft_dir), beta=beta, **loop(out / f"dpo_{beta}", plan.dpo_s)), dcfg)
+                pol, _, _ = load(out / f"dpo_{beta}")
+                results["dpo"].append({"beta": beta, **evaluate_policy(pol, model, tok, prompts, scorer, 0, gold)})
+    if "reflect" not in skip:
+        with timed("reflect", results):
+            r = sft(SFTConfig(model=str(sft_dir), reflection=1.0, check_samples=plan.eval_prompts * 2,
+                              **loop(out / "reflect", plan.reflect_s, lr=1e-4)), dcfg)
+            results["reflect"] = {k: r.metrics.get(k) for k in ("fix_rate", "revision_gold", "follow_rate")}
+
+    results["fits"] = fits(results)
+    results["targets"] = targets(results)
+    results["samples"] = side_by_side(out, base, prompts[:4], scorer, gold)
+    (out / "alignment.json").write_text(json.dumps(results, indent=2))
+    report(out, results)
+    print(json.dumps({k: results[k] for k in ("sft", "reward", "fits", "targets", "seconds") if k in results}, indent=2))
+    return 0
+
+
+def _gold_sd(model, tok, prompts, gold: GoldFn) -> float:
+    """The standard deviation of the gold reward over the SFT model's responses (one per prompt)."""
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    ids = [tok.encode_prompt(p) for p in prompts]
+    out = sample_responses(model, tok, ids, max_new=model.cfg.context_length + 1 - max(map(len, ids)), temperature=1.0, generator=g)
+    return float(np.std([gold(p, response_text(tok, s.ids), s.ended) for p, s in zip(prompts, out)]))
+
+
+def fits(results: dict) -> dict:
+    base = results["sft_eval"]["gold"]
+    out = {}
+    if results.get("bon"):
+        b = results["bon"]
+        out["bon"] = fit_gao([math.sqrt(r["kl"]) for r in b], [r["gold"] - base for r in b], "bon")
+    for name in ("ppo", "grpo"):
+        pts = [p for p in results.get(name, []) if p["gold"] is not None]
+        if pts:
+            out[name] = fit_gao([math.sqrt(max(p["kl"], 0)) for p in pts], [p["gold"] - base for p in pts], "rl")
+    return out
+
+
+def side_by_side(out: Path, base: Path, prompts: list[str], scorer: Scorer, gold: GoldFn) -> list[dict]:
+    """One sample per model for the same prompts, with proxy and gold rewards."""
+    rows = []
+    for name in ("sft", "ppo", "grpo", "dpo_0.1"):
+        folder = out / name
+        if not (folder / "config.json").is_file():
+            continue
+        m, t, _ = load(folder)
+        ids = [t.encode_prompt(p) for p in prompts]
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        s = sample_responses(m, t, ids, max_new=m.cfg.context_length + 1 - max(map(len, ids)), temperature=1.0, generator=g)
+        proxy = scorer(ids, s).tolist()
+        for p, x, r in zip(prompts, s, proxy):
+            text = response_text(t, x.ids)
+            rows.append({"model": name, "prompt": p, "text": text, "proxy": r, "gold": gold(p, text, x.ended)})
+    m, t, _ = load(base)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for x in sample_responses(m, t, [t.encode_prompt("wine review :")] * len(prompts), max_new=m.cfg.context_length - 4,
+                              temperature=1.0, generator=g):
+        text = response_text(t, x.ids)
+        rows.append({"model": "base", "prompt": "wine review :", "text": text, "proxy": None,
+                     "gold": gold_points(text) if gold is gold_reward else None})  # the base model takes no instruction
+    return rows
+
+
+def targets(results: dict) -> dict:
+    """The issue's checks, each with the figures it rests on."""
+    out: dict = {"sft_follow_rate>=0.95": results["sft"]["follow_rate"] >= 0.95}
+    rm = results["reward"]
+    out["reward_model_beats_tfidf"] = rm["val_accuracy"] > rm["tfidf_logreg_val_accuracy"]
+    base, sd = results["sft_eval"]["gold"], results["sft_eval"]["gold_sd"]
+    ppo = [p for p in results.get("ppo", []) if p["gold"] is not None]
+    within = [p for p in ppo if p["kl"] <= 10]
+    if within and sd > 0:
+        best = max(within, key=lambda p: p["gold"])
+        out["ppo_best_gold_gain_in_sft_sd_at_kl<=10"] = (best["gold"] - base) / sd
+        out["ppo_gold_gain>=1sd"] = (best["gold"] - base) >= sd
+    if ppo:
+        peak = max(range(len(ppo)), key=lambda i: ppo[i]["gold"])
+        out["ppo_gold_peak"] = {"step": ppo[peak]["step"], "kl": ppo[peak]["kl"], "gold": ppo[peak]["gold"]}
+        out["overoptimisation_visible"] = (peak < len(ppo) - 1 and ppo[-1]["gold"] < ppo[peak]["gold"]
+                                           and ppo[-1]["reward"] > ppo[peak]["reward"])
+    if results.get("dpo") and len(ppo) >= 2:
+        kl = np.array([p["kl"] for p in ppo])
+        order = np.argsort(kl)
+        out["dpo_vs_ppo_gold_at_equal_kl"] = [
+            {"beta": d["beta"], "kl": d["kl"], "dpo_gold": d["gold"],
+             "ppo_gold": float(np.interp(d["kl"], kl[order], np.array([p["gold"] for p in ppo])[order]))
+             if kl.min() <= d["kl"] <= kl.max() else None}
+            for d in results["dpo"]]
+    if results.get("reflect") and results["reflect"].get("fix_rate") is not None:
+        out["reflection_fix_rate>=0.8"] = results["reflect"]["fix_rate"] >= 0.8
+    return out
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def report(out: Path, results: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    base_gold = results["sft_eval"]["gold"]
+    series = []
+    if results.get("bon"):
+        series.append(("best-of-n", [(math.sqrt(r["kl"]), r["reward"], r["gold"]) for r in results["bon"]], "o-"))
+    for name in ("ppo", "grpo"):
+        pts = [(math.sqrt(max(p["kl"], 0)), p["reward"], p["gold"]) for p in results.get(name, [])]
+        if pts:
+            series.append((name.upper(), pts, ".-"))
+    if results.get("dpo"):
+        series.append(("DPO (beta sweep)", [(math.sqrt(max(r["kl"], 0)), r["reward"], r["gold"]) for r in results["dpo"]], "s"))
+    for label, pts, style in series:
+        d, proxy, gold = zip(*pts)
+        axes[0].plot(d, proxy, style, label=label)
+        axes[1].plot(d, gold, style, label=label)
+    for name, f in results.get("fits", {}).items():
+        if f is None:
+            continue
+        d = np.linspace(1e-3, max(max(p[0] for _, pts, _ in series for p in pts), 1e-2), 100)
+        y = d * (f["alpha"] - f["beta"] * (d if name == "bon" else np.log(d)))
+        axes[1].plot(d, base_gold + y, ":", label=f"Gao fit {name}: a={f['alpha']:.2f}, b={f['beta']:.2f}")
+    axes[0].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="proxy reward (small reward model)", title="proxy")
+    axes[1].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="gold reward (points the wording encodes)", title="gold")
+    for a in axes:
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "alignment.png", dpi=120)
+    png = base64.b64encode((out / "alignment.png").read_bytes()).decode()
+    rows = "".join(f"<tr><td>{html.escape(s['model'])}</td><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['text'])}</td>"
+                   f"<td>{_num(s['proxy'], 2)}</td><td>{_num(s['gold'], 1)}</td></tr>" for s in results.get("samples", []))
+    summary = html.escape(json.dumps({k: results.get(k) for k in ("sft", "reward", "sft_eval", "reflect", "fits", "targets", "seconds")},
+                                     indent=2))
+    (out / "alignment.html").write_text(
+        "<!doctype html><meta charset=utf-8><title>gptlab alignment</title>"
+        "<h1>The ChatGPT recipe on wine reviews</h1>"
+        f"<img src='data:image/png;base64,{png}' style='max-width:100%'>"
+        f"<h2>Figures</h2><pre>{summary}</pre>"
+        "<h2>Samples</h2><table border=1 cellpadding=4><tr><th>model</th><th>prompt</th><th>text</th><th>proxy</th><th>gold</th></tr>"
+        f"{rows}</table>", encoding="utf-8")
+    print(f"wrote {out / 'alignment.html'} and {out / 'alignment.png'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""Text to image (`gptlab image train`): latent diffusion in two stages on the one training loop.
+
+1. `AutoencoderTask`: the KL autoencoder learns to round-trip the training images through a small
+   latent grid (reconstruction error + kl_weight x KL to N(0, 1)); everything else is frozen.
+   Written to OUT/autoencoder.
+2. `DiffusionTask`: the autoencoder is frozen; the caption encoder and the denoiser learn to
+   predict the noise added to a scaled latent at a random timestep (DDPM's epsilon objective),
+   with a share of captions replaced by the empty one (caption dropout) so that the same model also
+   predicts without the prompt, which classifier-free guidance needs. Written to OUT.
+
+Both stages save the whole TextToImage (kind "image"), so either folder loads with
+`gptlab.checkpoint.load_checkpoint`. A step's batch is a pure function of (seed, step): rows,
+posterior samples, timesteps, noise and which captions are dropped. Resume is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptlab.checkpoint import CONFIG, load_checkpoint, read_config
+from gptlab.data.images import load_folder
+from gptlab.data.shapes import ShapesCorpus
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.errors import UserError
+from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler
+from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig, TextToImage, text_config
+from gptlab.settings import setting
+from gptlab.training.config import FamilyLoopConfig, fit_vocab
+from gptlab.training.env import Runtime
+from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
+from gptlab.training.state import has_checkpoints
+
+KIND = "image"
+AUTOENCODER = "autoencoder"  # stage 1's folder inside OUT
+Examples = list[tuple[np.ndarray, str]]
+
+
+@dataclass
+class ImageTrainConfig(FamilyLoopConfig):
+    data: str = setting("shapes", "'shapes' (the built-in captioned shapes) or a captions file (CSV or JSONL of file,caption) beside its images")
+    out: str = setting("runs/image", "output folder; stage 1 (the autoencoder) goes to OUT/autoencoder")
+    preset: str = setting("small", f"model preset: {', '.join(IMAGE_PRESETS)}", choices=tuple(IMAGE_PRESETS))
+    examples: int = setting(20000, "shapes: images rendered for training (a captions file: all its rows)", min=1)
+    val_examples: int = setting(256, "images held out for the validation loss (shapes: rendered from another seed; a captions file: its last rows)", min=0)
+    data_seed: int = setting(0, "seed of the shapes corpus", min=0)
+    text_context: int = setting(16, "caption tokens the text encoder reads, with the end marker (a longer caption is an error)", min=2, max=512)
+    text_layers: int = setting(2, "blocks of the caption encoder", min=1, max=64)
+    caption_dropout: float = setting(0.1, "share of captions replaced by the empty one in training, so the model learns the unconditional prediction guidance needs", min=0, max=1)
+    kl_weight: float = setting(1e-4, "weight of the autoencoder's KL term", min=0)
+    ae_steps: int = setting(1500, "autoencoder (stage 1) steps", min=1)
+    ae_lr: float = setting(2e-3, "autoencoder peak learning rate", min=0)
+    autoencoder: str = setting("", "a trained stage-1 folder to reuse (default: OUT/autoencoder, trained first when it is not there)")
+    vocab_size: int = setting(1000, "caption vocabulary cap", min=2)
+    max_steps: int = setting(3000, "denoiser (stage 2) steps; 0 = from --epochs", min=0)
+    batch_size: int = setting(64, "images per step", min=1)
+    lr: float = setting(5e-4, "denoiser peak learning rate", min=0)
+    min_lr: float = setting(5e-5, "learning rate at the end of the cosine schedule", min=0)
+    warmup_steps: int = setting(100, "linear warmup steps", min=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay (matrices only)", min=0)
+    beta2: float = setting(0.999, "Adam beta2", min=0, below=1)
+    ema: float = setting(0.999, "decay of the weights' moving average, which is what is kept (0 = off)", min=0, below=1)
+    eval_interval: int = setting(500, "steps between evaluations (0 = only at the end)", min=0)
+
+
+# -- data -----------------------------------------------------------------------------------------
+def load_examples(t: ImageTrainConfig, size: int) -> tuple[Examples, Examples]:
+    """(train, val) lists of ((size, size, 3) uint8 image, caption)."""
+    if t.data == "shapes":
+        if size not in (32, 64):
+            raise UserError(f"the built-in shapes are 32x32 or 64x64; the preset draws {size}x{size}: pick --preset small or base")
+        train = ShapesCorpus(t.data_seed, size)
+        val = ShapesCorpus(t.data_seed + 1_000_003, size)
+        return ([(e.image, e.caption) for e in (train[i] for i in range(t.examples))],
+                [(e.image, e.caption) for e in (val[i] for i in range(t.val_examples))])
+    rows = load_folder(t.data, size)
+    n_val = min(t.val_examples, len(rows) // 10)
+    if len(rows) - n_val < 1:
+        raise UserError(f"{t.data} lists {len(rows)} images: too few to train on")
+    return rows[:len(rows) - n_val], rows[len(rows) - n_val:]
+
+
+def caption_tokenizer(t: ImageTrainConfig, train: Examples) -> Tokenizer:
+    texts = [c for _, c in train]
+    if t.data == "shapes":
+        texts += ShapesCorpus(t.data_seed).vocabulary()  # every word the grammar can say, seen or not
+    return Tokenizer.train(texts, t.tokenizer, t.vocab_size)
+
+
+def _encode_all(tok: Tokenizer, rows: Examples, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = encode_captions(tok, [c for _, c in rows] or [""], context)
+    return _pad(ids, context, tok.pad_id), _pad(mask, context, False)
+
+
+def _pad(x: torch.Tensor, width: int, value: Any) -> torch.Tensor:
+    out = torch.full((x.shape[0], width), value, dtype=x.dtype)
+    out[:, :x.shape[1]] = x
+    return out
+
+
+def _rng(seed: int, step: int, stage: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, step, stage])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+# -- stage 1 --------------------------------------------------------------------------------------
+class AutoencoderTask(Task[TextToImage]):
+    kind = KIND
+
+    def __init__(self, t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples):
+        self.t, self.model, self.tokenizer = t, model, tok
+        self.images = np.stack([im for im, _ in train])
+        self.val = np.stack([im for im, _ in val]) if val else self.images[:64]
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("autoencoder."))
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.images) // self.t.batch_size)
+
+    def batch(self, step: int) -> Batch:
+        rng, gen = _rng(self.t.seed, step, 1)
+        rows = rng.integers(0, len(self.images), self.t.batch_size)
+        cfg = self.model.cfg
+        noise = torch.randn((len(rows), cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=gen)
+        return Batch({"x": from_pixels(list(self.images[rows])), "noise": noise}, len(rows))
+
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        _, mse_B, kl_B = model(tensors["x"], noise=tensors["noise"], autoencode=True)
+        return (mse_B + self.t.kl_weight * kl_B).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:
+        """Round-trip error through the posterior mean, per pixel on the [-1, 1] scale."""
+        model.eval()
+        x = from_pixels(list(self.val[:512]), rt.device)
+        _, mse_B, kl_B = model(x, autoencode=True)
+        return {"val_mse": float(mse_B.mean()), "val_kl": float(kl_B.mean())}
+
+    def format_metrics(self, metrics: dict[str, float]) -> str:
+        return f"round-trip mse {metrics['val_mse']:.5f}, kl {metrics['val_kl']:.3f}"
+
+    def config(self) -> dict[str, Any]:
+        return image_config(self.t, self.model, AUTOENCODER)
+
+    def describe(self) -> str:
+        return f"gptlab image train, stage 1 (autoencoder): {len(self.images):,} images; "
+
+
+def image_config(t: ImageTrainConfig, model: TextToImage, stage: str) -> dict[str, Any]:
+    return {"model": model.text_cfg.to_dict(), "image": model.cfg.to_dict(), "stage": stage,
+            "data": {"source": t.data, "seed": t.data_seed, "text_context": t.text_context}}
+
+
+# -- stage 2 --------------------------------------------------------------------------------------
+class DiffusionTask(Task[TextToImage]):
+    kind = KIND
+
+    def __init__(self, t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples):
+        self.t, self.model, self.tokenizer = t, model, tok
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith("autoencoder."))
+        self.sched = make_scheduler("ddpm", model.cfg)
+        self.ids, self.mask = _encode_all(tok, train, t.text_context)
+        self.null_ids, self.null_mask = _encode_all(tok, [(train[0][0], "")], t.text_context)
+        # The frozen autoencoder's posterior of every training image, once: (N, Z, h, w) each.
+        self.mean, self.logvar = self._posterior([im for im, _ in train])
+        # Latents scaled to unit variance, as Stable Diffusion's 0.18215 does for its autoencoder.
+        model.latent_scale.fill_(1.0 / float(self.mean[:5000].std().clamp_min(1e-6)))
+        self.val = self._fixed_val(val or train[:64])
+
+    @torch.no_grad()
+    def _posterior(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        was = self.model.training
+        self.model.eval()
+        parts = [self.model.autoencoder.encode(from_pixels(images[i:i + 256])) for i in range(0, len(images), 256)]
+        self.model.train(was)
+        return torch.cat([m for m, _ in parts]), torch.cat([lv for _, lv in parts])
+
+    def _fixed_val(self, val: Examples) -> dict[str, torch.Tensor]:
+        mean, logvar = self._posterior([im for im, _ in val])
+        ids, mask = _encode_all(self.tokenizer, val, self.t.text_context)
+        return self._noised(mean, logvar, ids, mask, *_rng(self.t.seed + 7, 0, 3))
+
+    def _noised(self, mean, logvar, ids, mask, rng: np.random.Generator, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        z0 = (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen)) * self.model.latent_scale
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.from_numpy(rng.integers(0, self.model.cfg.train_timesteps, len(z0)))
+        return {"z_t": self.sched.add_noise(z0, noise, t), "t": t, "noise": noise, "ids": ids, "mask": mask}
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.mean) // self.t.batch_size)
+
+    def batch(self, step: int) -> Batch:
+        rng, gen = _rng(self.t.seed, step, 2)
+        rows = torch.from_numpy(rng.integers(0, len(self.mean), self.t.batch_size))
+        ids, mask = self.ids[rows].clone(), self.mask[rows].clone()
+        drop = torch.from_numpy(rng.random(len(rows)) < self.t.caption_dropout)
+        ids[drop], mask[drop] = self.null_ids[0], self.null_mask[0]
+        b = self._noised(self.mean[rows], self.logvar[rows], ids, mask, rng, gen)
+        b["dropped"] = drop
+        return Batch(b, len(rows))
+
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        eps, _ = model(tensors["z_t"], tensors["t"], tensors["ids"], tensors["mask"])
+        return (eps.float() - tensors["noise"]).pow(2).flatten(1).mean(1).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:
+        """Noise-prediction error on held-out images at fixed timesteps and noise."""
+        model.eval()
+        v = {k: x.to(rt.device) for k, x in self.val.items()}
+        with rt.autocast():
+            eps, _ = model(v["z_t"], v["t"], v["ids"], v["mask"])
+        return {"val_loss": float((eps.float() - v["noise"]).pow(2).mean())}
+
+    def config(self) -> dict[str, Any]:
+        return image_config(self.t, self.model, "diffusion")
+
+    def describe(self) -> str:
+        return (f"gptlab image train, stage 2 (denoiser): {len(self.mean):,} images; latent "
+                f"{self.model.cfg.latent_channels}x{self.model.cfg.latent_size}x{self.model.cfg.latent_size} "
+                f"x{float(self.model.latent_scale):.3f}; ")
+
+
+# -- the command's entry --------------------------------------------------------------------------
+def _stage1_done(folder: Path) -> bool:
+    try:
+        cfg = read_config(folder, make="gptlab image train")
+    except UserError:
+        return False
+    return "val_mse" in cfg.get("metrics", {})
+
+
+def _reuse_autoencoder(path: Path, t: ImageTrainConfig, mcfg: ImageConfig) -> tuple[TextToImage, Tokenizer]:
+    """A new model of the settings asked for (`mcfg`, t's text encoder), holding the autoencoder
+    and caption tokenizer of the stage-1 folder `path`."""
+    saved_model, tok, cfg = load_checkpoint(path)
+    if cfg["kind"] != KIND:
+        raise UserError(f"--autoencoder {path} holds a {cfg['kind']} model, not an image model")
+    saved = cfg["image"]
+    ae_keys = ("image_size", "latent_channels", "downsample", "ae_width")
+    diff = {k: (saved.get(k), getattr(mcfg, k)) for k in ae_keys if saved.get(k) != getattr(mcfg, k)}
+    if diff:
+        raise UserError(f"--autoencoder {path} was trained for another shape {diff} (saved, asked): pick the matching --preset")
+    tcfg = fit_vocab(text_config(mcfg, tok.vocab_size, t.text_context, t.text_layers), tok.vocab_size)
+    torch.manual_seed(t.seed)
+    model = TextToImage(tcfg, mcfg)
+    model.autoencoder.load_state_dict(saved_model.autoencoder.state_dict())
+    return model, tok
+
+
+def _model_config(t: ImageTrainConfig, model_cfg: ImageConfig | None) -> ImageConfig:
+    mcfg = model_cfg if model_cfg is not None else IMAGE_PRESETS[t.preset]()
+    try:
+        mcfg.validate()
+    except ValueError as e:
+        raise UserError(f"bad model setting: {e}") from None
+    return mcfg
+
+
+def train_autoencoder(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool = True,
+                      examples: tuple[Examples, Examples] | None = None,
+                      tokenizer: Tokenizer | None = None) -> TrainResult[TextToImage]:
+    """Stage 1 alone: a fresh TextToImage whose autoencoder is trained (t.ae_steps at t.ae_lr),
+    written to OUT/autoencoder (or kept in memory with save=False)."""
+    rt = runtime_for(t, save)
+    mcfg = _model_config(t, model_cfg)
+    train_rows, val_rows = examples if examples is not None else load_examples(t, mcfg.image_size)
+    tok = tokenizer or caption_tokenizer(t, train_rows)
+    _encode_all(tok, train_rows + val_rows, t.text_context)  # a caption too long: refused before any training
+    tcfg = fit_vocab(text_config(mcfg, tok.vocab_size, t.text_context, t.text_layers), tok.vocab_size)
+    ae_dir = Path(t.out) / AUTOENCODER if t.out else None
+    t1 = dataclasses.replace(t, out=str(ae_dir) if ae_dir is not None else "", max_steps=t.ae_steps,
+                             lr=t.ae_lr, min_lr=t.ae_lr / 10, ema=0.0, epochs=0.0, time_budget=0.0,
+                             resume=t.resume and ae_dir is not None and has_checkpoints(ae_dir))
+    if t1.out:
+        prepare_out(t1, KIND, tcfg.to_dict(), "gptlab image train")
+    torch.manual_seed(t.seed)
+    model = TextToImage(tcfg, mcfg)
+    return fit(AutoencoderTask(t1, model, tok, train_rows, val_rows), t1, rt)
+
+
+def train(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool = True,
+          examples: tuple[Examples, Examples] | None = None, on_eval=None) -> TrainResult[TextToImage]:
+    """Stage 1 (unless --autoencoder names one, or OUT/autoencoder holds a finished one), then stage 2."""
+    rt = runtime_for(t, save)
+    mcfg = _model_config(t, model_cfg)
+    out = Path(t.out) if t.out else None
+    # Stage 2's folder is checked first: a run that could not be saved is refused before any work.
+    resume2 = t.resume and out is not None and ((out / CONFIG).exists() or has_checkpoints(out))
+    t2 = dataclasses.replace(t, resume=resume2)
+    text_probe = text_config(mcfg, t.vocab_size, t.text_context, t.text_layers).to_dict()
+    saved_tok = prepare_out(t2, KIND, text_probe, "gptlab image train")
+    train_rows, val_rows = examples if examples is not None else load_examples(t, mcfg.image_size)
+
+    ae_dir = Path(t.autoencoder) if t.autoencoder else (out / AUTOENCODER if out is not None else None)
+    if t.autoencoder and not _stage1_done(Path(t.autoencoder)):
+        raise UserError(f"--autoencoder {t.autoencoder} holds no finished autoencoder (stage 1 was stopped or never ran): "
+                        "finish it with `gptlab image train --resume --out` its parent folder, or drop --autoencoder")
+    if t.autoencoder or (ae_dir is not None and not t.overwrite and _stage1_done(ae_dir)):
+        assert ae_dir is not None
+        model, tok = _reuse_autoencoder(ae_dir, t, mcfg)
+        print(f"gptlab image train: reusing the autoencoder in {ae_dir}", file=sys.stderr)
+    else:
+        stage1 = train_autoencoder(t, mcfg, save, (train_rows, val_rows), saved_tok)
+        if stage1.interrupted:  # saved in OUT/autoencoder; --resume continues it, then stage 2
+            return stage1
+        model, tok = stage1.model.cpu(), stage1.tokenizer
+    _encode_all(tok, train_rows + val_rows, t.text_context)
+    return fit(DiffusionTask(t2, model.train(), tok, train_rows, val_rows), t2, rt, on_eval=on_eval)

@@ -1,0 +1,335 @@
+"""Text to image (`gptlab image`): the captioned-shapes corpus, the mini-GenEval checker, the
+autoencoder and denoiser, diffusers' samplers under guidance, DAAM traces, save/load and resume.
+Tiny models, one CPU thread (at these sizes threads only wait on each other)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from gptlab.checkpoint import load_checkpoint, save_model
+from gptlab.data.images import load_folder, read_captions
+from gptlab.data.shapes import CATEGORIES, RELATIONS, ShapesCorpus, eval_specs, judge, segment
+from gptlab.data.tokenizer import Tokenizer
+from gptlab.infer.diffuse import GenerateConfig, encode_captions, generate, guide, make_scheduler, predict_x0
+from gptlab.model.diffusion import ImageConfig, TextToImage, text_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CFG = dict(d_model=32, n_layer=2, n_head=2, d_ff=64, image_size=32, ae_width=8, context_length=64)
+
+
+def _examples(n: int, seed: int = 0):
+    c = ShapesCorpus(seed)
+    return [(c[i].image, c[i].caption) for i in range(n)]
+
+
+def _random_model(seed: int = 0, **over) -> tuple[TextToImage, Tokenizer]:
+    """A TextToImage whose zero-initialised (adaLN-Zero) layers are made random, so its output
+    depends on everything it reads."""
+    tok = Tokenizer.train(ShapesCorpus(0).vocabulary(), vocab_size=100)
+    torch.manual_seed(seed)
+    cfg = ImageConfig(**{**CFG, **over})
+    model = TextToImage(text_config(cfg, tok.vocab_size, 16, 1), cfg)
+    with torch.no_grad():
+        for name, p in model.denoiser.named_parameters():
+            if "ada" in name or "patch_out" in name:
+                p.normal_(0, 0.05)
+    return model.eval(), tok
+
+
+# -- (a) data -------------------------------------------------------------------------------------
+def test_shapes_are_deterministic_by_seed_and_keep_their_truth():
+    a, b, other = ShapesCorpus(3), ShapesCorpus(3), ShapesCorpus(4)
+    assert np.array_equal(a[17].image, b[17].image) and a[17].caption == b[17].caption
+    assert not all(np.array_equal(a[i].image, other[i].image) for i in range(5))
+    for i in range(300):
+        e = a[i]
+        assert e.image.shape == (32, 32, 3) and e.image.dtype == np.uint8
+        assert judge(e.spec, e.things), e.caption              # the truth follows its own caption
+        assert len(segment(e.image)) == len(e.things), e.caption  # shapes never touch
+    assert ShapesCorpus(0, size=64)[0].image.shape == (64, 64, 3)
+
+
+def test_grammar_covers_categories_counts_and_relations():
+    caps = [ShapesCorpus(0)[i] for i in range(600)]
+    assert {e.spec["category"] for e in caps} == set(CATEGORIES)
+    text = " ".join(e.caption for e in caps)
+    for word in ("two", "three", "four", "small", "large", *RELATIONS):
+        assert word in text, word
+
+
+def test_folder_loader_reads_csv_and_jsonl(tmp_path):
+    rows = _examples(3)
+    for i, (im, _) in enumerate(rows):
+        Image.fromarray(im).resize((48, 40)).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.csv").write_text("file,caption\n" + "".join(f"{i}.png,\"{c}\"\n" for i, (_, c) in enumerate(rows)))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"file": f"{i}.png", "caption": c}) + "\n" for i, (_, c) in enumerate(rows)))
+    for src in (tmp_path, tmp_path / "c.jsonl"):
+        got = load_folder(src, 32)
+        assert [c for _, c in got] == [c for _, c in rows]
+        assert all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im, _ in got)
+    assert read_captions(tmp_path / "captions.csv")[0][0] == tmp_path / "0.png"
+
+
+# -- (b) the checker ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checker():
+    from gptlab.training.tasks.checker import train_checker
+    return train_checker()  # the one `gptlab image eval` uses
+
+
+def test_checker_is_right_on_real_renders(checker):
+    from gptlab.infer.geneval import detect_many, real_renders, score
+    specs = eval_specs(50)
+    real = real_renders(specs)
+    s = score(checker, specs, real)
+    assert s["overall"] >= 0.99 and min(s[c] for c in CATEGORIES) >= 0.97, s
+    # Against captions of other images it must agree with the ground truth too (a checker that
+    # always says "followed" fails here).
+    corpus = ShapesCorpus(11)
+    ex = [corpus[i] for i in range(300)]
+    found = detect_many(checker, [e.image for e in ex])
+    wrong_caption = [ex[(i + 1) % len(ex)].spec for i in range(len(ex))]
+    agree = [judge(spec, things) == judge(spec, e.things) for spec, (things, _), e in zip(wrong_caption, found, ex)]
+    assert np.mean(agree) >= 0.99
+    assert np.mean([judge(spec, e.things) for spec, e in zip(wrong_caption, ex)]) < 0.5  # mostly not followed
+
+
+def test_frechet_distance_is_small_between_real_sets_and_large_to_blanks(checker):
+    from gptlab.infer.geneval import frechet_distance, image_features, real_renders
+    specs = eval_specs(20)
+    a = image_features(checker, real_renders(specs, seed=1))
+    b = image_features(checker, real_renders(specs, seed=2))
+    blank = image_features(checker, [np.zeros((32, 32, 3), np.uint8)] * len(specs))
+    blank += np.random.default_rng(0).normal(0, 1e-3, blank.shape)
+    assert frechet_distance(a, b) * 10 < frechet_distance(a, blank)
+
+
+# -- (c) autoencoder and denoiser -----------------------------------------------------------------
+def test_autoencoder_round_trip_error_within_bound_after_short_training():
+    from gptlab.training.loop import fit, runtime_for
+    from gptlab.training.tasks.diffusion import AutoencoderTask, ImageTrainConfig, caption_tokenizer
+    rows, val = _examples(256), _examples(64, seed=9)
+    t = ImageTrainConfig(out="", max_steps=120, batch_size=32, lr=3e-3, warmup_steps=10, eval_interval=0,
+                         progress=False, tensorboard=False, ema=0.0, threads=1)
+    cfg = ImageConfig(**{**CFG, "ae_width": 16, "downsample": 1, "context_length": 256})
+    tok = caption_tokenizer(t, rows)
+    task = AutoencoderTask(t, TextToImage(text_config(cfg, tok.vocab_size, 12, 1), cfg), tok, rows, val)
+    before = task.evaluate(task.model, runtime_for(t, False))["val_mse"]
+    after = fit(task, t, runtime_for(t, False)).metrics["val_mse"]
+    # Measured: ~1.0 untrained, 0.067 after these 120 steps; the black canvas alone would be ~0.2.
+    assert after < 0.1 and after < 0.1 * before, (before, after)
+
+
+def test_cross_attention_masks_caption_padding():
+    model, tok = _random_model()
+    ids, mask = encode_captions(tok, ["a red circle"], 16)
+    pad = 5
+    ids_p = torch.cat([ids, torch.full((1, pad), 7)], dim=1)  # junk ids behind the mask
+    mask_p = torch.cat([mask, torch.zeros(1, pad, dtype=torch.bool)], dim=1)
+    z, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    with torch.no_grad():
+        eps, _ = model(z, t, ids, mask)
+        eps_p, cross = model(z, t, ids_p, mask_p, return_attn=True)
+        eps_other = model(z, t, *encode_captions(tok, ["a blue square"], 16))[0]
+    assert torch.allclose(eps, eps_p, atol=1e-5)
+    assert all(float(a[..., ids.shape[1]:].abs().max()) == 0.0 for a in cross)  # no weight on padding
+    assert not torch.allclose(eps, eps_other, atol=1e-4)  # the caption is read at all
+
+
+def test_caption_dropout_rate_within_tolerance():
+    from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
+    model, tok = _random_model()
+    t = ImageTrainConfig(out="", batch_size=64, caption_dropout=0.25, text_context=16, progress=False)
+    task = DiffusionTask(t, model, tok, _examples(64), _examples(8, seed=5))
+    batches = [task.batch(s).tensors for s in range(50)]
+    dropped = torch.cat([b["dropped"] for b in batches])
+    rate = float(dropped.float().mean())
+    assert abs(rate - 0.25) < 0.03, rate  # 3200 draws: 4 standard deviations is 0.031
+    b = batches[0]
+    null = encode_captions(tok, [""], 16)[0][0]
+    assert all(torch.equal(b["ids"][i, :len(null)], null) and int(b["mask"][i].sum()) == 1
+               for i in range(64) if b["dropped"][i])
+    assert torch.equal(task.batch(3).tensors["z_t"], task.batch(3).tensors["z_t"])  # a pure function of the step
+
+
+# -- (d) schedules, samplers, guidance ------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
+def test_x0_from_the_true_noise_gives_back_x0(sampler):
+    sched = make_scheduler(sampler, ImageConfig(**CFG))
+    # At the timesteps of a sampling run: DPM-Solver's add_noise looks its sigmas up among them,
+    # which is how generate() noises an input for image-to-image and inpainting.
+    # The first (t = 999, alpha_cumprod 2e-9) is left out: there sqrt(alpha) turns float32 rounding
+    # of z_t into errors of 1e-3.
+    sched.set_timesteps(20)
+    t = sched.timesteps[1::3]
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(len(t), 4, 8, 8, generator=g), torch.randn(len(t), 4, 8, 8, generator=g)
+    z_t = sched.add_noise(z0, noise, t)
+    assert torch.allclose(predict_x0(z_t, noise, t, sched.alphas_cumprod), z0, atol=1e-3)
+
+
+def test_ddim_with_eta_0_is_deterministic_and_the_seed_matters():
+    model, tok = _random_model()
+    g = GenerateConfig(prompt="a red circle", sampler="ddim", eta=0.0, steps=6, n=2, seed=3)
+    a, b = generate(model, tok, g).images, generate(model, tok, g).images
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    c = generate(model, tok, GenerateConfig(**{**g.__dict__, "seed": 4})).images
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_guidance_scale_1_is_the_conditional_prediction():
+    cond, neg = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    assert torch.allclose(guide(cond, neg, 1.0), cond, atol=1e-6)
+    assert torch.allclose(guide(cond, neg, 0.0), neg)
+    model, tok = _random_model()
+    base = dict(prompt="a red circle", sampler="ddim", steps=5, seed=1)
+    # At scale 1 the negative prompt has no say; at scale 4 it has.
+    one_a = generate(model, tok, GenerateConfig(**base, guidance=1.0, negative_prompt="")).images[0]
+    one_b = generate(model, tok, GenerateConfig(**base, guidance=1.0, negative_prompt="a blue square")).images[0]
+    assert np.abs(one_a.astype(int) - one_b.astype(int)).max() <= 1
+    four_a = generate(model, tok, GenerateConfig(**base, guidance=4.0, negative_prompt="")).images[0]
+    four_b = generate(model, tok, GenerateConfig(**base, guidance=4.0, negative_prompt="a blue square")).images[0]
+    assert not np.array_equal(four_a, four_b)
+
+
+def test_inpainting_keeps_the_unmasked_pixels_and_img2img_runs():
+    model, tok = _random_model()
+    init = ShapesCorpus(0)[1].image
+    mask = np.zeros((32, 32), bool)
+    mask[16:, :] = True
+    out = generate(model, tok, GenerateConfig(prompt="a circle", steps=4), init_image=init, mask=mask).images[0]
+    assert np.array_equal(out[~mask], init[~mask])
+    for sampler in ("ddim", "dpm"):
+        img = generate(model, tok, GenerateConfig(prompt="a circle", steps=6, strength=0.3, sampler=sampler),
+                       init_image=init).images[0]
+        assert img.shape == (32, 32, 3)
+
+
+# -- save/load, resume, explain -------------------------------------------------------------------
+def _train(out, **kw):
+    from gptlab.training.tasks.diffusion import ImageTrainConfig, train
+    t = ImageTrainConfig(out=str(out), max_steps=6, ae_steps=4, batch_size=8, warmup_steps=2, eval_interval=0,
+                         log_interval=1, progress=False, tensorboard=False, device="cpu", precision="fp32",
+                         seed=3, ema=0.9, text_context=16, threads=1, **kw)
+    return train(t, ImageConfig(**CFG), examples=(_examples(48), _examples(8, seed=5)))
+
+
+def test_save_load_round_trip(tmp_path):
+    r = _train(tmp_path / "m")
+    model, tok, cfg = load_checkpoint(tmp_path / "m")
+    assert cfg["kind"] == "image" and cfg["stage"] == "diffusion"
+    assert (tmp_path / "m" / "autoencoder" / "config.json").is_file()
+    mine, saved = r.model.state_dict(), model.state_dict()
+    assert all(torch.equal(mine[k].cpu(), saved[k]) for k in mine)
+    assert float(model.latent_scale) != 1.0  # measured from the latents, and saved
+    g = GenerateConfig(prompt="a red circle", sampler="ddim", steps=4)
+    assert np.array_equal(generate(r.model.eval(), r.tokenizer, g).images[0], generate(model, tok, g).images[0])
+    save_model(tmp_path / "again", model, tok, cfg)
+    assert load_checkpoint(tmp_path / "again")[2]["image"] == cfg["image"]
+
+
+def test_resume_equals_uninterrupted(tmp_path, interrupt_at):
+    _train(tmp_path / "ae")  # one stage 1 for both runs: the interruption then falls in stage 2
+    ae = str(tmp_path / "ae" / "autoencoder")
+    full = _train(tmp_path / "full", autoencoder=ae)
+    interrupt_at(3)
+    part = _train(tmp_path / "part", autoencoder=ae)
+    assert part.interrupted and part.step == 3
+    interrupt_at(None)
+    rest = _train(tmp_path / "part", autoencoder=ae, resume=True)
+    assert rest.step == 6 and not rest.interrupted
+    losses = [h["loss"] for h in part.history + rest.history if "loss" in h]
+    assert losses == pytest.approx([h["loss"] for h in full.history if "loss" in h], abs=1e-6)
+    wf, wr = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
+    for k in wf:
+        assert torch.allclose(wf[k], wr[k], atol=1e-6), k
+
+
+def test_explain_trace_has_a_map_per_word_and_a_filmstrip(tmp_path):
+    from gptlab.explain.capture_image import explain_image
+    from gptlab.explain.trace import ImageTrace, load_trace
+    model, tok = _random_model()
+    trace, _ = explain_image(model, tok, GenerateConfig(prompt="two red circles", steps=5), frames=3)
+    assert trace.tokens[:3] == ["two", "red", "circles"] and trace.grid == [8, 8]
+    assert len(trace.heatmaps) == len(trace.tokens) and len(trace.filmstrip) == 3
+    # Each query's attention is a distribution over the caption: the maps sum to 1 per patch.
+    per_patch = np.array(trace.heatmaps).sum(axis=0)
+    assert np.allclose(per_patch, 1.0, atol=1e-3)
+    trace.save_json(tmp_path / "t.json")
+    back = load_trace(tmp_path / "t.json")
+    assert isinstance(back, ImageTrace) and back == trace
+    html = back.to_html()
+    assert "circles" in html and "data:image/png;base64," in html and "filmstrip" in html
+    assert "circles" in back.to_terminal(color=False)
+
+
+def test_cli_train_generate_explain_eval(tmp_path, capsys):
+    from gptlab.cli import main
+    out = tmp_path / "m"
+    small = ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--d-ff", "64", "--ae-width", "8",
+             "--examples", "64", "--val-examples", "8", "--ae-steps", "2", "--max-steps", "2", "--batch-size", "8",
+             "--no-progress", "--no-tensorboard", "--eval-interval", "0", "--threads", "1"]
+    assert main(["image", "train", "--out", str(out), *small]) == 0
+    png = tmp_path / "g.png"
+    assert main(["image", "generate", str(out), "a red circle", "--n", "4", "--steps", "2", "--out", str(png)]) == 0
+    assert Image.open(png).size == (4 * (2 + 2 * 34),) * 2 and len(list(tmp_path.glob("*.tmp"))) == 0
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(mask)
+    assert main(["image", "generate", "-m", str(out), "-p", "a circle", "--init", str(png), "--mask", str(mask),
+                 "--steps", "2", "--out", str(tmp_path / "in.png"), "--zoom", "1"]) == 0
+    assert main(["image", "explain", str(out), "a red circle", "--steps", "2", "--json", str(tmp_path / "t.json")]) == 0
+    assert main(["explain", "--trace", str(tmp_path / "t.json")]) == 0
+    assert main(["image", "eval", str(out), "--per-category", "1", "--steps", "2", "--guidance", "1", "2",
+                 "--json-out", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert rows[0]["overall"] >= 0.8 and [r.get("guidance") for r in rows[1:]] == [1.0, 2.0]
+    assert Path(tmp_path / "in.png").is_file()
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+    argv = ["image", "train", "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--d-ff", "64", "--ae-width", "8",
+            "--examples", "64", "--val-examples", "8", "--ae-steps", "2", "--max-steps", "3", "--batch-size", "8",
+            "--precision", "fp32", "--no-progress", "--no-tensorboard", "--eval-interval", "0", "--device", "cpu",
+            "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    weights = []
+    for procs in (1, 2):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if procs > 1 else [sys.executable]
+        out = tmp_path / f"p{procs}"
+        r = subprocess.run([*launcher, "-m", "gptlab", *argv, "--out", str(out)], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        weights.append(load_file(str(out / "model.safetensors")))
+    for k in weights[0]:
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-5), k
+
+
+def test_a_stop_in_stage_1_resumes_there_and_goes_on(tmp_path, interrupt_at):
+    full = _train(tmp_path / "full")
+    interrupt_at(2)  # inside the autoencoder's 4 steps
+    part = _train(tmp_path / "part")
+    assert part.interrupted and not (tmp_path / "part" / "config.json").exists()
+    interrupt_at(None)
+    rest = _train(tmp_path / "part", resume=True)
+    assert rest.step == full.step and not rest.interrupted
+    wf, wr = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
+    for k in wf:
+        assert torch.allclose(wf[k], wr[k], atol=1e-6), k
