@@ -7,12 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gptlab.data import Corpus, load_corpus, split_records
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
-from gptlab.model import GPT, IGNORE_INDEX
+from gptlab.model import GPT
 from gptlab.training.batches import BatchPlan, encode_records, eval_batches
 from gptlab.training.config import RunConfig
 from gptlab.training.env import Runtime
@@ -27,12 +26,12 @@ def heldout_nll(model: GPT, seqs: list, batch_size: int, pad_id: int, ctx: int, 
     """(summed NLL in nats, target tokens) of `model` on token sequences, in fixed validation batches."""
     nll, n = 0.0, 0
     for b in eval_batches(seqs, batch_size, pad_id, ctx, limit):
-        x, y = b.x_BxT.to(device), b.y_BxT.to(device)
+        # The model's own summed loss (the fused output layer + cross-entropy training uses): with
+        # padding no longer scored, nothing here needs the full (B, T, V) logits.
         with autocast():
-            logits = model(x, return_logits=True).logits.float()
-        keep = y != IGNORE_INDEX
-        nll += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
-        n += int(keep.sum())
+            out = model(b.x_BxT.to(device), b.y_BxT.to(device))
+        nll += float(out.nll_sum)
+        n += int(out.n_tokens)
     return nll, n
 
 
