@@ -42,19 +42,20 @@ import torch  # noqa: E402
 from gptlab.checkpoint import load_checkpoint  # noqa: E402
 from gptlab.data import DataConfig, normalize_text, split_records  # noqa: E402
 from gptlab.data.instructions import NEEDED, gold_points, gold_reward, parse_prompt, review_rows  # noqa: E402
-from gptlab.model.config import small, tiny  # noqa: E402
 from gptlab.training.align import (  # noqa: E402
+    NORM_PROMPTS,
     GoldFn,
     Scorer,
     best_of_n,
     evaluate_policy,
     load_reward,
+    normalise_reward,
     pairs_for,
     policy_prompts,
     response_text,
     sample_responses,
 )
-from gptlab.training.config import RunConfig, TrainConfig  # noqa: E402
+from gptlab.training.config import RUN_PRESETS, RunConfig, TrainConfig  # noqa: E402
 from gptlab.training.tasks.causal_lm import train  # noqa: E402
 from gptlab.training.tasks.dpo import DPOConfig, dpo  # noqa: E402
 from gptlab.training.tasks.ppo import GRPOConfig, PPOConfig, grpo, ppo  # noqa: E402
@@ -66,7 +67,7 @@ from gptlab.training.tasks.sft import SFTConfig, sft  # noqa: E402
 class Plan:
     """Seconds of training per stage and the sizes of the run."""
     builtin_size: int = 20000
-    base_preset: str = "small"
+    base_preset: str = "fast"       # the best held-out loss for the time (issue 18), context widened below
     context: int = 128
     base_s: float = 480
     sft_s: float = 240
@@ -74,8 +75,10 @@ class Plan:
     small_reward_pairs: int = 300   # the small proxy whose over-optimisation should show
     bon_n: int = 64
     bon_prompts: int = 96
-    ppo_s: float = 480
-    grpo_s: float = 240
+    ppo_s: float = 360              # against the reward model of all the pairs: the gold-gain target
+    overopt_s: float = 360          # against the small proxy, with a light KL penalty: over-optimisation
+    overopt_kl: float = 0.01
+    grpo_s: float = 180
     dpo_betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
     dpo_s: float = 75
     reflect_s: float = 180
@@ -83,7 +86,8 @@ class Plan:
 
 
 QUICK = Plan(builtin_size=1500, base_preset="tiny", context=128, base_s=40, sft_s=30, reward_s=20, small_reward_pairs=100,
-             bon_n=8, bon_prompts=16, ppo_s=30, grpo_s=20, dpo_betas=(0.1, 1.0), dpo_s=10, reflect_s=20, eval_prompts=16)
+             bon_n=8, bon_prompts=16, ppo_s=30, overopt_s=20, grpo_s=20, dpo_betas=(0.1, 1.0), dpo_s=10, reflect_s=20,
+             eval_prompts=16)
 
 
 DEVICE = "cpu"
@@ -111,11 +115,13 @@ def timed(name: str, results: dict):
 
 # -- stages ------------------------------------------------------------------------------------------------
 def base_gpt(plan: Plan, dcfg: DataConfig, out: Path) -> Path:
-    mcfg = (small if plan.base_preset == "small" else tiny)()
-    mcfg.context_length = plan.context
-    cfg = RunConfig(mcfg, DataConfig(**{**dcfg.to_dict()}),
-                    TrainConfig(**loop(out, plan.base_s), preset=plan.base_preset, sample_prompt="", eval_interval=0,
-                                warmup_steps=50))
+    """The preset's whole run (model and recipe, as `gptlab train --preset P` has it), with the
+    context widened for instruction + response and the time budget of the plan."""
+    preset = RUN_PRESETS[plan.base_preset]()
+    preset.model.context_length = plan.context
+    recipe = {f.name: getattr(preset.train, f.name) for f in dataclasses.fields(TrainConfig)}
+    cfg = RunConfig(preset.model, DataConfig(**{**dcfg.to_dict()}),
+                    TrainConfig(**{**recipe, **loop(out, plan.base_s), "sample_prompt": "", "eval_interval": 0}))
     train(cfg)
     return out
 
@@ -198,7 +204,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (every stage)")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply every stage's training seconds by this")
     ap.add_argument("--bon-n", type=int, help="largest n of best-of-n (default 64; quick 8)")
-    ap.add_argument("--skip", default="", help="comma-separated stages to skip: grpo,dpo,reflect,bon")
+    ap.add_argument("--skip", default="", help="comma-separated stages to skip: grpo,dpo,reflect,bon,overopt")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -226,7 +232,8 @@ def main() -> int:
         base = Path(args.base) if args.base else base_gpt(plan, dcfg, out / "base")
     with timed("sft", results):
         r = sft(SFTConfig(model=str(base), check_samples=plan.eval_prompts * 2, **loop(out / "sft", plan.sft_s)), dcfg)
-        results["sft"] = {k: r.metrics[k] for k in ("stop_rate", "follow_rate", "train_examples", "dropped_too_long", "steps")}
+        results["sft"] = {k: r.metrics[k] for k in ("stop_rate", "follow_rate", "asked_rate", "train_examples",
+                                                    "dropped_too_long", "steps")}
         print(results["sft"])
     sft_dir = out / "sft"
 
@@ -239,12 +246,16 @@ def main() -> int:
         small_cfg = RewardConfig(model=str(sft_dir), n_pairs=plan.small_reward_pairs, **loop(out / "rm_small", plan.reward_s / 3))
         results["reward"]["small_val_accuracy"] = train_reward(small_cfg, dcfg).metrics["val_accuracy"]
         print(results["reward"])
-    proxy = str(out / "rm_small")  # the small proxy: its over-optimisation is what the gold reward shows
+    # Two proxies: the reward model of all the pairs, which PPO, GRPO and best-of-n optimise, and a
+    # small one (few pairs) whose over-optimisation the gold reward shows (Gao et al.'s setting).
+    proxy, small_proxy = str(out / "rm"), str(out / "rm_small")
 
     model, tok, _ = load(sft_dir)
     rm, _, _ = load_reward(proxy)
     rm.to(DEVICE)
-    scorer = Scorer(tok, model=rm, no_end_penalty=1.0)
+    scorer = Scorer(tok, model=rm, no_end_penalty=1.0, checker_penalty=PPOConfig.checker_penalty)
+    train_prompts, _ = policy_prompts(dcfg, plan.eval_prompts)
+    normalise_reward(scorer, model, tok, train_prompts[:NORM_PROMPTS], PPOConfig.seed)  # as PPO and GRPO do
     _, prompts = policy_prompts(dcfg, plan.eval_prompts)
     results["sft_eval"] = evaluate_policy(model, model, tok, prompts, scorer, 0, gold)
     results["sft_eval"]["gold_sd"] = _gold_sd(model, tok, prompts, gold)  # the issue's unit of gold improvement
@@ -258,6 +269,11 @@ def main() -> int:
         r = ppo(PPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=20,
                           **loop(out / "ppo", plan.ppo_s, lr=3e-5)), dcfg, gold=gold)
         results["ppo"] = policy_curve(r.history)
+    if "overopt" not in skip:
+        with timed("ppo against the small proxy", results):
+            r = ppo(PPOConfig(model=str(sft_dir), reward=small_proxy, val_rows=plan.eval_prompts, eval_interval=20,
+                              kl_coef=plan.overopt_kl, **loop(out / "ppo_small", plan.overopt_s, lr=3e-5)), dcfg, gold=gold)
+            results["ppo_small_proxy"] = policy_curve(r.history)
     if "grpo" not in skip:
         with timed("grpo", results):
             r = grpo(GRPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=10,
@@ -299,7 +315,7 @@ def fits(results: dict) -> dict:
     if results.get("bon"):
         b = results["bon"]
         out["bon"] = fit_gao([math.sqrt(r["kl"]) for r in b], [r["gold"] - base for r in b], "bon")
-    for name in ("ppo", "grpo"):
+    for name in ("ppo", "grpo", "ppo_small_proxy"):
         pts = [p for p in results.get(name, []) if p["gold"] is not None]
         if pts:
             out[name] = fit_gao([math.sqrt(max(p["kl"], 0)) for p in pts], [p["gold"] - base for p in pts], "rl")
@@ -333,7 +349,10 @@ def side_by_side(out: Path, base: Path, prompts: list[str], scorer: Scorer, gold
 
 def targets(results: dict) -> dict:
     """The issue's checks, each with the figures it rests on."""
-    out: dict = {"sft_follow_rate>=0.95": results["sft"]["follow_rate"] >= 0.95}
+    # The issue's SFT target counts the asked country and variety; follow_rate (also a province of the
+    # country, and an end) is the stricter figure beside it.
+    out: dict = {"sft_names_asked_country_and_variety>=0.95": results["sft"]["asked_rate"] >= 0.95,
+                 "sft_follow_rate_strict": results["sft"]["follow_rate"]}
     rm = results["reward"]
     out["reward_model_beats_tfidf"] = rm["val_accuracy"] > rm["tfidf_logreg_val_accuracy"]
     base, sd = results["sft_eval"]["gold"], results["sft_eval"]["gold_sd"]
@@ -343,11 +362,23 @@ def targets(results: dict) -> dict:
         best = max(within, key=lambda p: p["gold"])
         out["ppo_best_gold_gain_in_sft_sd_at_kl<=10"] = (best["gold"] - base) / sd
         out["ppo_gold_gain>=1sd"] = (best["gold"] - base) >= sd
-    if ppo:
-        peak = max(range(len(ppo)), key=lambda i: ppo[i]["gold"])
-        out["ppo_gold_peak"] = {"step": ppo[peak]["step"], "kl": ppo[peak]["kl"], "gold": ppo[peak]["gold"]}
-        out["overoptimisation_visible"] = (peak < len(ppo) - 1 and ppo[-1]["gold"] < ppo[peak]["gold"]
-                                           and ppo[-1]["reward"] > ppo[peak]["reward"])
+    small = [p for p in results.get("ppo_small_proxy", []) if p["gold"] is not None]
+    if small:
+        # Over-optimisation against the small proxy: the gold reward's peak comes before the end and the
+        # last points' gold is below it by more than the evaluation's noise (2 standard errors of a mean
+        # over the eval prompts), while the proxy at the end is above the proxy at the peak.
+        peak = max(range(len(small)), key=lambda i: small[i]["gold"])
+        last = small[-max(len(small) // 4, 1):]
+        se = sd / math.sqrt(results["plan"]["eval_prompts"])
+        late_gold = float(np.mean([p["gold"] for p in last]))
+        late_proxy = float(np.mean([p["reward"] for p in last]))
+        out["small_proxy_gold_peak"] = {"step": small[peak]["step"], "kl": small[peak]["kl"], "gold": small[peak]["gold"],
+                                        "proxy": small[peak]["reward"], "late_gold": late_gold, "late_proxy": late_proxy}
+        out["overoptimisation_visible"] = bool(peak < len(small) - len(last) and late_gold < small[peak]["gold"] - 2 * se
+                                               and late_proxy > small[peak]["reward"])
+        f = results.get("fits", {}).get("ppo_small_proxy")
+        if f and f["beta"] > 0:
+            out["small_proxy_fit_peak_sqrt_kl"] = math.exp(f["alpha"] / f["beta"] - 1)  # argmax of d(a - b log d)
     if results.get("dpo") and len(ppo) >= 2:
         kl = np.array([p["kl"] for p in ppo])
         order = np.argsort(kl)
@@ -375,10 +406,10 @@ def report(out: Path, results: dict) -> None:
     series = []
     if results.get("bon"):
         series.append(("best-of-n", [(math.sqrt(r["kl"]), r["reward"], r["gold"]) for r in results["bon"]], "o-"))
-    for name in ("ppo", "grpo"):
+    for name, label in (("ppo", "PPO"), ("grpo", "GRPO"), ("ppo_small_proxy", "PPO, small proxy")):
         pts = [(math.sqrt(max(p["kl"], 0)), p["reward"], p["gold"]) for p in results.get(name, [])]
         if pts:
-            series.append((name.upper(), pts, ".-"))
+            series.append((label, pts, ".-"))
     if results.get("dpo"):
         series.append(("DPO (beta sweep)", [(math.sqrt(max(r["kl"], 0)), r["reward"], r["gold"]) for r in results["dpo"]], "s"))
     for label, pts, style in series:
@@ -389,9 +420,9 @@ def report(out: Path, results: dict) -> None:
         if f is None:
             continue
         d = np.linspace(1e-3, max(max(p[0] for _, pts, _ in series for p in pts), 1e-2), 100)
-        y = d * (f["alpha"] - f["beta"] * (d if name == "bon" else np.log(d)))
+        y = d * (f["alpha"] - f["beta"] * (d if name == "bon" else np.log(d)))  # Gao et al.'s forms
         axes[1].plot(d, base_gold + y, ":", label=f"Gao fit {name}: a={f['alpha']:.2f}, b={f['beta']:.2f}")
-    axes[0].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="proxy reward (small reward model)", title="proxy")
+    axes[0].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="proxy reward (the reward model the run optimised)", title="proxy")
     axes[1].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="gold reward (points the wording encodes)", title="gold")
     for a in axes:
         a.legend(fontsize=7)

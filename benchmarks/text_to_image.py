@@ -46,6 +46,7 @@ from gptlab.infer.geneval import (  # noqa: E402
     real_renders,
     score,
 )
+from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig  # noqa: E402
 from gptlab.training.tasks.checker import CheckerConfig, train_checker  # noqa: E402
 from gptlab.training.tasks.diffusion import ImageTrainConfig, load_examples, train, train_autoencoder  # noqa: E402
 
@@ -71,6 +72,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="repeats of each timing (the median is reported)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--downsample", type=int, default=-1, help="halvings from pixels to latents (-1: the preset's; 1 gives a 16x16 latent at 32x32)")
+    ap.add_argument("--patch", type=int, default=0, help="latent pixels per denoiser token (0: the preset's; 2 keeps 64 tokens on a 16x16 latent)")
+    ap.add_argument("--snr-gamma", type=float, default=ImageTrainConfig().snr_gamma, help="Min-SNR-gamma loss weighting (0 = the plain DDPM loss)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: 2000 images, 4 minutes of training, 10 prompts per category")
     ap.add_argument("--reuse", action="store_true", help="score the model already in --out instead of training")
     a = ap.parse_args()
@@ -84,18 +88,21 @@ def main() -> None:
 
     # -- training: stage 1 sized to its share of the budget, stage 2 gets the rest ----------------
     t = ImageTrainConfig(out=str(out / "model"), preset=a.preset, examples=a.examples, overwrite=True,
-                         threads=a.threads, progress=False)
+                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma)
+    mcfg = IMAGE_PRESETS[a.preset]()
+    mcfg = replace(mcfg, downsample=mcfg.downsample if a.downsample < 0 else a.downsample, patch=a.patch or mcfg.patch)
+    mcfg.context_length = max(mcfg.context_length, mcfg.tokens)
     if not a.reuse:
         examples = load_examples(t, 32)
-        ae_steps = a.ae_steps or _ae_steps_for(t, a.budget * a.ae_share, examples)
+        ae_steps = a.ae_steps or _ae_steps_for(t, mcfg, a.budget * a.ae_share, examples)
         t0 = time.perf_counter()
-        ae = train_autoencoder(replace(t, ae_steps=ae_steps), examples=examples)
+        ae = train_autoencoder(replace(t, ae_steps=ae_steps), mcfg, examples=examples)
         ae_seconds = time.perf_counter() - t0
         if ae.interrupted:
             sys.exit("interrupted in the autoencoder's training")
         rest = max(a.budget - ae_seconds, 60.0)
         t2 = replace(t, autoencoder=str(out / "model" / "autoencoder"), time_budget=rest, max_steps=0, epochs=0.0)
-        r = train(t2, examples=examples)
+        r = train(t2, mcfg, examples=examples)
         if r.interrupted:
             sys.exit("interrupted in the denoiser's training")
         report["training"] = {"autoencoder_steps": ae_steps, "autoencoder_seconds": round(ae_seconds, 1),
@@ -152,12 +159,12 @@ def main() -> None:
     print(md)
 
 
-def _ae_steps_for(t: ImageTrainConfig, seconds: float, examples) -> int:
+def _ae_steps_for(t: ImageTrainConfig, mcfg: ImageConfig, seconds: float, examples) -> int:
     """Autoencoder steps that fit `seconds`: 20 steps timed (median per step of 3 runs)."""
     per_step = []
     for _ in range(3):
         t0 = time.perf_counter()
-        train_autoencoder(replace(t, out="", ae_steps=10, eval_interval=0), save=False,
+        train_autoencoder(replace(t, out="", ae_steps=10, eval_interval=0), mcfg, save=False,
                           examples=(examples[0][:640], examples[1][:16]))
         per_step.append((time.perf_counter() - t0) / 10)
     return max(50, int(seconds / statistics.median(per_step)))

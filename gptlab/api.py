@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -14,10 +15,12 @@ from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.explain.capture import explain, model_info, token_labels
 from gptlab.explain.trace import Trace
+from gptlab.infer import diffuse
 from gptlab.infer.dtypes import DTYPE_NAMES
 from gptlab.infer.generate import Completion, check_generative, encode_prompts, fit_context, generate_text, stream_text
 from gptlab.infer.sampling import SamplingConfig, TemperatureTable, temperature_table
 from gptlab.model.config import MAX_PARAMS
+from gptlab.model.diffusion import TextToImage
 from gptlab.model.quant import quantize_output_layer
 from gptlab.settings import check
 
@@ -122,6 +125,19 @@ class LoadedModel:
             sampling_config(temperature=t)  # each checked as a sampling temperature is, before the model runs
         return temperature_table(self.next_token_logits(prompt), temperatures, top=top,
                                  label=token_labels(self.tokenizer), prompt=prompt)
+
+    def generate_image(self, prompt: str, **settings: Any) -> diffuse.Generated:
+        """Images for `prompt` from a text-to-image model (kind "image", `gptlab image train`):
+        .images is a list of (H, W, 3) uint8 arrays. settings: GenerateConfig's fields (guidance,
+        steps, sampler, seed, n, negative_prompt, ...), each checked as `gptlab image generate` does."""
+        if self.kind != "image":
+            raise UserError(f"this is a {self.kind!r} model, which does not draw: generate_image needs one "
+                            "from `gptlab image train` (use generate() for text)")
+        unknown = sorted(set(settings) - {f.name for f in fields(diffuse.GenerateConfig)} | ({"prompt"} & set(settings)))
+        if unknown:
+            raise UserError(f"unknown image setting(s) {', '.join(unknown)}: use GenerateConfig's fields, prompt first")
+        model = cast(TextToImage, self.model)  # kind "image": what load_checkpoint builds for it
+        return diffuse.generate(model, self.tokenizer, diffuse.GenerateConfig(prompt=prompt, **settings))
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

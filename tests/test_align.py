@@ -28,7 +28,7 @@ from gptlab.data.instructions import (
 )
 from gptlab.errors import UserError
 from gptlab.model import IGNORE_INDEX
-from gptlab.training.align import Scorer, best_of_n, encode_response, evaluate_policy, response_rows
+from gptlab.training.align import Sampled, Scorer, best_of_n, encode_response, evaluate_policy, response_rows
 from gptlab.training.tasks.dpo import DPOConfig, dpo
 from gptlab.training.tasks.ppo import PPO, GRPOConfig, PPOConfig, grpo, ppo
 from gptlab.training.tasks.reward import RewardConfig, train_reward
@@ -158,17 +158,30 @@ def test_ppo_ratio_is_1_and_no_clip_is_active_on_the_first_minibatch_of_a_fresh_
 def test_ppo_raises_a_toy_reward(lab, tmp_path):
     fn, prompts = _word_count(lab), _prompts(lab)
     before = _toy_score(lab, lab["sft"], fn, prompts)
-    r = ppo(PPOConfig(model=str(lab["sft"]), rollout_size=32, ppo_epochs=2, kl_coef=0.01, val_rows=32,
+    # The toy reward alone (no checker penalty): the test is about PPO raising what it is given.
+    r = ppo(PPOConfig(model=str(lab["sft"]), rollout_size=32, ppo_epochs=2, kl_coef=0.01, val_rows=32, checker_penalty=0.0,
                       **loop_kw(tmp_path / "ppo", batch_size=16, max_steps=64, lr=1e-3)),
             _data(lab), reward_fn=fn, prompts=(_prompts(lab, 200)[32:], prompts))
     assert r.metrics["reward"] > before + 0.5, (before, r.metrics)
+
+
+def test_the_checker_penalty_falls_on_off_instruction_answers_only(lab):
+    _, tok, _ = load_checkpoint(lab["sft"])
+    prompts = [tok.encode_prompt("write a review : france : riesling :")] * 3 + [tok.encode_prompt("wine review :")]
+    texts = ["france : alsace : riesling : a fine wine .", "us : alsace : riesling : a fine wine .",
+             "france : alsace : merlot : a fine wine .", "us : alsace : merlot : a fine wine ."]
+    responses = [Sampled(tok.encode(t) + [tok.eot_id], True) for t in texts]
+    plain = Scorer(tok, fn=lambda p, r: 1.0)(prompts, responses)
+    penalised = Scorer(tok, fn=lambda p, r: 1.0, checker_penalty=2.5)(prompts, responses)
+    # followed, wrong country, wrong variety, and a prompt that is no instruction (never judged)
+    assert (plain - penalised).tolist() == [0.0, 2.5, 2.5, 0.0]
 
 
 def test_grpo_and_rloo_raise_a_toy_reward(lab, tmp_path):
     fn, prompts = _word_count(lab), _prompts(lab)
     before = _toy_score(lab, lab["sft"], fn, prompts)
     for method in ("grpo", "rloo"):
-        r = grpo(GRPOConfig(model=str(lab["sft"]), group_size=4, method=method, kl_coef=0.01, val_rows=32,
+        r = grpo(GRPOConfig(model=str(lab["sft"]), group_size=4, method=method, kl_coef=0.01, val_rows=32, checker_penalty=0.0,
                             **loop_kw(tmp_path / method, batch_size=32, max_steps=20, lr=1e-3)),
                  _data(lab), reward_fn=fn, prompts=(_prompts(lab, 200)[32:], prompts))
         assert r.metrics["reward"] > before + 0.5, (method, before, r.metrics)
@@ -323,7 +336,7 @@ def test_align_reads_a_toml_config(lab, tmp_path):
 def test_ddp_two_processes_equal_one(lab, tmp_path, action):
     from test_loop import _torchrun
     common = ["align", action, str(lab["sft"]), "--data", str(lab["csv"]), "--max-steps", "3", "--batch-size", "8",
-              "--no-progress", "--no-tensorboard", "--eval-interval", "0", "--device", "cpu", "--threads", "1",
+              "--no-progress", "--no-tensorboard", "--eval-interval", "0", "--device", "cpu", "--threads", "1", "--precision", "fp32",
               "--check-samples" if action == "sft" else "--val-rows", "0"]
     if action == "ppo":  # a rollout of 16 prompts, minibatches of 8: the processes must sample the same rollout
         rm = tmp_path / "rm"
@@ -333,7 +346,15 @@ def test_ddp_two_processes_equal_one(lab, tmp_path, action):
     one = _torchrun(common, tmp_path / "one", 1)
     two = _torchrun(common, tmp_path / "two", 2)
     for k in one:
-        assert torch.allclose(one[k], two[k], atol=1e-5), k
+        a, b = one[k], two[k]
+        if k.endswith("attn.qkv.bias"):
+            # The key bias adds the same score to every key of a query, which softmax ignores: its true
+            # gradient is 0, so Adam divides rounding noise by rounding noise and moves it by +-lr in
+            # a direction the order of the all-reduce decides. Compare the query and value biases.
+            q, _, v = a.chunk(3)
+            q2, _, v2 = b.chunk(3)
+            a, b = torch.cat([q, v]), torch.cat([q2, v2])
+        assert torch.allclose(a, b, atol=1e-5), k
 
 
 def test_a_ppo_policy_folder_with_a_broken_rollout_config(lab, tmp_path, capsys):

@@ -29,7 +29,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-CFG = dict(d_model=32, n_layer=2, n_head=2, d_ff=64, image_size=32, ae_width=8, context_length=64)
+CFG = dict(d_model=32, n_layer=2, n_head=2, d_ff=64, image_size=32, ae_width=8, context_length=64, pooled_text=True)
 
 
 def _examples(n: int, seed: int = 0):
@@ -151,6 +151,39 @@ def test_cross_attention_masks_caption_padding():
     assert not torch.allclose(eps, eps_other, atol=1e-4)  # the caption is read at all
 
 
+def test_the_pooled_caption_alone_conditions_the_denoiser_and_old_configs_load_without_it():
+    model, tok = _random_model()
+    with torch.no_grad():
+        for block in model.denoiser.blocks:  # cross-attention silenced: only the pooled path is left
+            block.cross_attn.out.weight.zero_()
+            block.cross_attn.out.bias.zero_()
+    z, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    with torch.no_grad():
+        red = model(z, t, *encode_captions(tok, ["a red circle"], 16))[0]
+        blue = model(z, t, *encode_captions(tok, ["a blue square"], 16))[0]
+    assert not torch.allclose(red, blue, atol=1e-4)
+    # A checkpoint saved before the setting existed has no such key: it builds without the path.
+    d = ImageConfig(**CFG).to_dict()
+    del d["pooled_text"]
+    old = ImageConfig.from_dict(d)
+    assert not old.pooled_text and TextToImage(text_config(old, tok.vocab_size, 16, 1), old).denoiser.text_pool is None
+
+
+def test_min_snr_weights_the_clean_timesteps_down_and_leaves_the_noisy_ones():
+    from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
+    model, tok = _random_model()
+    task = DiffusionTask(ImageTrainConfig(out="", batch_size=8, snr_gamma=5.0, progress=False), model, tok,
+                         _examples(16), _examples(4, seed=5))
+    a = task.sched.alphas_cumprod.float()
+    snr = a / (1 - a)
+    w = task.weight_T
+    assert torch.allclose(w[snr <= 5], torch.ones(int((snr <= 5).sum())))
+    assert float(w[0]) < 0.01 and torch.allclose(w[snr > 5] * snr[snr > 5], torch.full_like(w[snr > 5], 5.0))
+    plain = DiffusionTask(ImageTrainConfig(out="", batch_size=8, snr_gamma=0.0, progress=False), model, tok,
+                          _examples(16), _examples(4, seed=5))
+    assert torch.equal(plain.weight_T, torch.ones_like(w))
+
+
 def test_caption_dropout_rate_within_tolerance():
     from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
     model, tok = _random_model()
@@ -241,6 +274,28 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(generate(r.model.eval(), r.tokenizer, g).images[0], generate(model, tok, g).images[0])
     save_model(tmp_path / "again", model, tok, cfg)
     assert load_checkpoint(tmp_path / "again")[2]["image"] == cfg["image"]
+
+
+def test_gptlab_load_draws_with_an_image_model_and_says_which_method_fits(tmp_path):
+    from conftest import tiny_model_dir
+
+    import gptlab
+    from gptlab.errors import UserError
+    r = _train(tmp_path / "m")
+    lm = gptlab.load(tmp_path / "m", device="cpu")
+    assert lm.kind == "image"
+    out = lm.generate_image("a red circle", n=2, steps=3, sampler="ddim", seed=4)
+    assert len(out.images) == 2 and out.images[0].shape == (32, 32, 3)
+    g = GenerateConfig(prompt="a red circle", n=2, steps=3, sampler="ddim", seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(out.images, generate(r.model.eval(), r.tokenizer, g).images))
+    with pytest.raises(UserError, match="steps"):
+        lm.generate_image("a red circle", steps=0)
+    with pytest.raises(UserError, match="unknown image setting"):
+        lm.generate_image("a red circle", temperature=0.5)
+    with pytest.raises(UserError, match="does not generate text"):
+        lm.generate("a red circle")
+    with pytest.raises(UserError, match="does not draw"):
+        gptlab.load(tiny_model_dir(tmp_path / "gpt"), device="cpu").generate_image("a red circle")
 
 
 def test_resume_equals_uninterrupted(tmp_path, interrupt_at):

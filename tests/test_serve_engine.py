@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from gptlab.errors import UserError
-from gptlab.infer.engine import Engine, EngineClosed, EngineFull, EngineRequest, wait_idle
+from gptlab.infer.engine import UNIFORM_CHUNK, Engine, EngineClosed, EngineFull, EngineRequest, wait_idle
 from gptlab.infer.generate import generate_steps
 from gptlab.infer.sampling import SamplingConfig
 from gptlab.model import GPT
@@ -172,18 +172,31 @@ def test_same_seed_same_tokens_alone_and_under_load(model, sampling, prompt):
         engine.close()
 
 
-def test_engine_tokens_are_generate_steps_tokens_for_a_seed(model):
-    """The engine samples as `generate_steps` does at batch 1: same generator draws, same pure functions
-    (the logits differ at most in their last bits, which does not move these tokens)."""
-    cfg = SamplingConfig(temperature=1.0, max_new_tokens=20, seed=5)
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_engine_tokens_are_generate_steps_tokens_for_a_seed(model, temperature):
+    """The engine samples as `generate_steps` does at batch 1: same generator draws (taken UNIFORM_CHUNK
+    at a time: these cross a chunk), same pure functions (the logits differ at most
+    in their last bits, which does not move these tokens), with other settings in the batch."""
+    cfg = SamplingConfig(temperature=temperature, max_new_tokens=UNIFORM_CHUNK + 8, seed=5)
     ref = [int(s.tokens_B[0]) for s in generate_steps(model, [[1, 2, 3]], cfg)]
     engine = Engine(model, slots=4, queue=4, eot_id=None)
     try:
-        run = Run([1, 2, 3], max_new_tokens=20, temperature=1.0, seed=5)
-        engine.submit(run.req)
+        with paused(engine):
+            run = Run([1, 2, 3], max_new_tokens=UNIFORM_CHUNK + 8, temperature=temperature, seed=5)
+            others = [Run([4, 5], max_new_tokens=30, temperature=t, seed=1) for t in (1.3, 0.0)]
+            engine.submit(run.req, *[r.req for r in others])
         assert run.wait().tokens == ref
     finally:
         engine.close()
+
+
+def test_uniform_numbers_drawn_at_once_are_the_single_draws():
+    """The engine takes a request's uniform numbers UNIFORM_CHUNK at a time: the same numbers, in the
+    same order, as one `torch.rand((1, 1))` per token (what `sample` draws), over two chunks."""
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    at_once = [u for _ in range(2) for u in torch.rand((UNIFORM_CHUNK,), generator=g1).tolist()]
+    one_by_one = [torch.rand((1, 1), generator=g2)[0, 0].item() for _ in range(2 * UNIFORM_CHUNK)]
+    assert at_once == one_by_one
 
 
 # -- ends, per request, inside a shared batch ---------------------------------------------------------

@@ -28,6 +28,7 @@ class BonConfig:
     n: int = setting(16, "largest n: every power of 2 up to it is reported", min=1, max=4096)
     prompts: int = setting(64, "held-out prompts of the corpus to sample", min=1)
     temperature: float = setting(1.0, "sampling temperature", above=0)
+    checker_penalty: float = setting(3.0, "subtracted from the proxy reward of a response the checker rejects (as `align ppo`)", min=0)
     seed: int = setting(0, "sampling seed", min=0, max=SEED_MAX)
     device: str = setting("auto", DEVICES_HELP)
     json: str = setting("", "write the table to this JSON file too")
@@ -112,18 +113,6 @@ def _trainer(action: str) -> Any:
     return ppo if action == "ppo" else grpo
 
 
-def run_compare(args: argparse.Namespace, loaded: Any, ref_path: str, cfg: Any, steps: int, top: int) -> int:
-    """`gptlab explain MODEL PROMPT --compare REF`: where MODEL and REF disagree, step by step."""
-    from gptlab.explain.compare import compare, same_vocabulary
-    from gptlab.training.align import load_gpt, same_architecture
-
-    ref, ref_tok, _ = load_gpt(ref_path, "--compare")
-    same_architecture(loaded.model.cfg, ref.cfg, "--compare")
-    same_vocabulary(loaded.tokenizer, ref_tok)
-    print(compare(loaded.model, ref, loaded.tokenizer, args.prompt or "", cfg, steps, top).to_terminal())
-    return 0
-
-
 def _run_bon(args: argparse.Namespace) -> int:
     from gptlab.checkpoint import atomic_write_json
     from gptlab.errors import UserError
@@ -147,7 +136,7 @@ def _run_bon(args: argparse.Namespace) -> int:
     same_tokenizer(tok, rm_tok, f"the reward model {b.reward}")
     dev = resolve_device(b.device)
     _, prompts = policy_prompts(dcfg, b.prompts)
-    table = best_of_n(model.to(dev).eval(), tok, prompts, Scorer(tok, model=rm), b.n, b.seed, default_gold(dcfg),
+    table = best_of_n(model.to(dev).eval(), tok, prompts, Scorer(tok, model=rm, checker_penalty=b.checker_penalty), b.n, b.seed, default_gold(dcfg),
                       b.temperature)
     print(f"best-of-n on {len(prompts)} held-out prompts:")
     print("     n   KL (nats)   proxy reward" + ("   gold reward" if "gold" in table[0] else ""))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gptlab.cli.common import pick_index
 from gptlab.cli.generate import (
@@ -22,6 +23,7 @@ from gptlab.cli.options import Section
 from gptlab.errors import UserError
 from gptlab.explain.trace import Trace
 from gptlab.infer.generate import check_generative
+from gptlab.infer.sampling import SamplingConfig
 from gptlab.settings import check_writable, setting
 
 # A trace keeps every step's attention rows and candidates: thousands of steps are megabytes of
@@ -65,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = [Path(p).resolve() for p in (view.out, view.json) if p]
     if len(set(outputs)) < len(outputs) or (view.trace and Path(view.trace).resolve() in outputs):
         raise UserError("--out, --json and --trace name the same file: give each its own")
+    if view.compare and (view.trace or view.json):
+        raise UserError("--compare runs two models and writes no trace: leave out --trace and --json (--out FILE.html "
+                        "writes the comparison as a page)")
     if view.trace:
         if args.model or args.prompt is not None:
             raise UserError("give either MODEL PROMPT or --trace FILE, not both")
@@ -75,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args, view.max_params)
         check_generative(model.model, model.kind)
         if view.compare:
-            from gptlab.cli.align import run_compare
-            return run_compare(args, model, view.compare, cfg, view.steps, view.top)
+            return run_compare(args, model, view, cfg)
     n_layer, n_head = (trace.n_layer, trace.n_head) if view.trace else (model.model.cfg.n_layer, model.model.cfg.n_head)
     layer = pick_index(view.layer, n_layer, "layer")
     head = pick_index(view.head, n_head, "head")
@@ -94,4 +98,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {view.out}")
     else:
         print(trace.to_terminal(layer=layer, head=head))
+    return 0
+
+
+def run_compare(args: argparse.Namespace, loaded: Any, view: ExplainView, cfg: SamplingConfig) -> int:
+    """`gptlab explain MODEL PROMPT --compare REF`: where MODEL and REF disagree, step by step, in the
+    terminal or (--out) as a page drawn by the same view as the Compare tab of `gptlab serve`."""
+    from gptlab.explain.compare import compare, same_vocabulary
+    from gptlab.training.align import load_gpt, same_architecture
+
+    assert view.compare
+    ref, ref_tok, _ = load_gpt(view.compare, "--compare")
+    same_architecture(loaded.model.cfg, ref.cfg, "--compare")
+    same_vocabulary(loaded.tokenizer, ref_tok)
+    # Folder names, not paths: a page may be shared, where the models lay on disk is no part of it.
+    names = (Path(args.model).resolve().name, Path(view.compare).resolve().name)
+    result = compare(loaded.model, ref, loaded.tokenizer, args.prompt or "", cfg, view.steps, view.top, names=names)
+    if view.out:
+        from gptlab.checkpoint import atomic_write_text
+        from gptlab.explain.render_html import render_compare_html
+        atomic_write_text(view.out, render_compare_html(result.to_dict(), result.to_terminal()))
+        print(f"wrote {view.out}")
+    else:
+        print(result.to_terminal())
     return 0

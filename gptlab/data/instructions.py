@@ -28,7 +28,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from gptlab.data.config import DataConfig
@@ -280,12 +280,22 @@ def parse_prompt(prompt: str) -> dict[str, str]:
     return out
 
 
+@cache
+def _catalog_provinces(country: str) -> frozenset[str]:
+    """The built-in catalog's provinces of a country (empty when it does not know the country); the
+    catalog takes ~20 ms to build, and the checker runs once per sampled response."""
+    from gptlab.data.catalog import WineCatalog  # its tables load on demand
+
+    try:
+        return frozenset(WineCatalog().p_province(country, normalized=True))
+    except UserError:
+        return frozenset()
+
+
 def check_response(prompt: str, response: str, ended: bool = True) -> list[str]:
     """What is wrong with a response to an instruction (empty when nothing): a country, province or
     variety other than asked (the province must be one of the country's in the built-in catalog,
     when the catalog knows the country), or no end."""
-    from gptlab.data.catalog import WineCatalog  # its tables load on demand
-
     asked = parse_prompt(prompt)
     parts = [p.strip() for p in _clean(response).split(" : ")]
     problems = []
@@ -294,10 +304,7 @@ def check_response(prompt: str, response: str, ended: bool = True) -> list[str]:
     country, province, variety = parts[:3]
     if country != asked["country"]:
         problems.append(f"wrong country {country} not {asked['country']}")
-    try:
-        provinces = WineCatalog().p_province(asked["country"], normalized=True)
-    except UserError:
-        provinces = {}
+    provinces = _catalog_provinces(asked["country"])
     if provinces and province not in provinces:
         problems.append(f"wrong province {province} not in {asked['country']}")
     if variety != asked["variety"]:
@@ -305,6 +312,13 @@ def check_response(prompt: str, response: str, ended: bool = True) -> list[str]:
     if not ended:
         problems.append("no end")
     return problems
+
+
+def names_the_ask(problems: Sequence[str]) -> bool:
+    """Whether a response with these `check_response` problems names the asked country and variety
+    (a review, the instruction's country and variety; a province outside the country or a missing
+    end are counted apart): what "follows the instruction" means in the issue's SFT target."""
+    return not any(p.startswith(("wrong country", "wrong variety", "not a review")) for p in problems)
 
 
 def gold_reward(prompt: str, response: str, ended: bool = True) -> float:
@@ -321,15 +335,16 @@ def gold_reward(prompt: str, response: str, ended: bool = True) -> float:
 def corrupt(row: dict, rows: Sequence[dict], rng: random.Random) -> dict:
     """The row with a wrong province or variety (taken from another country's or variety's review):
     a draft the checker rejects."""
-    if rng.random() < 0.5:
-        other = [r for r in rows if _clean(r["country"]) != _clean(row["country"])]
-        key = "province"
-    else:
-        other = [r for r in rows if _clean(r["variety"]) != _clean(row["variety"])]
-        key = "variety"
-    if not other:
-        return row
-    return {**row, key: rng.choice(other)[key]}
+    key, field = ("province", "country") if rng.random() < 0.5 else ("variety", "variety")
+    mine = _clean(row[field])
+    # Draw until another country's (variety's) review comes up: a few draws on any real corpus, where
+    # listing every other row for every row would be quadratic (hours for 19,000 reviews).
+    for _ in range(64):
+        other = rng.choice(rows)
+        if _clean(other[field]) != mine:
+            return {**row, key: other[key]}
+    rest = [r for r in rows if _clean(r[field]) != mine]  # nearly every row shares it
+    return {**row, key: rng.choice(rest)[key]} if rest else row
 
 
 def reflection_examples(rows: Sequence[dict], seed: int = 0, header_only: bool = True) -> list[Example]:

@@ -4,7 +4,9 @@ model), the probability each gives the token that was written, and the KL betwee
 next-token distributions, KL(aligned || reference) in nats.
 
 The text is the prompt and a continuation sampled from the aligned model; both models then read
-it in one forward pass each, so the figures are exact, not sampled."""
+it in one forward pass each, so the figures are exact, not sampled. `Comparison.to_dict` is the
+JSON the server's POST /v1/compare answers and `gptlab explain --compare --out` embeds; one viewer
+draws it in both places (static/compare_view.js, see render_html.render_compare_html)."""
 
 from __future__ import annotations
 
@@ -34,10 +36,22 @@ class CompareStep:
 class Comparison:
     prompt: str
     steps: list[CompareStep]
+    text: str = ""                           # the continuation the steps wrote (sampled from the aligned model)
+    model: str = "model"                     # what to call the two models in a view
+    reference: str = "reference"
 
     @property
     def total_kl(self) -> float:
         return sum(s.kl for s in self.steps)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data: the view's input (top lists as {"token", "p"} objects)."""
+        def top(pairs: list[tuple[str, float]]) -> list[dict]:
+            return [{"token": t, "p": p} for t, p in pairs]
+        return {"object": "comparison", "model": self.model, "reference": self.reference, "prompt": self.prompt,
+                "text": self.text, "total_kl": self.total_kl,
+                "steps": [{"token": s.token, "kl": s.kl, "p": s.p, "ref_p": s.ref_p, "top": top(s.top),
+                           "ref_top": top(s.ref_top)} for s in self.steps]}
 
     def to_terminal(self) -> str:
         """One line per step: the token, the KL, both probabilities and both top lists."""
@@ -52,15 +66,19 @@ class Comparison:
         return "\n".join(lines)
 
 
-def same_vocabulary(a: Tokenizer, b: Tokenizer) -> None:
+def same_vocabulary(a: Tokenizer, b: Tokenizer, what: str = "--compare: the reference model") -> None:
+    """A UserError unless both tokenizers give every token the same id: the KL compares distributions
+    over one vocabulary, id by id."""
     if a.hf.get_vocab() != b.hf.get_vocab():
-        raise UserError("--compare: the reference model has another tokenizer: compare a model with the one it was "
-                        "aligned from (its SFT model)")
+        raise UserError(f"{what} has another tokenizer ({b.vocab_size} vs {a.vocab_size} tokens, or other ids): "
+                        "compare a model with the one it was aligned from (its SFT model)")
 
 
 @torch.no_grad()
-def compare(model: GPT, ref: GPT, tok: Tokenizer, prompt: str, cfg: SamplingConfig, steps: int, top: int = 5) -> Comparison:
-    """Sample `steps` tokens after `prompt` from `model`, then read prompt + continuation with both."""
+def compare(model: GPT, ref: GPT, tok: Tokenizer, prompt: str, cfg: SamplingConfig, steps: int, top: int = 5,
+            names: tuple[str, str] = ("model", "reference")) -> Comparison:
+    """Sample `steps` tokens after `prompt` from `model`, then read prompt + continuation with both.
+    `names`: what the views call `model` and `ref`."""
     ids = encode_prompts(tok, [prompt])[0]
     dev = model.tok_emb.weight.device
     ref.to(dev).eval()
@@ -87,4 +105,4 @@ def compare(model: GPT, ref: GPT, tok: Tokenizer, prompt: str, cfg: SamplingConf
         out.append(CompareStep(label(t), float(kl[i]), float(p[t]), float(r[t]),
                                [(label(int(j)), float(q)) for q, j in zip(tp, ti)],
                                [(label(int(j)), float(q)) for q, j in zip(rp, ri)]))
-    return Comparison(prompt, out)
+    return Comparison(prompt, out, tok.decode(new), *names)

@@ -189,3 +189,28 @@ def render_html(trace: Trace, *, full_page: bool = True, layer: Layer = None, he
     fragment = (f'<div class="gptlab-trace" data-kind="{esc(trace.kind)}" id="{uid}">'
                 f"{body}<style>{css}</style></div>")
     return page(trace.title(layer, head), fragment) if full_page else fragment
+
+
+# -- two models on one text (`gptlab explain --compare REF --out`) ----------------------------------
+# The view of POST /v1/compare on the page, inline here: one renderer for both.
+COMPARE_JS = (Path(__file__).parent / "static" / "compare_view.js").read_text(encoding="utf-8")
+COMPARE_CSS = (Path(__file__).parent / "static" / "compare_view.css").read_text(encoding="utf-8")
+COMPARE_MOUNT_JS = """
+(function(){
+  var root=document.getElementById("%(uid)s"); if(!root||!window.GptlabCompareView) return;
+  window.GptlabCompareView.mount(root.querySelector("div.cv-mount"), JSON.parse(root.querySelector("script.gptlab-data").textContent));
+  root.querySelector("pre.static-steps").hidden=true;
+})();
+"""
+
+
+def render_compare_html(comparison: dict, terminal: str, *, full_page: bool = True) -> str:
+    """A comparison (`Comparison.to_dict()`) as HTML: compare_view.js draws it; `terminal` (its
+    `to_terminal()` text) stays in view where scripts do not run."""
+    uid = "gptlab-compare-" + secrets.token_hex(4)
+    title = f"{comparison.get('model', 'model')} against {comparison.get('reference', 'reference')}"
+    fragment = (f'<div class="gptlab-trace" data-kind="compare" id="{uid}"><h2>{esc(title)}</h2>'
+                f'<div class="cv-mount"></div><pre class="static-steps">{esc(terminal)}</pre>'
+                f'<script type="application/json" class="gptlab-data">{script_json(comparison)}</script>'
+                f"<script>{COMPARE_JS}{COMPARE_MOUNT_JS % {'uid': uid}}</script><style>{CSS}{COMPARE_CSS}</style></div>")
+    return page(title, fragment) if full_page else fragment

@@ -48,6 +48,8 @@ log = logging.getLogger("gptlab.engine")
 # anyway); longer ones are computed at once, alone. Fed, a 6-id prompt costs 6 rows of batched steps
 # instead of a batch-1 forward that costs a third of a batch-32 step of a small model (measured).
 INGEST_MAX = 16
+# A request's uniform numbers are drawn this many at a time from its own generator (see _Live.uniform).
+UNIFORM_CHUNK = 32
 T = TypeVar("T")
 
 
@@ -98,6 +100,18 @@ class _Live:
     in_slot: bool = True                   # False: outgrew the slot; recomputes its window alone
     n_new: int = 0
     fresh_1xV: torch.Tensor | None = None  # just admitted: its prompt's next-token logits, not sampled yet
+    own_generator: bool = True             # made by the engine: nobody else draws from it
+    _uniforms: list[float] = field(default_factory=list)
+
+    def uniform(self) -> float:
+        """The request's next uniform number: `torch.rand((1, 1), generator=g)` (fp32, the draw of
+        `sample`), taken UNIFORM_CHUNK at a time from a generator only this request uses: one call
+        gives the same numbers as that many single draws (checked in tests/test_serve_engine.py)."""
+        if not self._uniforms:
+            n = UNIFORM_CHUNK if self.own_generator else 1
+            self._uniforms = torch.rand((n,), generator=self.generator, device=self.generator.device,
+                                        dtype=torch.float32).tolist()[::-1]
+        return self._uniforms.pop()
 
 
 class Engine:
@@ -254,7 +268,7 @@ class Engine:
             return
         hist = list(req.prompt_ids[-C:])
         generator = req.generator if req.generator is not None else make_generator(cfg.seed, self.device)
-        live = _Live(req, slot, hist, generator)
+        live = _Live(req, slot, hist, generator, own_generator=req.generator is None)
         self._seen_BxV[slot] = False
         self._seen_BxV[slot, torch.tensor(hist, device=self.device)] = True
         ids_1xT = torch.tensor([hist], dtype=torch.long, device=self.device)
@@ -321,18 +335,38 @@ class Engine:
         return logits_BxV, [live for live in lives if live in ready]
 
     def _sample(self, lives: list[_Live], logits_BxV: torch.Tensor) -> list[int]:
-        """Each live request's next id, with its own settings and generator. The pure functions of
-        `sampling` run once per distinct setting over all slot rows (fixed shapes again: a row's
-        result does not depend on the others'); top-p, whose search widens for the hardest row of a
-        batch, runs per row. The random numbers come from each request's generator, one per id, as
-        `sample` draws them at batch 1."""
+        """Each live request's next id, with its own settings and generator, as `sample` picks it at
+        batch 1. Over all slot rows at once (fixed shapes again: a row's result does not depend on the
+        others'): the greedy rows by one argmax, the rows that only scale by a temperature by one
+        softmax and one draw (dividing by a column of temperatures gives the bits of dividing by each
+        row's own). Rows with filters or a repetition penalty run the pure functions of `sampling`
+        once per distinct setting; top-p, whose search widens for the hardest row of a batch, per row.
+        The random numbers come from each request's generator, one per id, as `sample` draws them."""
+        chosen: dict[int, int] = {}
+        greedy = [live for live in lives if _plain(live.req.cfg) and live.req.cfg.temperature == 0]
+        scaled = [live for live in lives if _plain(live.req.cfg) and live.req.cfg.temperature > 0]
+        if greedy:
+            best = logits_BxV.argmax(dim=-1).tolist()
+            for live in greedy:
+                chosen[live.slot] = best[live.slot]
+        if scaled:
+            temps, us = [1.0] * self.slots, [0.5] * self.slots
+            for live in scaled:
+                temps[live.slot], us[live.slot] = live.req.cfg.temperature, live.uniform()
+            temp_Bx1 = torch.tensor(temps, dtype=logits_BxV.dtype, device=self.device)[:, None]
+            probs_BxV = (logits_BxV / temp_Bx1).softmax(dim=-1)
+            u_Bx1 = torch.tensor(us, dtype=probs_BxV.dtype, device=self.device)[:, None]
+            picked = draw(probs_BxV, u_Bx1=u_Bx1).tolist()
+            for live in scaled:
+                chosen[live.slot] = picked[live.slot]
         groups: dict[tuple, list[_Live]] = {}
         for live in lives:
             c = live.req.cfg
+            if _plain(c):
+                continue
             # Rows with the same settings share one call; top-p rows each get their own (slot in the key).
             key: tuple = (c.temperature, c.top_k, c.top_p, c.min_p, c.repetition_penalty, live.slot if c.top_p < 1.0 else -1)
             groups.setdefault(key, []).append(live)
-        chosen: dict[int, int] = {}
         for members in groups.values():
             cfg = members[0].req.cfg
             rows = logits_BxV if len(members) > 1 or cfg.top_p == 1.0 else logits_BxV[members[0].slot:members[0].slot + 1]
@@ -342,11 +376,10 @@ class Engine:
             if cfg.temperature == 0:
                 picked = probs_RxV.argmax(dim=-1).tolist()
             else:
-                u_Rx1 = torch.full((rows.shape[0], 1), 0.5, device=self.device, dtype=probs_RxV.dtype)
+                u = [0.5] * rows.shape[0]
                 for live in members:
-                    u_Rx1[at(live)] = torch.rand((1, 1), generator=live.generator, device=self.device,
-                                                 dtype=probs_RxV.dtype)[0]
-                picked = draw(probs_RxV, u_Bx1=u_Rx1).tolist()
+                    u[at(live)] = live.uniform()
+                picked = draw(probs_RxV, u_Bx1=torch.tensor(u, dtype=probs_RxV.dtype, device=self.device)[:, None]).tolist()
             for live in members:
                 chosen[live.slot] = picked[at(live)]
         return [chosen[live.slot] for live in lives]
@@ -398,6 +431,11 @@ class Engine:
         for _, fut in calls:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(error)
+
+
+def _plain(cfg: SamplingConfig) -> bool:
+    """Sampling that is a temperature alone (or greedy): no filter, no repetition penalty."""
+    return cfg.top_k == 0 and cfg.top_p == 1.0 and cfg.min_p == 0.0 and cfg.repetition_penalty == 1.0
 
 
 def wait_idle(engine: Engine, timeout: float = 30.0) -> bool:

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.model.config import MAX_LAYERS, MAX_WIDTH, ModelConfig, setting
-from gptlab.model.encoder import Encoder
+from gptlab.model.encoder import Encoder, pool
 from gptlab.model.layers import MLP, Attention
 
 MAX_IMAGE = 256  # the largest canvas side a denoiser is built for: this is a CPU-sized model
@@ -54,6 +54,9 @@ class ImageConfig(ModelConfig):
     beta_schedule: str = setting("scaled_linear", "noise schedule (diffusers' names)", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
     beta_start: float = setting(0.00085, "first beta of a linear or scaled_linear schedule (Stable Diffusion's)", above=0, below=1)
     beta_end: float = setting(0.012, "last beta of a linear or scaled_linear schedule (Stable Diffusion's)", above=0, below=1)
+    # Off by default only so that checkpoints saved before it existed (no such key) still load;
+    # every preset turns it on.
+    pooled_text: bool = setting(False, "add the caption's mean vector to the timestep embedding that drives adaLN (as Imagen and SD-XL add a pooled text vector), besides cross-attention")
 
     @property
     def latent_size(self) -> int:
@@ -76,19 +79,19 @@ class ImageConfig(ModelConfig):
 def image_tiny() -> ImageConfig:
     """For tests: builds and trains a step in well under a second."""
     return ImageConfig(context_length=16, d_model=32, n_layer=2, n_head=2, d_ff=64, image_size=16,
-                       latent_channels=4, downsample=2, ae_width=8, patch=1)
+                       latent_channels=4, downsample=2, ae_width=8, patch=1, pooled_text=True)
 
 
 def image_small() -> ImageConfig:
     """32x32 shapes on a CPU: ~1M parameters."""
     return ImageConfig(context_length=64, d_model=128, n_layer=4, n_head=4, d_ff=512, image_size=32,
-                       latent_channels=4, downsample=2, ae_width=48, patch=1)
+                       latent_channels=4, downsample=2, ae_width=48, patch=1, pooled_text=True)
 
 
 def image_base() -> ImageConfig:
     """64x64, for a GPU."""
     return ImageConfig(context_length=256, d_model=256, n_layer=8, n_head=8, d_ff=1024, image_size=64,
-                       latent_channels=4, downsample=2, ae_width=96, patch=1)
+                       latent_channels=4, downsample=2, ae_width=96, patch=1, pooled_text=True)
 
 
 IMAGE_PRESETS = {"tiny": image_tiny, "small": image_small, "base": image_base}
@@ -181,6 +184,10 @@ class Denoiser(nn.Module):
         self.patch_in = nn.Linear(z * p * p, c)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.tokens, c))
         self.time_mlp = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
+        # The caption's mean vector joins the timestep in the adaLN conditioning: every token's
+        # norm is then shifted and scaled by what the whole prompt asks for (colour, shape, count),
+        # a path that does not wait for cross-attention to learn where to look.
+        self.text_pool = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c)) if cfg.pooled_text else None
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_layer))
         self.norm_out = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(c, 2 * c)
@@ -203,6 +210,8 @@ class Denoiser(nn.Module):
         """(predicted noise (B, Z, h, w), per block cross-attention (B, L, N, S) when asked)."""
         x = self.patch_in(self.patchify(z_BxZxhxw)) + self.pos_emb
         cond_BxC = self.time_mlp(timestep_embedding(t_B, self.cfg.d_model))
+        if self.text_pool is not None:
+            cond_BxC = cond_BxC + self.text_pool(pool(text_BxSxC, text_mask_BxS, "mean"))  # over real tokens only
         cross = []
         for block in self.blocks:
             x, a = block(x, cond_BxC, text_BxSxC, text_mask_BxS, return_attn)

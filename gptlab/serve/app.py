@@ -2,6 +2,8 @@
 
 Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/completions (optionally streamed as
 server-sent events in OpenAI's chunk format), POST /v1/explain (the explanation trace as JSON),
+POST /v1/compare (two models on one text: each step's candidates under both and the KL between
+them), POST /v1/images (an image model's picture and each prompt word's cross-attention map),
 GET /healthz, GET /metrics (Prometheus), and the page at /. Every error, ours or the framework's, is JSON shaped like
 OpenAI's: {"error": {"message": ..., "type": ...}} (see `gptlab.serve.errors`). Requests for a host
 name that is not this server's get a 421 before any route (`gptlab.serve.hosts`), and a generation
@@ -13,7 +15,9 @@ engines, metrics) is the `ServeState` that `create_app` puts on `app.state.serve
 Completions run in each model's decoding engine (continuous batching, gptlab/infer/engine.py). An
 explanation trace takes a gate worker, which hands it to the model's engine thread and waits: it
 runs there between two decoding steps, so it never races the batch (and, while it runs, the
-batch waits; traces are capped at --max-explain-steps).
+batch waits; traces are capped at --max-explain-steps). A comparison needs both models' engines
+between steps at once: it enters them in name order, so two comparisons never wait on each other in
+a circle. Image models have no engine: an image is made on a gate worker.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -31,7 +36,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from gptlab import __version__
+from gptlab.api import LoadedModel, sampling_config
 from gptlab.errors import UserError
+from gptlab.explain.capture_image import explain_image
+from gptlab.explain.compare import compare, same_vocabulary
+from gptlab.infer.diffuse import GenerateConfig, check_request
+from gptlab.infer.generate import check_generative
+from gptlab.infer.sampling import SamplingConfig
+from gptlab.model.diffusion import TextToImage
 from gptlab.serve.completions import complete, plan_completion, stream_completion
 from gptlab.serve.engines import Engines
 from gptlab.serve.errors import APIError, add_error_handlers, error_for
@@ -39,7 +51,7 @@ from gptlab.serve.hosts import HostAllowlist, HostCheck
 from gptlab.serve.limits import BodyLimit, Gate, GateHook, disconnect_of, install_deadline_hook
 from gptlab.serve.metrics import Metrics
 from gptlab.serve.registry import ModelRegistry
-from gptlab.serve.schemas import CompletionRequest, ExplainRequest
+from gptlab.serve.schemas import MAX_IMAGE_STEPS, CompareRequest, CompletionRequest, ExplainRequest, ImageRequest
 from gptlab.serve.settings import ServeSettings
 from gptlab.serve.state import ServeState, serve_state
 
@@ -68,7 +80,7 @@ def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = N
     except ValueError as e:
         raise UserError(f"bad server setting: {e}") from None
     registry = ModelRegistry(models_dir, device=settings.device, dtype=settings.dtype, max_loaded=settings.max_loaded,
-                             on_load=lambda lm: install_deadline_hook(lm.model),
+                             on_load=_hook_deadlines,
                              max_memory=int(settings.max_memory_mb * 2**20))
     engines = Engines(registry, settings)
     registry.size_of, registry.on_unload = engines.size_of, engines.unload
@@ -93,6 +105,12 @@ def create_app(models_dir: str | os.PathLike, settings: ServeSettings | None = N
     app.include_router(api)
     _add_page(app)
     return app
+
+
+def _hook_deadlines(lm: LoadedModel) -> None:
+    install_deadline_hook(lm.model)
+    if isinstance(lm.model, TextToImage):  # image generation calls the denoiser step by step, never the model's forward
+        install_deadline_hook(lm.model.denoiser)
 
 
 @asynccontextmanager
@@ -172,6 +190,74 @@ async def explain(req: ExplainRequest, state: State, request: Request) -> JSONRe
 def _on_engine(state: ServeState, name: str, fn: Callable[[], T]) -> T:
     """Blocking, on a worker: `fn()` on the model's engine thread between two steps (engine on)."""
     return state.engines.run(name, fn) if state.settings.engine == "on" else fn()
+
+
+def _on_engines(state: ServeState, names: list[str], fn: Callable[[], T]) -> T:
+    """Blocking, on a worker: `fn()` while every named model's engine waits between two steps. Each
+    engine's thread hands on to the next one's, in name order (a lock order: comparisons that name
+    the same two models never hold one engine each, waiting for the other)."""
+    for name in reversed(sorted(set(names))):
+        fn = partial(_on_engine, state, name, fn)
+    return fn()
+
+
+@api.post("/v1/compare", summary="Two models on one text: each step's top candidates under both and the KL "
+          "between their next-token distributions", response_model=None)
+async def compare_models(req: CompareRequest, state: State, request: Request) -> JSONResponse:
+    name, ref = state.model_name(req.model), state.model_name(req.reference)
+    state.check_prompt(req.prompt)
+    if req.steps > state.settings.max_explain_steps:
+        raise APIError(400, f"steps {req.steps} is over this server's limit of {state.settings.max_explain_steps}",
+                       param="steps")
+    if name != ref and state.settings.max_loaded < 2:
+        raise APIError(400, "this server keeps one model in memory (--max-loaded 1) and a comparison needs two: "
+                            "serve with --max-loaded 2 or more", param="reference")
+    cfg = sampling_config(max_new_tokens=req.steps, seed=req.seed, **req.sampling_kwargs())
+    result = await state.gate.run(lambda: _on_engines(state, [name, ref], lambda: _comparison(state, name, ref, req, cfg)),
+                                  disconnect_of(request.receive))
+    return JSONResponse(_finite(result))
+
+
+def _comparison(state: ServeState, name: str, ref: str, req: CompareRequest, cfg: SamplingConfig) -> dict[str, Any]:
+    """Blocking, on the engines' threads: `Comparison.to_dict()` of `name` against `ref`."""
+    lm, ref_lm = state.registry.get(name), state.registry.get(ref)
+    model, ref_model = check_generative(lm.model, lm.kind), check_generative(ref_lm.model, ref_lm.kind)
+    same_vocabulary(lm.tokenizer, ref_lm.tokenizer, f"reference {ref!r}")
+    return compare(model, ref_model, lm.tokenizer, req.prompt, cfg, req.steps, req.top, names=(name, ref)).to_dict()
+
+
+@api.post("/v1/images", summary="An image from an image model, with each prompt word's cross-attention map (DAAM)",
+          response_model=None)
+async def images(req: ImageRequest, state: State, request: Request) -> JSONResponse:
+    name = state.model_name(req.model)
+    state.check_prompt(req.prompt)
+    state.check_prompt(req.negative_prompt, "negative_prompt")
+    if req.guidance < 0 or not math.isfinite(req.guidance):
+        raise APIError(400, f"guidance {req.guidance} is not a scale: use 0 (ignore the prompt), 1 (no guidance) or "
+                            "more (3 is a good start)", param="guidance")
+    if not 1 <= req.steps <= MAX_IMAGE_STEPS:
+        raise APIError(400, f"steps {req.steps}: denoising takes 1 to {MAX_IMAGE_STEPS} steps on this server "
+                            "(20 is a good start)", param="steps")
+    g = GenerateConfig(prompt=req.prompt, negative_prompt=req.negative_prompt, guidance=req.guidance, steps=req.steps,
+                       sampler=req.sampler, seed=req.seed)
+    check_request(g)  # the command's own checks (the sampler's name, the guidance's upper bound)
+    result = await state.gate.run(lambda: _image(state, name, g, req.frames), disconnect_of(request.receive))
+    return JSONResponse(_finite(result))
+
+
+def _image(state: ServeState, name: str, g: GenerateConfig, frames: int) -> dict[str, Any]:
+    """Blocking, on a worker: the image, its trace (per-word maps, filmstrip) and the time it took."""
+    lm = state.registry.get(name)
+    if not isinstance(lm.model, TextToImage):
+        raise APIError(400, f"model {name!r} is a {lm.kind} model: /v1/images draws with an image model (from "
+                            "`gptlab image train`); GET /v1/models lists each model's kind", param="model")
+    try:
+        trace, out = explain_image(lm.model, lm.tokenizer, g, frames=frames, path=name)
+    except ModuleNotFoundError as e:  # diffusers is the `image` extra; a text-only install lacks it
+        raise APIError(501, f"this server cannot draw: {e.name} is not installed (pip install 'gptlab[image]')",
+                       "not_implemented") from None
+    return {"object": "image", "model": name, "image": trace.image, "seconds": round(out.seconds, 4),
+            "trace": trace.to_dict()}
 
 
 def _explain_trace(state: ServeState, name: str, req: ExplainRequest) -> dict[str, Any]:

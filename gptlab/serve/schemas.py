@@ -36,7 +36,8 @@ def _first_invalid_string(body: Any) -> str | None:
     return None
 
 
-class Sampling(BaseModel):
+class ModelRequest(BaseModel):
+    """What every request body shares: the model it asks, and text that must be Unicode."""
     model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="before")
@@ -52,6 +53,9 @@ class Sampling(BaseModel):
         return data
 
     model: str | None = Field(None, description="a name from GET /v1/models; may be left out when only one model is served")
+
+
+class Sampling(ModelRequest):
     temperature: float | None = Field(1.0, description="0 is greedy; below 1 sharper, above 1 flatter")
     top_p: float | None = Field(1.0, description="nucleus: keep the smallest set of tokens whose probability reaches top_p")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="same seed, same settings, same text")
@@ -96,3 +100,28 @@ class ExplainRequest(Sampling):
     prompt: str = Field(..., description="the text the model continues")
     steps: int = Field(4, ge=1, description="tokens to generate and trace")
     top: int = Field(5, ge=1, le=100, description="candidate tokens kept per step")
+
+
+class CompareRequest(Sampling):
+    """POST /v1/compare: `model` writes a continuation of `prompt`; both models then read it."""
+    reference: str = Field(..., description="the model to compare against (e.g. the SFT model `model` was aligned from); "
+                                            "it must share model's tokenizer")
+    prompt: str = Field(..., description="the text both models continue")
+    steps: int = Field(12, ge=1, description="tokens to write and compare (at most the server's --max-explain-steps)")
+    top: int = Field(5, ge=1, le=100, description="candidates kept per step and model")
+
+
+# Denoising steps one request may ask for: a 32x32 model takes milliseconds a step, a larger one more.
+MAX_IMAGE_STEPS = 200
+
+
+class ImageRequest(ModelRequest):
+    """POST /v1/images: one image from an image model (kind "image"), with each prompt word's
+    cross-attention map (DAAM) over it."""
+    prompt: str = Field(..., description="what to draw")
+    negative_prompt: str = Field("", description="what to steer away from ('' = the empty caption)")
+    guidance: float = Field(3.0, description="classifier-free guidance scale: 1 = none, 0 = ignore the prompt")
+    steps: int = Field(20, description=f"denoising steps, 1 to {MAX_IMAGE_STEPS}")
+    sampler: str = Field("dpm", description="ddpm, ddim or dpm (DPM-Solver++ 2M)")
+    frames: int = Field(0, ge=0, le=20, description="filmstrip frames: the clean image predicted at this many steps")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the starting noise: same seed, same image")

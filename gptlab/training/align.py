@@ -282,13 +282,20 @@ def default_gold(dcfg: DataConfig) -> GoldFn | None:
 class Scorer:
     """The reward of sampled responses: a reward model's, or a Python function's (toy rewards,
     tests). `no_end_penalty` is subtracted from a response cut off by the context (TRL's
-    missing_eos_penalty): without it a policy may learn that rambling on scores."""
+    missing_eos_penalty): without it a policy may learn that rambling on scores.
+    `checker_penalty` is subtracted from a response to an instruction (`write a review : c : v :`)
+    that the checker rejects (wrong country, a province not of it, wrong variety): a rule-based
+    reward beside the learned one. The reward model is trained on pairs of valid reviews, so it
+    cannot see that a response ignores the instruction, and a policy drifting off it would go
+    unpunished (measured: PPO's follow rate fell from 0.88 to 0.55 at KL 10 without it)."""
 
     def __init__(self, tok: Tokenizer, model: RewardModel | None = None, fn: RewardFn | None = None,
-                 no_end_penalty: float = 0.0):
+                 no_end_penalty: float = 0.0, checker_penalty: float = 0.0):
         if (model is None) == (fn is None):
             raise ValueError("give a reward model or a reward function")
         self.tok, self.model, self.fn, self.no_end_penalty = tok, model, fn, no_end_penalty
+        self.checker_penalty = checker_penalty
+        self.shift, self.scale = 0.0, 1.0  # the reward model's score -> (score - shift) / scale
 
     def __call__(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sampled]) -> torch.Tensor:
         if self.fn is not None:
@@ -296,13 +303,54 @@ class Scorer:
         else:
             assert self.model is not None
             r = score(self.model, self.tok, [(list(p) + s.ids, len(p)) for p, s in zip(prompts, responses)])
+            r = (r - self.shift) / self.scale
         ended = torch.tensor([s.ended for s in responses], dtype=torch.float32)
-        return r - self.no_end_penalty * (1 - ended)
+        r = r - self.no_end_penalty * (1 - ended)
+        if self.checker_penalty:
+            r = r - self.checker_penalty * self.rejected(prompts, responses).to(r.device)
+        return r
+
+    def rejected(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sampled]) -> torch.Tensor:
+        """(B,) 1.0 where the prompt is an instruction and the checker finds the response does not
+        follow it; prompts that are not instructions (toy rewards) are never rejected."""
+        from gptlab.data.instructions import check_response, parse_prompt
+
+        out = []
+        for p, s in zip(prompts, responses):
+            prompt = response_text(self.tok, p)
+            try:
+                parse_prompt(prompt)
+            except UserError:
+                out.append(0.0)
+                continue
+            out.append(float(bool(check_response(prompt, response_text(self.tok, s.ids), True))))
+        return torch.tensor(out)
 
     def to(self, device: torch.device) -> Scorer:
         if self.model is not None:
             self.model.to(device)
         return self
+
+
+NORM_PROMPTS = 64  # prompts whose responses set a reward model's shift and scale
+
+
+@torch.no_grad()
+def normalise_reward(scorer: Scorer, policy: GPT, tok: Tokenizer, prompts: Sequence[str], seed: int) -> None:
+    """Shift and scale `scorer`'s reward model to mean 0, std 1 over `policy`'s T=1 responses to
+    `prompts` (InstructGPT's normalisation). A reward model's raw scale is arbitrary (one trained on
+    300 pairs moves by hundredths), and a KL coefficient or a checker penalty should weigh the same
+    against any. Seeded, so a resumed run gets the same shift and scale."""
+    dev = policy.tok_emb.weight.device
+    g = torch.Generator(device=dev).manual_seed(seed + 7919)
+    ids = [tok.encode_prompt(p) for p in prompts]
+    out = sample_responses(policy, tok, ids, max_new=max(policy.cfg.context_length + 1 - max(map(len, ids)), 1),
+                           temperature=1.0, generator=g)
+    assert scorer.model is not None
+    scorer.to(dev)
+    raw = score(scorer.model, tok, [(list(p) + s.ids, len(p)) for p, s in zip(ids, out)]).float()
+    # The floor keeps an untrained reward model (scores equal to 1e-4) from having its noise blown up.
+    scorer.shift, scorer.scale = float(raw.mean()), float(raw.std().clamp(min=1e-3))
 
 
 @torch.no_grad()
@@ -313,7 +361,7 @@ def evaluate_policy(model: GPT, ref: GPT, tok: Tokenizer, prompts: Sequence[str]
     the mean gold reward when there is a gold scorer."""
     if not prompts:
         return {}
-    from gptlab.data.instructions import check_response
+    from gptlab.data.instructions import check_response, names_the_ask
 
     dev = model.tok_emb.weight.device
     ref.to(dev)
@@ -333,7 +381,9 @@ def evaluate_policy(model: GPT, ref: GPT, tok: Tokenizer, prompts: Sequence[str]
          "stop_rate": sum(s.ended for s in out) / len(out),
          "length": sum(len(s.ids) for s in out) / len(out)}
     texts = [response_text(tok, s.ids) for s in out]
-    m["follow_rate"] = sum(not check_response(p, x, s.ended) for p, x, s in zip(prompts, texts, out)) / len(out)
+    problems = [check_response(p, x, s.ended) for p, x, s in zip(prompts, texts, out)]
+    m["follow_rate"] = sum(not p for p in problems) / len(out)
+    m["asked_rate"] = sum(map(names_the_ask, problems)) / len(out)
     if gold is not None:
         m["gold"] = sum(gold(p, x, s.ended) for p, x, s in zip(prompts, texts, out)) / len(out)
     return m

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: null, controller: null, view: null, last: null };
+const state = { limits: null, controller: null, view: null, last: null, image: null };
 
 // ---------------------------------------------------------------------------------------------
 // API
@@ -91,18 +91,41 @@ async function loadModels() {
   }
   try {
     const models = (await (await api("/v1/models")).json()).data;
-    const select = $("model");
-    select.replaceChildren(...models.map((m) => {
-      const opt = document.createElement("option");
-      opt.value = m.id;
-      const g = m.gptlab || {};
-      opt.textContent = g.context_length ? `${m.id}  (${g.kind}, context ${g.context_length}, vocab ${g.vocab_size})` : m.id;
-      return opt;
-    }));
+    // Image models draw (the Image tab); every other model is offered where text is written.
+    const kindOf = (m) => (m.gptlab || {}).kind;
+    const texts = models.filter((m) => kindOf(m) !== "image");
+    const images = models.filter((m) => kindOf(m) === "image");
+    $("model").replaceChildren(...texts.map((m) => option(m.id, describe(m))));
+    fillCompareRoles(texts.map((m) => m.id));
+    $("img-model").replaceChildren(...images.map((m) => option(m.id, m.id)));
+    $("tab-image").hidden = !images.length;
     if (!models.length) showError("No models found: train one with `gptlab train --out runs/NAME`, then reload.");
   } catch (e) {
     showError(`Could not list models: ${e.message}`);
   }
+}
+
+function option(value, text) {
+  const opt = document.createElement("option");
+  opt.value = value;
+  opt.textContent = text;
+  return opt;
+}
+
+function describe(m) {
+  const g = m.gptlab || {};
+  return g.context_length ? `${m.id}  (${g.kind}, context ${g.context_length}, vocab ${g.vocab_size})` : m.id;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tabs
+function showTab(tab) {
+  for (const t of document.querySelectorAll(".tab")) {
+    const on = t === tab;
+    t.setAttribute("aria-selected", String(on));
+    $(t.dataset.panel).hidden = !on;
+  }
+  $("model-picker").hidden = tab.id !== "tab-write";  // the header's model is the Write tab's
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,13 +207,164 @@ async function explain() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Compare models: samples side by side (same prompt, settings and seed), then POST /v1/compare on
+// two of them, drawn by compare_view.js (the view `gptlab explain --compare --out` writes too).
+const ROLES = ["base", "sft", "aligned"];
+const ROLE_NAMES = { base: "base", sft: "SFT", aligned: "aligned" };
+// A model's role guessed from its name, so runs/base, runs/sft and runs/ppo start out in place.
+const ROLE_GUESS = { sft: /sft|instruct/i, aligned: /ppo|dpo|ipo|grpo|rloo|align|rlhf|reflect/i };
+
+function fillCompareRoles(ids) {
+  const guess = (id) => (ROLE_GUESS.aligned.test(id) ? "aligned" : ROLE_GUESS.sft.test(id) ? "sft" : "base");
+  const chosen = {};
+  for (const role of ROLES) chosen[role] = ids.find((id) => guess(id) === role) || "";
+  if (!chosen.aligned && !chosen.sft) [chosen.aligned, chosen.sft] = [ids[0] || "", ids[1] || ""];
+  for (const role of ROLES) {
+    const select = $(`cmp-${role}`);
+    select.replaceChildren(option("", "\u2014 none"), ...ids.map((id) => option(id, id)));
+    select.value = chosen[role];
+  }
+}
+
+function comparePair(roles) {
+  // The pair asked for, else the first pair of roles that both have a model.
+  const wanted = $("cmp-pair").value.split(":");
+  const pairs = [wanted, ["aligned", "sft"], ["sft", "base"], ["aligned", "base"]];
+  return pairs.find(([a, b]) => roles[a] && roles[b]) || null;
+}
+
+function sampleColumn(role, model) {
+  const col = document.createElement("div");
+  col.className = "sample";
+  col.dataset.role = role;
+  const h = document.createElement("h3");
+  h.textContent = `${ROLE_NAMES[role]} \u00b7 ${model}`;
+  const text = document.createElement("div");
+  text.className = "sample-text";
+  text.textContent = "\u2026";
+  col.append(h, text);
+  return col;
+}
+
+async function compareModels() {
+  const box = $("cmp-error");
+  const fail = (message) => { box.textContent = message; box.hidden = false; };
+  box.hidden = true;
+  const roles = {};
+  for (const role of ROLES) roles[role] = $(`cmp-${role}`).value;
+  const picked = ROLES.filter((r) => roles[r]);
+  if (!picked.length) return fail("Pick at least one model (two to see where they disagree).");
+  const prompt = $("cmp-prompt").value;
+  const tokens = Number($("cmp-tokens").value);
+  const seedText = $("cmp-seed").value.trim();
+  const settings = { temperature: Number($("cmp-temperature").value), seed: seedText === "" ? 0 : Number(seedText) };
+  $("cmp-run").disabled = true;
+  try {
+    const columns = picked.map((role) => sampleColumn(role, roles[role]));
+    $("cmp-samples").replaceChildren(...columns);
+    const samples = picked.map(async (role, k) => {
+      const resp = await api("/v1/completions", { ...settings, model: roles[role], prompt, max_tokens: tokens });
+      const text = columns[k].querySelector(".sample-text");
+      text.textContent = (await resp.json()).choices[0].text;
+    });
+    const pair = comparePair(roles);
+    let steps = null;
+    if (pair) {
+      const limit = state.limits ? state.limits.max_explain_steps : tokens;
+      steps = api("/v1/compare", { ...settings, model: roles[pair[0]], reference: roles[pair[1]], prompt,
+                                   steps: Math.min(tokens, limit), top: 5 });
+    }
+    // Awaited together: a failed request is reported once, and none is left without a listener.
+    const [comparison] = await Promise.all([steps && steps.then((r) => r.json()), ...samples]);
+    if (comparison) GptlabCompareView.mount($("cmp-view"), comparison);
+    $("cmp-steps").hidden = !comparison;
+  } catch (e) {
+    fail(e.message);
+  } finally {
+    $("cmp-run").disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image: POST /v1/images gives the picture and its trace; hovering a word lays its map over it.
+const CANVAS = 256;
+
+function drawImage(heat) {
+  const img = state.image;
+  const ctx = $("img-canvas").getContext("2d");
+  ctx.imageSmoothingEnabled = false;  // 32x32 pixels, drawn large: keep them square
+  ctx.drawImage(img.picture, 0, 0, CANVAS, CANVAS);
+  $("img-canvas").dataset.word = heat === undefined ? "" : String(heat);
+  if (heat === undefined) return;
+  const [rows, cols] = img.trace.grid;
+  const map = img.trace.heatmaps[heat];
+  const lo = Math.min(...map), hi = Math.max(...map);
+  const w = CANVAS / cols, h = CANVAS / rows;
+  for (let k = 0; k < map.length; k++) {
+    const a = hi - lo > 1e-12 ? (map[k] - lo) / (hi - lo) : 0;  // as render_image.py scales a map
+    ctx.fillStyle = `rgba(255, 40, 40, ${(0.75 * a).toFixed(3)})`;
+    ctx.fillRect((k % cols) * w, Math.floor(k / cols) * h, w, h);
+  }
+}
+
+async function drawPicture() {
+  const box = $("img-error");
+  box.hidden = true;
+  $("img-generate").disabled = true;
+  try {
+    const seedText = $("img-seed").value.trim();
+    const resp = await api("/v1/images", {
+      model: $("img-model").value || undefined, prompt: $("img-prompt").value,
+      guidance: Number($("img-guidance").value), steps: Number($("img-steps").value),
+      seed: seedText === "" ? 0 : Number(seedText),
+    });
+    const body = await resp.json();
+    const picture = new Image();
+    picture.src = body.image;
+    await picture.decode();
+    state.image = { picture, trace: body.trace };
+    drawImage();
+    const words = body.trace.tokens.map((t, k) => {
+      const chip = document.createElement("span");
+      chip.className = "img-word";
+      chip.dataset.index = String(k);
+      chip.textContent = t === "<|endoftext|>" ? "\u27e8end\u27e9" : t;
+      chip.addEventListener("mouseenter", () => drawImage(k));
+      chip.addEventListener("mouseleave", () => drawImage());
+      return chip;
+    });
+    $("img-words").replaceChildren(...words);
+    const s = body.trace.settings;
+    $("img-meta").textContent = `${body.seconds.toFixed(2)} s · ${s.sampler} ${s.steps} steps · guidance ${s.guidance} · seed ${s.seed}`;
+    $("img-result").hidden = false;
+  } catch (e) {
+    box.textContent = e.message;
+    box.hidden = false;
+  } finally {
+    $("img-generate").disabled = false;
+  }
+}
+
+function showOtherSliders() {
+  $("cmp-temperature-value").textContent = Number($("cmp-temperature").value).toFixed(2);
+  $("cmp-tokens-value").textContent = $("cmp-tokens").value;
+  $("img-guidance-value").textContent = Number($("img-guidance").value).toFixed(1);
+  $("img-steps-value").textContent = $("img-steps").value;
+}
+
+// ---------------------------------------------------------------------------------------------
 function init() {
   for (const id of ["temperature", "top-k", "top-p", "min-p", "max-tokens"]) $(id).addEventListener("input", showSliderValues);
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   $("explain").addEventListener("click", explain);
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab));
+  for (const id of ["cmp-temperature", "cmp-tokens", "img-guidance", "img-steps"]) $(id).addEventListener("input", showOtherSliders);
+  $("cmp-run").addEventListener("click", compareModels);
+  $("img-generate").addEventListener("click", drawPicture);
   showSliderValues();
+  showOtherSliders();
   loadModels();
 }
 

@@ -4,7 +4,8 @@
    latent grid (reconstruction error + kl_weight x KL to N(0, 1)); everything else is frozen.
    Written to OUT/autoencoder.
 2. `DiffusionTask`: the autoencoder is frozen; the caption encoder and the denoiser learn to
-   predict the noise added to a scaled latent at a random timestep (DDPM's epsilon objective),
+   predict the noise added to a scaled latent at a random timestep (DDPM's epsilon objective,
+   weighted per timestep by Min-SNR-gamma),
    with a share of captions replaced by the empty one (caption dropout) so that the same model also
    predicts without the prompt, which classifier-free guidance needs. Written to OUT.
 
@@ -53,6 +54,7 @@ class ImageTrainConfig(FamilyLoopConfig):
     text_context: int = setting(16, "caption tokens the text encoder reads, with the end marker (a longer caption is an error)", min=2, max=512)
     text_layers: int = setting(2, "blocks of the caption encoder", min=1, max=64)
     caption_dropout: float = setting(0.1, "share of captions replaced by the empty one in training, so the model learns the unconditional prediction guidance needs", min=0, max=1)
+    snr_gamma: float = setting(5.0, "Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's noise error weighted min(SNR, gamma) / SNR, so the nearly clean timesteps (a faint noise on a finished image: large errors that matter little to what is drawn) stop dominating the gradient (0 = the plain DDPM loss)", min=0)
     kl_weight: float = setting(1e-4, "weight of the autoencoder's KL term", min=0)
     ae_steps: int = setting(1500, "autoencoder (stage 1) steps", min=1)
     ae_lr: float = setting(2e-3, "autoencoder peak learning rate", min=0)
@@ -166,6 +168,10 @@ class DiffusionTask(Task[TextToImage]):
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith("autoencoder."))
         self.sched = make_scheduler("ddpm", model.cfg)
+        a = self.sched.alphas_cumprod.float()
+        snr_T = a / (1 - a)  # signal-to-noise ratio of each training timestep
+        # (T,) loss weight per timestep: Min-SNR-gamma for the epsilon objective, or 1 everywhere.
+        self.weight_T = snr_T.clamp(max=t.snr_gamma) / snr_T if t.snr_gamma > 0 else torch.ones_like(snr_T)
         self.ids, self.mask = _encode_all(tok, train, t.text_context)
         self.null_ids, self.null_mask = _encode_all(tok, [(train[0][0], "")], t.text_context)
         # The frozen autoencoder's posterior of every training image, once: (N, Z, h, w) each.
@@ -208,7 +214,8 @@ class DiffusionTask(Task[TextToImage]):
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         eps, _ = model(tensors["z_t"], tensors["t"], tensors["ids"], tensors["mask"])
-        return (eps.float() - tensors["noise"]).pow(2).flatten(1).mean(1).sum()
+        mse_B = (eps.float() - tensors["noise"]).pow(2).flatten(1).mean(1)
+        return (self.weight_T.to(mse_B.device)[tensors["t"]] * mse_B).sum()
 
     @torch.no_grad()
     def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:

@@ -28,6 +28,7 @@ from gptlab.model import GPT
 from gptlab.model.align import ROLLOUT_KEYS, ValuePolicy
 from gptlab.settings import setting
 from gptlab.training.align import (
+    NORM_PROMPTS,
     AlignConfig,
     GoldFn,
     ResponseRows,
@@ -42,6 +43,7 @@ from gptlab.training.align import (
     last_index,
     load_gpt,
     load_reward,
+    normalise_reward,
     plain_gpt,
     policy_prompts,
     response_rows,
@@ -74,6 +76,8 @@ class RLConfig(AlignConfig):
     kl_coef: float = setting(0.05, "weight of the KL penalty to the reference (TRL: 0.05)", min=0)
     temperature: float = setting(1.0, "sampling temperature of the rollouts", above=0)
     no_end_penalty: float = setting(1.0, "subtracted from the reward of a response the context cut off before <|endoftext|>", min=0)
+    reward_norm: bool = setting(True, "normalise the reward model's scores to mean 0, std 1 over the starting policy's responses (InstructGPT's practice)")
+    checker_penalty: float = setting(3.0, "subtracted from the reward of a response the checker rejects (wrong country, province or variety for the instruction): a rule-based reward beside the learned one, which never saw an off-instruction answer (0 = off)", min=0)
     lr: float = setting(3e-5, "peak learning rate", min=0)
     warmup_steps: int = setting(0, "linear warmup steps", min=0)
     schedule: str = setting("constant", "cosine (after warmup) or constant", choices=("cosine", "constant"))
@@ -131,15 +135,17 @@ class _RLTask(Task[Any]):
                 raise UserError("no reward model given: pass --reward FOLDER (from `gptlab align reward`)")
             rm, rm_tok, _ = load_reward(t.reward)
             same_tokenizer(tok, rm_tok, f"the reward model {t.reward}")
-            self.scorer = Scorer(tok, model=rm, no_end_penalty=t.no_end_penalty)
+            self.scorer = Scorer(tok, model=rm, no_end_penalty=t.no_end_penalty, checker_penalty=t.checker_penalty)
         else:
-            self.scorer = Scorer(tok, fn=reward_fn, no_end_penalty=t.no_end_penalty)
+            self.scorer = Scorer(tok, fn=reward_fn, no_end_penalty=t.no_end_penalty, checker_penalty=t.checker_penalty)
         self.ref = frozen(plain_gpt(ref, dropout=0.0))
         self.train_prompts, self.val_prompts = prompts if prompts is not None else policy_prompts(dcfg, t.val_rows)
         if not self.train_prompts:
             raise UserError("no training prompts: give a bigger corpus")
         self.ctx = policy.cfg.context_length
         self.gold = gold or default_gold(dcfg)
+        if reward_fn is None and t.reward_norm:
+            normalise_reward(self.scorer, policy, tok, self.train_prompts[:NORM_PROMPTS], t.seed)
         return policy, tok
 
     def _rollout(self, model: GPT, prompts: list[str], g: torch.Generator) -> tuple[ResponseRows, list[Sampled], torch.Tensor]:

@@ -16,6 +16,7 @@ from gptlab.data.instructions import (
     check_response,
     gold_reward,
     instruction_examples,
+    names_the_ask,
     reflection_examples,
     review_rows,
 )
@@ -45,8 +46,14 @@ KIND = "gpt"
 @dataclass
 class SFTConfig(AlignConfig):
     out: str = setting("runs/sft", "output folder for the fine-tuned GPT")
-    lr: float = setting(3e-4, "peak learning rate", min=0)
-    epochs: float = setting(2.0, "passes over the instructions (ignored when --max-steps is set)", min=0)
+    # Measured on the built-in corpus (benchmarks/alignment.py, 240 s): batch 128 at lr 2e-3 in bf16
+    # followed 96.9% of held-out instructions at T=1, batch 16 at 3e-4 in fp32 86%.
+    lr: float = setting(2e-3, "peak learning rate", min=0)
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine schedule", min=0)
+    batch_size: int = setting(128, "examples per optimizer step", min=1)
+    precision: str = setting("auto", "fp32, bf16 or auto (bf16 where the CPU or GPU has it: a plain next-token loss does not need fp32)",
+                             choices=("auto", "fp32", "bf16"))
+    epochs: float = setting(4.0, "passes over the instructions (ignored when --max-steps is set)", min=0)
     points_fraction: float = setting(0.5, "fraction of the instructions that name the points (e.g. '92 points')", min=0, max=1)
     reflection: float = setting(0.0, "reflection tuning: this many (draft, critique -> revision) examples per review "
                                      "(0 = none, 1 = one per review besides its instruction)", min=0, max=1)
@@ -134,8 +141,9 @@ class SFT(Task[GPT]):
 
 
 def follow_rate(model: GPT, tok: Tokenizer, prompts: list[str], seed: int) -> dict[str, float]:
-    """Of one T=1 sample per prompt: the fraction that end with <|endoftext|>, and that follow the
-    instruction (right country, a province of it, right variety, and ended)."""
+    """Of one T=1 sample per prompt: the fraction that end with <|endoftext|>, that follow the
+    instruction in every respect (right country, a province of it, right variety, and ended), and
+    that name the asked country and variety (asked_rate)."""
     if not prompts:
         return {}
     dev = model.tok_emb.weight.device
@@ -143,8 +151,9 @@ def follow_rate(model: GPT, tok: Tokenizer, prompts: list[str], seed: int) -> di
     ids = [tok.encode_prompt(p) for p in prompts]
     out = sample_responses(model, tok, ids, max_new=model.cfg.context_length, temperature=1.0, generator=g)
     ended = [s.ended for s in out]
-    ok = [not check_response(p, response_text(tok, s.ids), s.ended) for p, s in zip(prompts, out)]
-    return {"stop_rate": sum(ended) / len(out), "follow_rate": sum(ok) / len(out)}
+    problems = [check_response(p, response_text(tok, s.ids), s.ended) for p, s in zip(prompts, out)]
+    return {"stop_rate": sum(ended) / len(out), "follow_rate": sum(not p for p in problems) / len(out),
+            "asked_rate": sum(map(names_the_ask, problems)) / len(out)}
 
 
 def fix_rate(model: GPT, tok: Tokenizer, examples: list[Example], seed: int) -> dict[str, float]:
