@@ -15,6 +15,7 @@ from typing import Any
 from gptlab.cli.common import FMT, add_positionals
 from gptlab.cli.options import Section, add_options, read_options
 from gptlab.data.config import DataConfig
+from gptlab.data.instructions import CHECKER_PENALTY
 from gptlab.settings import SEED_MAX, setting
 from gptlab.training.config import DEVICES_HELP, own_fields
 
@@ -28,7 +29,7 @@ class BonConfig:
     n: int = setting(16, "largest n: every power of 2 up to it is reported", min=1, max=4096)
     prompts: int = setting(64, "held-out prompts of the corpus to sample", min=1)
     temperature: float = setting(1.0, "sampling temperature", above=0)
-    checker_penalty: float = setting(3.0, "subtracted from the proxy reward of a response the checker rejects (as `align ppo`)", min=0)
+    checker_penalty: float = setting(CHECKER_PENALTY, "subtracted from the proxy reward of a response the checker rejects (as `align ppo`)", min=0)
     seed: int = setting(0, "sampling seed", min=0, max=SEED_MAX)
     device: str = setting("auto", DEVICES_HELP)
     json: str = setting("", "write the table to this JSON file too")

@@ -314,11 +314,22 @@ def check_response(prompt: str, response: str, ended: bool = True) -> list[str]:
     return problems
 
 
+CHECKER_PENALTY = 3.0  # default --checker-penalty of PPO, GRPO and best-of-n: reward-model SDs once normalised
+
+
 def names_the_ask(problems: Sequence[str]) -> bool:
     """Whether a response with these `check_response` problems names the asked country and variety
     (a review, the instruction's country and variety; a province outside the country or a missing
     end are counted apart): what "follows the instruction" means in the issue's SFT target."""
     return not any(p.startswith(("wrong country", "wrong variety", "not a review")) for p in problems)
+
+
+def follow_rates(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> dict[str, float]:
+    """Of responses to instructions: the share the checker accepts in every respect (follow_rate)
+    and the share that name the asked country and variety (asked_rate, see `names_the_ask`)."""
+    problems = [check_response(p, r, e) for p, r, e in zip(prompts, responses, ended)]
+    n = max(len(problems), 1)
+    return {"follow_rate": sum(not p for p in problems) / n, "asked_rate": sum(map(names_the_ask, problems)) / n}
 
 
 def gold_reward(prompt: str, response: str, ended: bool = True) -> float:

@@ -301,14 +301,17 @@ class Scorer:
         if self.fn is not None:
             r = torch.tensor([float(self.fn(p, s.ids)) for p, s in zip(prompts, responses)])
         else:
-            assert self.model is not None
-            r = score(self.model, self.tok, [(list(p) + s.ids, len(p)) for p, s in zip(prompts, responses)])
-            r = (r - self.shift) / self.scale
+            r = (self.raw(prompts, responses) - self.shift) / self.scale
         ended = torch.tensor([s.ended for s in responses], dtype=torch.float32)
         r = r - self.no_end_penalty * (1 - ended)
         if self.checker_penalty:
             r = r - self.checker_penalty * self.rejected(prompts, responses).to(r.device)
         return r
+
+    def raw(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sampled]) -> torch.Tensor:
+        """(B,) the reward model's own scores, before normalisation and penalties."""
+        assert self.model is not None
+        return score(self.model, self.tok, [(list(p) + s.ids, len(p)) for p, s in zip(prompts, responses)])
 
     def rejected(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sampled]) -> torch.Tensor:
         """(B,) 1.0 where the prompt is an instruction and the checker finds the response does not
@@ -346,9 +349,7 @@ def normalise_reward(scorer: Scorer, policy: GPT, tok: Tokenizer, prompts: Seque
     ids = [tok.encode_prompt(p) for p in prompts]
     out = sample_responses(policy, tok, ids, max_new=max(policy.cfg.context_length + 1 - max(map(len, ids)), 1),
                            temperature=1.0, generator=g)
-    assert scorer.model is not None
-    scorer.to(dev)
-    raw = score(scorer.model, tok, [(list(p) + s.ids, len(p)) for p, s in zip(ids, out)]).float()
+    raw = scorer.to(dev).raw(ids, out).float()
     # The floor keeps an untrained reward model (scores equal to 1e-4) from having its noise blown up.
     scorer.shift, scorer.scale = float(raw.mean()), float(raw.std().clamp(min=1e-3))
 
@@ -361,7 +362,7 @@ def evaluate_policy(model: GPT, ref: GPT, tok: Tokenizer, prompts: Sequence[str]
     the mean gold reward when there is a gold scorer."""
     if not prompts:
         return {}
-    from gptlab.data.instructions import check_response, names_the_ask
+    from gptlab.data.instructions import follow_rates
 
     dev = model.tok_emb.weight.device
     ref.to(dev)
@@ -381,9 +382,7 @@ def evaluate_policy(model: GPT, ref: GPT, tok: Tokenizer, prompts: Sequence[str]
          "stop_rate": sum(s.ended for s in out) / len(out),
          "length": sum(len(s.ids) for s in out) / len(out)}
     texts = [response_text(tok, s.ids) for s in out]
-    problems = [check_response(p, x, s.ended) for p, x, s in zip(prompts, texts, out)]
-    m["follow_rate"] = sum(not p for p in problems) / len(out)
-    m["asked_rate"] = sum(map(names_the_ask, problems)) / len(out)
+    m.update(follow_rates(prompts, texts, [s.ended for s in out]))
     if gold is not None:
         m["gold"] = sum(gold(p, x, s.ended) for p, x, s in zip(prompts, texts, out)) / len(out)
     return m

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gptlab.data import DataConfig
+from gptlab.data.instructions import CHECKER_PENALTY
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT
@@ -77,7 +78,7 @@ class RLConfig(AlignConfig):
     temperature: float = setting(1.0, "sampling temperature of the rollouts", above=0)
     no_end_penalty: float = setting(1.0, "subtracted from the reward of a response the context cut off before <|endoftext|>", min=0)
     reward_norm: bool = setting(True, "normalise the reward model's scores to mean 0, std 1 over the starting policy's responses (InstructGPT's practice)")
-    checker_penalty: float = setting(3.0, "subtracted from the reward of a response the checker rejects (wrong country, province or variety for the instruction): a rule-based reward beside the learned one, which never saw an off-instruction answer (0 = off)", min=0)
+    checker_penalty: float = setting(CHECKER_PENALTY, "subtracted from the reward of a response the checker rejects (wrong country, province or variety for the instruction): a rule-based reward beside the learned one, which never saw an off-instruction answer (0 = off)", min=0)
     lr: float = setting(3e-5, "peak learning rate", min=0)
     warmup_steps: int = setting(0, "linear warmup steps", min=0)
     schedule: str = setting("constant", "cosine (after warmup) or constant", choices=("cosine", "constant"))

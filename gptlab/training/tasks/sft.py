@@ -14,9 +14,9 @@ from gptlab.data import DataConfig, split_records
 from gptlab.data.instructions import (
     Example,
     check_response,
+    follow_rates,
     gold_reward,
     instruction_examples,
-    names_the_ask,
     reflection_examples,
     review_rows,
 )
@@ -151,9 +151,8 @@ def follow_rate(model: GPT, tok: Tokenizer, prompts: list[str], seed: int) -> di
     ids = [tok.encode_prompt(p) for p in prompts]
     out = sample_responses(model, tok, ids, max_new=model.cfg.context_length, temperature=1.0, generator=g)
     ended = [s.ended for s in out]
-    problems = [check_response(p, response_text(tok, s.ids), s.ended) for p, s in zip(prompts, out)]
-    return {"stop_rate": sum(ended) / len(out), "follow_rate": sum(not p for p in problems) / len(out),
-            "asked_rate": sum(map(names_the_ask, problems)) / len(out)}
+    return {"stop_rate": sum(ended) / len(out),
+            **follow_rates(prompts, [response_text(tok, s.ids) for s in out], ended)}
 
 
 def fix_rate(model: GPT, tok: Tokenizer, examples: list[Example], seed: int) -> dict[str, float]:
