@@ -16,7 +16,9 @@ the points, fitted on the second (the floor again for a wrong country or variety
     python benchmarks/alignment.py                  # the default run (sized for <= 45 min on 2 cores)
     python benchmarks/alignment.py --data ../shared/data/wine-reviews.csv --out runs/alignment_csv
 
-Writes OUT/alignment.json, OUT/alignment.png and OUT/alignment.html.
+Writes OUT/alignment.json, OUT/alignment.png and OUT/alignment.html. Needs scikit-learn for the
+TF-IDF baseline: pip install 'gptlab[families]' (or '[bench]').
+`--reuse` keeps the base, SFT and reward models already in OUT and reruns what comes after them.
 """
 
 from __future__ import annotations
@@ -72,12 +74,18 @@ class Plan:
     base_s: float = 480
     sft_s: float = 240
     reward_s: float = 180
-    small_reward_pairs: int = 300   # the small proxy whose over-optimisation should show
+    small_reward_pairs: int = 100   # the small proxy whose over-optimisation should show
     bon_n: int = 64
     bon_prompts: int = 96
     ppo_s: float = 360              # against the reward model of all the pairs: the gold-gain target
-    overopt_s: float = 360          # against the small proxy, with a light KL penalty: over-optimisation
-    overopt_kl: float = 0.01
+    # Against the small proxy alone (no KL penalty, no rule penalty, a higher learning rate), as in Gao
+    # et al., whose RL runs go to KL in the tens to hundreds of nats: measured 2026-12-02, a 300-pair
+    # proxy at lr 3e-5, kl 0.01 (with or without the rule) only reached KL 8-10 in the time, where gold
+    # and proxy still rise together; a 100-pair proxy at lr 1e-4, kl 0 goes past the gold's peak.
+    overopt_s: float = 360
+    overopt_kl: float = 0.0
+    overopt_checker_penalty: float = 0.0
+    overopt_lr: float = 1e-4
     grpo_s: float = 180
     dpo_betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
     dpo_s: float = 75
@@ -204,7 +212,13 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (every stage)")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply every stage's training seconds by this")
     ap.add_argument("--bon-n", type=int, help="largest n of best-of-n (default 64; quick 8)")
-    ap.add_argument("--skip", default="", help="comma-separated stages to skip: grpo,dpo,reflect,bon,overopt")
+    ap.add_argument("--skip", default="", help="comma-separated stages to skip: ppo,grpo,dpo,reflect,bon,overopt")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the base, SFT and reward models already in --out (rerun the stages after them)")
+    ap.add_argument("--small-pairs", type=int, help="pairs of the small proxy reward model (default 300)")
+    ap.add_argument("--overopt-kl", type=float, help="KL coefficient of PPO against the small proxy (default 0.01)")
+    ap.add_argument("--overopt-lr", type=float, help="learning rate of PPO against the small proxy (default 3e-5)")
+    ap.add_argument("--overopt-checker-penalty", type=float, help="rule penalty in PPO against the small proxy (default 0)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -212,8 +226,10 @@ def main() -> int:
     for f in dataclasses.fields(plan):
         if f.name.endswith("_s"):
             setattr(plan, f.name, getattr(plan, f.name) * args.time_scale)
-    if args.bon_n:
-        plan.bon_n = args.bon_n
+    for name, field in (("bon_n", "bon_n"), ("small_pairs", "small_reward_pairs"), ("overopt_kl", "overopt_kl"),
+                        ("overopt_lr", "overopt_lr"), ("overopt_checker_penalty", "overopt_checker_penalty")):
+        if getattr(args, name) is not None:
+            setattr(plan, field, getattr(args, name))
     skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,23 +244,55 @@ def main() -> int:
             dcfg.max_records = plan.builtin_size
         print("gold scorer", results["gold_scorer"])
 
+    # --reuse: the stages before policy optimisation are kept with their figures (stages.json), so
+    # that the policy stages can be rerun on the same SFT model and proxies.
+    stages_file = out / "stages.json"
+    kept = json.loads(stages_file.read_text()) if args.reuse and stages_file.is_file() else {}
+
+    def keep(name: str, folder: Path, key=None) -> bool:
+        return name in kept and (folder / "config.json").is_file() and kept[name].get("key") == key
+
+    def save(name: str, figures: dict, key=None) -> None:
+        kept[name] = {"key": key, "figures": figures}
+        stages_file.write_text(json.dumps(kept, indent=2))
+
     with timed("base", results):
-        base = Path(args.base) if args.base else base_gpt(plan, dcfg, out / "base")
+        if args.base:
+            base = Path(args.base)
+        elif keep("base", out / "base"):
+            base = out / "base"
+        else:
+            base = base_gpt(plan, dcfg, out / "base")
+            save("base", {})
     with timed("sft", results):
-        r = sft(SFTConfig(model=str(base), check_samples=plan.eval_prompts * 2, **loop(out / "sft", plan.sft_s)), dcfg)
-        results["sft"] = {k: r.metrics[k] for k in ("stop_rate", "follow_rate", "asked_rate", "train_examples",
-                                                    "dropped_too_long", "steps")}
+        if keep("sft", out / "sft", str(base)):
+            results["sft"] = kept["sft"]["figures"]
+        else:
+            r = sft(SFTConfig(model=str(base), check_samples=plan.eval_prompts * 2, **loop(out / "sft", plan.sft_s)), dcfg)
+            results["sft"] = {k: r.metrics[k] for k in ("stop_rate", "follow_rate", "asked_rate", "train_examples",
+                                                        "dropped_too_long", "steps")}
+            save("sft", results["sft"], str(base))
         print(results["sft"])
     sft_dir = out / "sft"
 
     with timed("reward", results):
-        rcfg = RewardConfig(model=str(sft_dir), **loop(out / "rm", plan.reward_s))
-        r = train_reward(rcfg, dcfg)
-        train_pairs, val_pairs = pairs_for(rcfg, dcfg)
-        results["reward"] = {"val_accuracy": r.metrics["val_accuracy"], "train_pairs": r.metrics["train_pairs"],
-                             "tfidf_logreg_val_accuracy": tfidf_pair_baseline(train_pairs, val_pairs)}
-        small_cfg = RewardConfig(model=str(sft_dir), n_pairs=plan.small_reward_pairs, **loop(out / "rm_small", plan.reward_s / 3))
-        results["reward"]["small_val_accuracy"] = train_reward(small_cfg, dcfg).metrics["val_accuracy"]
+        if keep("rm", out / "rm"):
+            results["reward"] = dict(kept["rm"]["figures"])
+        else:
+            rcfg = RewardConfig(model=str(sft_dir), **loop(out / "rm", plan.reward_s))
+            r = train_reward(rcfg, dcfg)
+            train_pairs, val_pairs = pairs_for(rcfg, dcfg)
+            results["reward"] = {"val_accuracy": r.metrics["val_accuracy"], "train_pairs": r.metrics["train_pairs"],
+                                 "tfidf_logreg_val_accuracy": tfidf_pair_baseline(train_pairs, val_pairs)}
+            save("rm", results["reward"])
+        if keep("rm_small", out / "rm_small", plan.small_reward_pairs):
+            results["reward"].update(kept["rm_small"]["figures"])
+        else:
+            small_cfg = RewardConfig(model=str(sft_dir), n_pairs=plan.small_reward_pairs, **loop(out / "rm_small", plan.reward_s / 3))
+            small = {"small_val_accuracy": train_reward(small_cfg, dcfg).metrics["val_accuracy"],
+                     "small_pairs": plan.small_reward_pairs}
+            results["reward"].update(small)
+            save("rm_small", small, plan.small_reward_pairs)
         print(results["reward"])
     # Two proxies: the reward model of all the pairs, which PPO, GRPO and best-of-n optimise, and a
     # small one (few pairs) whose over-optimisation the gold reward shows (Gao et al.'s setting).
@@ -265,14 +313,16 @@ def main() -> int:
         with timed("bon", results):
             _, bon_prompts = policy_prompts(dcfg, plan.bon_prompts)
             results["bon"] = best_of_n(model, tok, bon_prompts, scorer, plan.bon_n, 0, gold)
-    with timed("ppo", results):
-        r = ppo(PPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=20,
-                          **loop(out / "ppo", plan.ppo_s, lr=3e-5)), dcfg, gold=gold)
-        results["ppo"] = policy_curve(r.history)
+    if "ppo" not in skip:
+        with timed("ppo", results):
+            r = ppo(PPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=20,
+                              **loop(out / "ppo", plan.ppo_s, lr=3e-5)), dcfg, gold=gold)
+            results["ppo"] = policy_curve(r.history)
     if "overopt" not in skip:
         with timed("ppo against the small proxy", results):
             r = ppo(PPOConfig(model=str(sft_dir), reward=small_proxy, val_rows=plan.eval_prompts, eval_interval=20,
-                              kl_coef=plan.overopt_kl, **loop(out / "ppo_small", plan.overopt_s, lr=3e-5)), dcfg, gold=gold)
+                              kl_coef=plan.overopt_kl, checker_penalty=plan.overopt_checker_penalty,
+                              **loop(out / "ppo_small", plan.overopt_s, lr=plan.overopt_lr)), dcfg, gold=gold)
             results["ppo_small_proxy"] = policy_curve(r.history)
     if "grpo" not in skip:
         with timed("grpo", results):
@@ -288,8 +338,10 @@ def main() -> int:
                 results["dpo"].append({"beta": beta, **evaluate_policy(pol, model, tok, prompts, scorer, 0, gold)})
     if "reflect" not in skip:
         with timed("reflect", results):
-            r = sft(SFTConfig(model=str(sft_dir), reflection=1.0, check_samples=plan.eval_prompts * 2,
-                              **loop(out / "reflect", plan.reflect_s, lr=1e-4)), dcfg)
+            # lr 5e-4: on the same SFT model and 144 s, one revision fixed 88.3% of 384 held-out drafts
+            # against 82.0% at 1e-4 (2026-12-02); 384 drafts put the standard error near 2%.
+            r = sft(SFTConfig(model=str(sft_dir), reflection=1.0, check_samples=plan.eval_prompts * 4,
+                              **loop(out / "reflect", plan.reflect_s, lr=5e-4)), dcfg)
             results["reflect"] = {k: r.metrics.get(k) for k in ("fix_rate", "revision_gold", "follow_rate")}
 
     results["fits"] = fits(results)
@@ -367,15 +419,18 @@ def targets(results: dict) -> dict:
         # Over-optimisation against the small proxy: the gold reward's peak comes before the end and the
         # last points' gold is below it by more than the evaluation's noise (2 standard errors of a mean
         # over the eval prompts), while the proxy at the end is above the proxy at the peak.
-        peak = max(range(len(small)), key=lambda i: small[i]["gold"])
+        # The peak is taken on a 3-point moving average: the maximum of single noisy evaluations would
+        # sit above the true peak by about the noise, and make a fall easy to "see".
+        gold_curve, proxy_curve = (_smooth([p[k] for p in small]) for k in ("gold", "reward"))
+        peak = int(np.argmax(gold_curve))
         last = small[-max(len(small) // 4, 1):]
         se = sd / math.sqrt(results["plan"]["eval_prompts"])
         late_gold = float(np.mean([p["gold"] for p in last]))
         late_proxy = float(np.mean([p["reward"] for p in last]))
-        out["small_proxy_gold_peak"] = {"step": small[peak]["step"], "kl": small[peak]["kl"], "gold": small[peak]["gold"],
-                                        "proxy": small[peak]["reward"], "late_gold": late_gold, "late_proxy": late_proxy}
-        out["overoptimisation_visible"] = bool(peak < len(small) - len(last) and late_gold < small[peak]["gold"] - 2 * se
-                                               and late_proxy > small[peak]["reward"])
+        out["small_proxy_gold_peak"] = {"step": small[peak]["step"], "kl": small[peak]["kl"], "gold": float(gold_curve[peak]),
+                                        "proxy": float(proxy_curve[peak]), "late_gold": late_gold, "late_proxy": late_proxy}
+        out["overoptimisation_visible"] = bool(peak < len(small) - len(last) and late_gold < gold_curve[peak] - 2 * se
+                                               and late_proxy > proxy_curve[peak])
         f = results.get("fits", {}).get("ppo_small_proxy")
         if f and f["beta"] > 0:
             out["small_proxy_fit_peak_sqrt_kl"] = math.exp(f["alpha"] / f["beta"] - 1)  # argmax of d(a - b log d)
@@ -389,6 +444,14 @@ def targets(results: dict) -> dict:
             for d in results["dpo"]]
     if results.get("reflect") and results["reflect"].get("fix_rate") is not None:
         out["reflection_fix_rate>=0.8"] = results["reflect"]["fix_rate"] >= 0.8
+    return out
+
+
+def _smooth(y: list[float]) -> np.ndarray:
+    """A 3-point moving average (the ends keep their own value)."""
+    out = np.array(y, dtype=float)
+    if len(y) >= 3:
+        out[1:-1] = np.convolve(y, np.ones(3) / 3, mode="valid")
     return out
 
 
@@ -419,7 +482,8 @@ def report(out: Path, results: dict) -> None:
     for name, f in results.get("fits", {}).items():
         if f is None:
             continue
-        d = np.linspace(1e-3, max(max(p[0] for _, pts, _ in series for p in pts), 1e-2), 100)
+        # Over its own run's range only: extrapolated, the forms run off the axis and flatten the curves.
+        d = np.linspace(1e-3, max([math.sqrt(max(p["kl"], 0)) for p in results.get(name, [])] + [1e-2]), 100)
         y = d * (f["alpha"] - f["beta"] * (d if name == "bon" else np.log(d)))  # Gao et al.'s forms
         axes[1].plot(d, base_gold + y, ":", label=f"Gao fit {name}: a={f['alpha']:.2f}, b={f['beta']:.2f}")
     axes[0].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="proxy reward (the reward model the run optimised)", title="proxy")

@@ -39,11 +39,13 @@ from gptlab.data.shapes import CATEGORIES, eval_specs  # noqa: E402
 from gptlab.explain.capture_image import explain_image  # noqa: E402
 from gptlab.infer.diffuse import SAMPLERS, GenerateConfig, generate  # noqa: E402
 from gptlab.infer.geneval import (  # noqa: E402
+    caption_use,
     frechet_distance,
     generate_for,
     image_features,
     prompt_for,
     real_renders,
+    round_trip,
     score,
 )
 from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig  # noqa: E402
@@ -74,6 +76,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--downsample", type=int, default=-1, help="halvings from pixels to latents (-1: the preset's; 1 gives a 16x16 latent at 32x32)")
     ap.add_argument("--patch", type=int, default=0, help="latent pixels per denoiser token (0: the preset's; 2 keeps 64 tokens on a 16x16 latent)")
+    ap.add_argument("--ae-width", type=int, default=0, help="channels of the autoencoder's convolutions (0: the preset's)")
+    ap.add_argument("--ae-loss", default=ImageTrainConfig().ae_loss, choices=("mse", "l1"), help="the autoencoder's reconstruction error")
     ap.add_argument("--snr-gamma", type=float, default=ImageTrainConfig().snr_gamma, help="Min-SNR-gamma loss weighting (0 = the plain DDPM loss)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: 2000 images, 4 minutes of training, 10 prompts per category")
     ap.add_argument("--reuse", action="store_true", help="score the model already in --out instead of training")
@@ -88,9 +92,10 @@ def main() -> None:
 
     # -- training: stage 1 sized to its share of the budget, stage 2 gets the rest ----------------
     t = ImageTrainConfig(out=str(out / "model"), preset=a.preset, examples=a.examples, overwrite=True,
-                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma)
+                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma, ae_loss=a.ae_loss)
     mcfg = IMAGE_PRESETS[a.preset]()
-    mcfg = replace(mcfg, downsample=mcfg.downsample if a.downsample < 0 else a.downsample, patch=a.patch or mcfg.patch)
+    mcfg = replace(mcfg, downsample=mcfg.downsample if a.downsample < 0 else a.downsample, patch=a.patch or mcfg.patch,
+                   ae_width=a.ae_width or mcfg.ae_width)
     mcfg.context_length = max(mcfg.context_length, mcfg.tokens)
     if not a.reuse:
         examples = load_examples(t, 32)
@@ -122,6 +127,15 @@ def main() -> None:
     g = GenerateConfig(steps=a.steps, sampler=a.sampler, seed=0)
     rows = [{"name": "real renders (ceiling)", **score(checker, specs, real),
              "fd": frechet_distance(image_features(checker, real_renders(specs, seed=1)), real_feats)}]
+    # What the denoiser can reach at best: the same renders through the autoencoder and back.
+    rt = round_trip(model, real)
+    rows.append({"name": "real renders through the autoencoder", **score(checker, specs, rt),
+                 "fd": frechet_distance(image_features(checker, rt), real_feats)})
+    # How much the denoiser reads the caption, at mid noise (1.0: not at all).
+    report["caption_use"] = {str(ts): round(caption_use(model, tok, real, [prompt_for(s) for s in specs], ts), 3)
+                             for ts in (250, 500, 750)}
+    print(f"autoencoder ceiling: overall {rows[-1]['overall']:.3f}; caption use (error without / with the caption, "
+          f"by timestep): {report['caption_use']}", flush=True)
     curve, images_at = [], {}
     for s in a.guidance:
         imgs, per_image = generate_for(model, tok, specs, replace(g, guidance=s))
@@ -186,6 +200,8 @@ def _markdown(rep: dict, times: dict[str, float]) -> str:
     return "\n".join([
         "## mini-GenEval on the built-in shapes", "",
         f"Training: {json.dumps(tr)}", "",
+        "Caption use (noise-prediction error with the empty caption / with the true one, by timestep; 1 = unused): "
+        f"{json.dumps(rep.get('caption_use'))}", "",
         *lines, "", "### score and FID-style distance against guidance", "", *curve, "",
         "### sampling time per image, 20 steps, batch 1 (median)", "", *speed, "",
         "### GenEval anchors (photographs: another domain, not comparable as equals)", "", *anchors, "",

@@ -143,6 +143,26 @@ def test_the_reward_model_separates_a_separable_toy_set(lab, tmp_path):
     assert r.metrics["val_accuracy"] > 0.95 and r.metrics["val_pairs"] == 60
 
 
+def test_a_reward_pair_that_fills_the_context_trains(lab, tmp_path):
+    """A pair whose longer text is exactly the context's length is kept and trains (its batch was one
+    column too wide: 'sequence of 129 tokens exceeds context_length 128' on real reviews)."""
+    from gptlab.training.tasks.reward import RewardTask
+
+    model, tok, _ = load_checkpoint(lab["sft"])
+    ctx, prompt = model.cfg.context_length, "write a review : us : merlot :"
+    head = long = "us : napa : merlot :"
+    while len(encode_response(tok, prompt, long)[0]) < ctx:
+        long += " wine"
+    assert len(encode_response(tok, prompt, long)[0]) == ctx
+    write_pairs(tmp_path / "pairs.jsonl", [Pair(prompt, long, head + " wine .")] * 4)
+    task = RewardTask(RewardConfig(model=str(lab["sft"]), pairs=str(tmp_path / "pairs.jsonl"), val_rows=0,
+                                   **loop_kw(tmp_path / "rm", max_steps=1, batch_size=4)), _data(lab))
+    assert task.dropped == 0
+    batch = task.batch(0)
+    assert batch.tensors["c_ids"].shape[1] == ctx
+    assert torch.isfinite(task.loss_sum(task.model, batch.tensors))
+
+
 # -- policy optimisation on a toy reward (the count of one word) --------------------------------------------------
 def test_ppo_ratio_is_1_and_no_clip_is_active_on_the_first_minibatch_of_a_fresh_rollout(lab, tmp_path):
     t = PPOConfig(model=str(lab["sft"]), rollout_size=16, ppo_epochs=2, **loop_kw(tmp_path / "p", batch_size=8))

@@ -32,7 +32,7 @@ from gptlab.data.shapes import (
     segment,
 )
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.infer.diffuse import GenerateConfig, generate
+from gptlab.infer.diffuse import GenerateConfig, encode_captions, from_pixels, generate, make_scheduler, to_pixels
 from gptlab.model.checker import ShapeChecker
 from gptlab.model.diffusion import TextToImage
 
@@ -120,3 +120,36 @@ def generate_for(model: TextToImage, tok: Tokenizer, specs: list[dict[str, Any]]
         images += out.images
         seconds += out.seconds
     return images, seconds / max(len(specs), 1)
+
+
+@torch.no_grad()
+def round_trip(model: TextToImage, images: list[np.ndarray], batch: int = 256) -> list[np.ndarray]:
+    """Each (H, W, 3) uint8 image through the autoencoder and back (posterior mean): scored like a
+    generated image, it is the ceiling of what the denoiser can reach through that autoencoder."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out: list[np.ndarray] = []
+    for i in range(0, len(images), batch):
+        out += to_pixels(model.to_image(model.to_latent(from_pixels(images[i:i + batch], dev))))
+    return out
+
+
+@torch.no_grad()
+def caption_use(model: TextToImage, tok: Tokenizer, images: list[np.ndarray], captions: list[str],
+                timestep: int = 500, seed: int = 0) -> float:
+    """How much the denoiser reads its caption: its noise-prediction error with the empty caption
+    over its error with the true one, on these images noised to `timestep` (the same noise for
+    both). 1.0: the caption changes nothing; the higher, the more it tells the model."""
+    model.eval()
+    dev = next(model.parameters()).device
+    z0 = model.to_latent(from_pixels(images, dev))
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    t_B = torch.full((len(images),), timestep, device=dev, dtype=torch.long)
+    z_t = make_scheduler("ddpm", model.cfg).add_noise(z0, noise, t_B)
+    context = model.text_cfg.context_length
+    err = []
+    for caps in (captions, [""] * len(captions)):
+        ids, mask = encode_captions(tok, caps, context)
+        eps, _ = model(z_t, t_B, ids.to(dev), mask.to(dev))
+        err.append(float((eps.float() - noise).pow(2).mean()))
+    return err[1] / max(err[0], 1e-12)

@@ -83,9 +83,12 @@ def image_tiny() -> ImageConfig:
 
 
 def image_small() -> ImageConfig:
-    """32x32 shapes on a CPU: ~1M parameters."""
+    """32x32 shapes on a CPU: ~1M parameters. A 16x16x4 latent read as 2x2 patches (64 tokens, as
+    many as an 8x8 latent at patch 1): after 300 autoencoder steps the checker scored round trips of
+    real renders 0.52 through it against 0.13 through an 8x8x4 latent (width 48), whose two
+    halvings lose the thin arms and corners that tell a cross from a circle."""
     return ImageConfig(context_length=64, d_model=128, n_layer=4, n_head=4, d_ff=512, image_size=32,
-                       latent_channels=4, downsample=2, ae_width=48, patch=1, pooled_text=True)
+                       latent_channels=4, downsample=1, ae_width=32, patch=2, pooled_text=True)
 
 
 def image_base() -> ImageConfig:

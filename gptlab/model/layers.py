@@ -199,8 +199,17 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x_BxC).view(B, 3, self.n_head, self.head_dim).unbind(1)  # (B, H, D) each
         k_BxHxSxD, v_BxHxSxD = cache.update(layer, k[:, :, None], v[:, :, None])
         mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
-        y_BxHx1xD = F.scaled_dot_product_attention(q[:, :, None], k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
-        return self.out(y_BxHx1xD.view(B, self.n_head * self.head_dim))
+        if B == 1:  # one call: batch 1 pays per operator call
+            y_BxHx1xD = F.scaled_dot_product_attention(q[:, :, None], k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
+        else:
+            # Written out for a batch: on CPU, SDPA's result for a row depends on which thread computes
+            # it (with 2 threads, rows 4-7 of 8 differ from rows 0-3 by an ulp), so a request's tokens
+            # would depend on its slot in the serving engine. Matmul + softmax per row do not.
+            s_BxHx1xS = (q[:, :, None] * self.head_dim ** -0.5) @ k_BxHxSxD.transpose(-1, -2)
+            if mask is not None:
+                s_BxHx1xS = s_BxHx1xS.masked_fill(~mask, float("-inf"))
+            y_BxHx1xD = s_BxHx1xS.float().softmax(-1).to(v_BxHxSxD.dtype) @ v_BxHxSxD
+        return self.out(y_BxHx1xD.reshape(B, self.n_head * self.head_dim))
 
 
 def init_weights(model: nn.Module, depth: int) -> None:

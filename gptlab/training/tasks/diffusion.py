@@ -56,6 +56,7 @@ class ImageTrainConfig(FamilyLoopConfig):
     caption_dropout: float = setting(0.1, "share of captions replaced by the empty one in training, so the model learns the unconditional prediction guidance needs", min=0, max=1)
     snr_gamma: float = setting(5.0, "Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's noise error weighted min(SNR, gamma) / SNR, so the nearly clean timesteps (a faint noise on a finished image: large errors that matter little to what is drawn) stop dominating the gradient (0 = the plain DDPM loss)", min=0)
     kl_weight: float = setting(1e-4, "weight of the autoencoder's KL term", min=0)
+    ae_loss: str = setting("mse", "the autoencoder's reconstruction error: mse, or l1 (which keeps pushing on small errors, so thin edges stay sharp)", choices=("mse", "l1"))
     ae_steps: int = setting(1500, "autoencoder (stage 1) steps", min=1)
     ae_lr: float = setting(2e-3, "autoencoder peak learning rate", min=0)
     autoencoder: str = setting("", "a trained stage-1 folder to reuse (default: OUT/autoencoder, trained first when it is not there)")
@@ -133,8 +134,9 @@ class AutoencoderTask(Task[TextToImage]):
         return Batch({"x": from_pixels(list(self.images[rows])), "noise": noise}, len(rows))
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        _, mse_B, kl_B = model(tensors["x"], noise=tensors["noise"], autoencode=True)
-        return (mse_B + self.t.kl_weight * kl_B).sum()
+        recon, mse_B, kl_B = model(tensors["x"], noise=tensors["noise"], autoencode=True)
+        rec_B = (recon - tensors["x"]).abs().flatten(1).mean(1) if self.t.ae_loss == "l1" else mse_B
+        return (rec_B + self.t.kl_weight * kl_B).sum()
 
     @torch.no_grad()
     def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:

@@ -93,7 +93,9 @@ class RewardTask(Task[RewardModel]):
 
     def batch(self, step: int) -> Batch:
         chunk = [self.train_seqs[i] for i in self.rows.rows(step)]
-        L = max(max(len(c[0]), len(r[0])) for c, r in chunk) + 1  # chosen and rejected padded alike
+        # Chosen and rejected padded alike, to the longest whole sequence (<= the context: _encode keeps no
+        # longer one); the reward model reads every id of a row, so no extra column.
+        L = max(max(len(c[0]), len(r[0])) for c, r in chunk)
         pad = self.tokenizer.pad_id
         c_ids, c_last = reward_inputs(response_rows([c for c, _ in chunk], pad, L), pad)
         r_ids, r_last = reward_inputs(response_rows([r for _, r in chunk], pad, L), pad)
