@@ -103,6 +103,22 @@ class GateWatch:
         assert ok, f"the gate reported {self.events}, not {count} x {event!r}"
 
 
+def json_error(r, status: int, type_: str | None = None, *, param: str | None = None, words: tuple[str, ...] = ()) -> dict:
+    """The server's answer to a bad request: `status`, a JSON error whose message is one line naming each
+    of `words`, and the given error type and parameter. Returns the error object."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert isinstance(err["message"], str) and err["message"] and "\n" not in err["message"], err
+    if type_:
+        assert err["type"] == type_, err
+    if param:
+        assert err.get("param") == param, err
+    for w in words:
+        assert w in err["message"], err
+    return err
+
+
 def one_line_error(capsys, argv, *words) -> str:
     """Run `gptlab ARGV`: exit status 2 and one line on stderr, no traceback, naming each of `words`."""
     from gptlab.cli import main

@@ -25,7 +25,7 @@ from gptlab.serve import ServeSettings, create_app  # noqa: E402
 from gptlab.serve.limits import Gate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
-from conftest import GateWatch  # noqa: E402
+from conftest import GateWatch, json_error  # noqa: E402
 from serve_harness import make_model  # noqa: E402
 
 PROMPT = "wine review : germany : mosel"
@@ -76,14 +76,6 @@ def sse_events(text: str) -> list:
     return events
 
 
-def assert_error(r, status, type_=None):
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
-    assert isinstance(err["message"], str) and err["message"]
-    if type_:
-        assert err["type"] == type_, err
-    return err
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -104,7 +96,7 @@ def test_models_lists_folders_inside_only(client):
     assert wine["object"] == "model" and wine["owned_by"] == "gptlab"
     assert wine["gptlab"]["kind"] == "gpt" and wine["gptlab"]["context_length"] == 32
     assert client.get("/v1/models/runs/epoch1").json()["id"] == "runs/epoch1"
-    assert_error(client.get("/v1/models/escape"), 404)
+    json_error(client.get("/v1/models/escape"), 404)
 
 
 def test_completion_shape_usage_and_determinism(client):
@@ -143,7 +135,7 @@ def test_extras_and_stop(client):
 
 
 def test_model_may_be_left_out_only_when_one_is_served(client, models_dir):
-    assert_error(client.post("/v1/completions", json={"prompt": PROMPT}), 400)
+    json_error(client.post("/v1/completions", json={"prompt": PROMPT}), 400)
     single = create_app(models_dir / "wine", serve_settings())   # the folder itself is one model
     with TestClient(single) as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["wine"]
@@ -181,7 +173,7 @@ def test_stream_several_choices(client):
 
 def test_stream_errors_come_before_the_stream(client):
     r = complete(client, temperature=-1, stream=True)
-    err = assert_error(r, 400, "invalid_request_error")
+    err = json_error(r, 400, "invalid_request_error")
     assert "temperature" in err["message"]
 
 
@@ -194,27 +186,27 @@ def test_stream_errors_come_before_the_stream(client):
     ({"min_p": 1.5}, "min-p"),
 ])
 def test_bad_sampling_is_400(client, body, word):
-    assert word in assert_error(complete(client, **body), 400, "invalid_request_error")["message"]
+    assert word in json_error(complete(client, **body), 400, "invalid_request_error")["message"]
     r = client.post("/v1/explain", json={"model": "wine", "prompt": PROMPT, **body})
-    assert word in assert_error(r, 400)["message"]
+    assert word in json_error(r, 400)["message"]
 
 
 def test_every_error_is_json(client):
-    assert_error(client.get("/v1/nothing"), 404, "not_found")
-    assert_error(client.get("/v1/completions"), 405)
-    assert_error(client.post("/v1/completions", json={"model": "wine"}), 422, "invalid_request_error")
-    assert_error(client.post("/v1/completions", json={"model": "wine", "prompt": 5}), 422)
-    assert_error(client.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": -1}), 422)
-    assert_error(client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 422)
-    assert_error(complete(client, model="nope"), 404, "not_found")
-    assert_error(complete(client, logprobs=2), 400)
-    assert_error(complete(client, presence_penalty=0.5), 400)
-    assert_error(complete(client, prompt=[]), 400)
-    assert_error(complete(client, stop=[""]), 400)
+    json_error(client.get("/v1/nothing"), 404, "not_found")
+    json_error(client.get("/v1/completions"), 405)
+    json_error(client.post("/v1/completions", json={"model": "wine"}), 422, "invalid_request_error")
+    json_error(client.post("/v1/completions", json={"model": "wine", "prompt": 5}), 422)
+    json_error(client.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": -1}), 422)
+    json_error(client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    json_error(complete(client, model="nope"), 404, "not_found")
+    json_error(complete(client, logprobs=2), 400)
+    json_error(complete(client, presence_penalty=0.5), 400)
+    json_error(complete(client, prompt=[]), 400)
+    json_error(complete(client, stop=[""]), 400)
 
 
 def test_broken_model_is_500_and_server_keeps_serving(client):
-    err = assert_error(complete(client, model="broken"), 500, "model_error")
+    err = json_error(complete(client, model="broken"), 500, "model_error")
     assert "broken" in err["message"]
     assert complete(client).status_code == 200
     assert client.get("/healthz").json()["in_flight"] == 0
@@ -223,7 +215,7 @@ def test_broken_model_is_500_and_server_keeps_serving(client):
 @pytest.mark.parametrize("name", ["../outside", "..", "/etc", "escape", "runs/../wine/../..", "wine/../../x",
                                   ".hidden/m", "runs\\epoch1", "wine\x00", "a/b/c"])
 def test_model_names_cannot_leave_the_models_folder(client, name):
-    assert_error(complete(client, model=name), 404)
+    json_error(complete(client, model=name), 404)
 
 
 def test_traversal_in_url_path(client):
@@ -234,19 +226,19 @@ def test_traversal_in_url_path(client):
 
 # -- limits ---------------------------------------------------------------------------------------
 def test_caps_on_tokens_prompt_and_choices(client):
-    assert "64" in assert_error(complete(client, max_tokens=65), 400)["message"]
+    assert "64" in json_error(complete(client, max_tokens=65), 400)["message"]
     assert complete(client, max_tokens=64).status_code == 200
-    assert "200" in assert_error(complete(client, prompt="a" * 201), 400)["message"]
-    assert_error(complete(client, prompt=["a", "a" * 201]), 400)
-    assert_error(complete(client, n=5), 400)
-    assert_error(complete(client, prompt=["a", "b", "c"], n=2), 400)
+    assert "200" in json_error(complete(client, prompt="a" * 201), 400)["message"]
+    json_error(complete(client, prompt=["a", "a" * 201]), 400)
+    json_error(complete(client, n=5), 400)
+    json_error(complete(client, prompt=["a", "b", "c"], n=2), 400)
     r = client.post("/v1/explain", json={"model": "wine", "prompt": PROMPT, "steps": 7})
-    assert "6" in assert_error(r, 400)["message"]
+    assert "6" in json_error(r, 400)["message"]
 
 
 def test_body_size_is_413(client):
     big = json.dumps({"model": "wine", "prompt": "x" * 5000}).encode()
-    assert_error(client.post("/v1/completions", content=big, headers={"content-type": "application/json"}),
+    json_error(client.post("/v1/completions", content=big, headers={"content-type": "application/json"}),
                  413, "request_too_large")
 
     def chunked():  # no Content-Length: the limit is counted as the body arrives
@@ -254,7 +246,7 @@ def test_body_size_is_413(client):
             yield b" " * 1000
 
     r = client.post("/v1/completions", content=chunked(), headers={"content-type": "application/json"})
-    assert_error(r, 413, "request_too_large")
+    json_error(r, 413, "request_too_large")
     assert complete(client).status_code == 200
 
 
@@ -330,9 +322,9 @@ def test_queue_full_is_429_and_event_loop_keeps_serving(models_dir):
             return third, stream, results
 
     third, stream, results = asyncio.run(scenario())
-    assert_error(third, 429, "server_busy")
+    json_error(third, 429, "server_busy")
     assert third.headers["retry-after"] == "1"
-    assert_error(stream, 429)
+    json_error(stream, 429)
     assert [r.status_code for r in results] == [200, 200]
     assert app.state.gate.in_flight == 0
 
@@ -349,7 +341,7 @@ def test_timeout_is_504_and_frees_the_worker(models_dir):
         # machine. (A worker that starts only after the deadline never calls generate: all still holds.)
         with Held(lm) as held:
             r = c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "max_tokens": 64})
-            assert_error(r, 504, "timeout")
+            json_error(r, 504, "timeout")
             assert not held.done.is_set()   # the 504 came while the generation was still held: it did not wait
             held.release.set()              # the generation goes on past its deadline...
             watch.wait("finished")          # ...and the worker gives its place back, without running 64 steps
@@ -363,8 +355,8 @@ def test_timeout_inside_a_stream_and_explain(models_dir):
     watch = GateWatch()
     app = create_app(models_dir, serve_settings(timeout_s=1e-6), on_gate_event=watch)
     with TestClient(app) as c:
-        assert_error(c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "stream": True}), 504)
-        assert_error(c.post("/v1/explain", json={"model": "wine", "prompt": PROMPT}), 504)
+        json_error(c.post("/v1/completions", json={"model": "wine", "prompt": PROMPT, "stream": True}), 504)
+        json_error(c.post("/v1/explain", json={"model": "wine", "prompt": PROMPT}), 504)
         watch.wait("finished", 2)   # a 504 is sent without waiting for its worker, which finishes after
         assert c.get("/healthz").json()["in_flight"] == 0
 

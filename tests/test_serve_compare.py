@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from gptlab.serve import ServeSettings, create_app  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
+from conftest import json_error  # noqa: E402
 from model_fixtures import make_compare_models, one_thread  # noqa: E402, F401 (one_thread: an autouse fixture)
 
 PROMPT = "wine review : germany : mosel"
@@ -85,12 +86,7 @@ def test_same_seed_same_comparison_in_the_engines_or_not(client, models_dir):
     ({"reference": None}, 422, "reference", "reference"),
 ])
 def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, body, status, param, words):
-    r = compare(client, **body)
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert words in err["message"] and "\n" not in err["message"]
-    if param:
-        assert err.get("param") == param
+    json_error(compare(client, **body), status, param=param, words=(words,))
     assert compare(client).status_code == 200
 
 

@@ -37,7 +37,7 @@ from gptlab.serve.hosts import HostAllowlist, host_name  # noqa: E402
 from gptlab.serve.redact import hide_paths  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
-from conftest import GateWatch  # noqa: E402
+from conftest import GateWatch, json_error  # noqa: E402
 from serve_harness import make_model  # noqa: E402
 
 PROMPT = "wine review : germany : mosel"
@@ -79,14 +79,6 @@ def client(models_dir):
         yield c
 
 
-def assert_error(r, status: int, type_: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
-    assert isinstance(err["message"], str) and err["message"] and "\n" not in err["message"]
-    if type_:
-        assert err["type"] == type_, err
-    return err
 
 
 def assert_no_paths(text: str, *folders: Path) -> None:
@@ -132,7 +124,7 @@ def test_dns_rebinding_host_is_refused_before_any_route(models_dir, host):
     with TestClient(app, base_url=LOCAL) as c:
         for r in (c.get("/", headers={"host": host}), c.get("/v1/models", headers={"host": host}),
                   c.post("/v1/completions", headers={"host": host}, json={"model": "wine", "prompt": PROMPT})):
-            err = assert_error(r, 421, "misdirected_request")
+            err = json_error(r, 421, "misdirected_request")
             assert "--allowed-hosts" in err["message"]
         assert watch.events == []                       # no generation was admitted
         assert c.get("/healthz").status_code == 200     # and the server answers its own names
@@ -163,7 +155,7 @@ def test_allowed_hosts_reaches_the_app_and_bad_entries_fail_at_start(models_dir,
     app = create_app(models_dir, ServeSettings(allowed_hosts=["wine.lan"]))
     with TestClient(app, base_url="http://wine.lan:8000") as c:
         assert c.get("/healthz").status_code == 200
-        assert_error(c.get("/healthz", headers={"host": "evil.example"}), 421)
+        json_error(c.get("/healthz", headers={"host": "evil.example"}), 421)
     with TestClient(create_app(models_dir, ServeSettings(allowed_hosts=["*"])), base_url="http://evil.example") as c:
         health = c.get("/healthz")
         assert health.status_code == 200
@@ -307,7 +299,7 @@ def test_a_failed_load_is_remembered_until_the_folder_changes(tmp_path, count_lo
     (tmp_path / "broken" / WEIGHTS).write_bytes(b"not safetensors")   # truncated weights
     with TestClient(create_app(tmp_path), base_url=LOCAL) as c:
         first = c.post("/v1/completions", json={"model": "broken", "prompt": PROMPT})
-        err = assert_error(first, 500, "model_error")
+        err = json_error(first, 500, "model_error")
         assert "broken" in err["message"] and "model.safetensors" in err["message"]
         for r in (c.post("/v1/completions", json={"model": "broken", "prompt": PROMPT, "stream": True}),
                   c.post("/v1/explain", json={"model": "broken", "prompt": PROMPT}),
@@ -331,7 +323,7 @@ def test_a_load_that_runs_out_of_memory_fails_fast_afterwards(tmp_path, monkeypa
     monkeypatch.setattr(registry_module, "load", out_of_memory)
     with caplog.at_level(logging.ERROR, logger="gptlab.serve"), TestClient(create_app(tmp_path), base_url=LOCAL) as c:
         answers = [c.post("/v1/completions", json={"prompt": PROMPT}) for _ in range(3)]
-    errs = [assert_error(r, 500, "model_error") for r in answers]
+    errs = [json_error(r, 500, "model_error") for r in answers]
     assert errs[0] == errs[1] == errs[2] and "MemoryError" in errs[0]["message"] and "huge" in errs[0]["message"]
     assert len(loads) == 1
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1   # one traceback, for the one load
@@ -344,7 +336,7 @@ def test_a_file_linked_out_of_the_models_folder_is_refused(client, models_dir, o
     for r in (client.post("/v1/completions", json={"model": name, "prompt": PROMPT}),
               client.post("/v1/completions", json={"model": name, "prompt": PROMPT, "stream": True}),
               client.post("/v1/explain", json={"model": name, "prompt": PROMPT})):
-        err = assert_error(r, 403, "permission_error")
+        err = json_error(r, 403, "permission_error")
         assert repr(name) in err["message"] and file in err["message"]
         assert_no_paths(r.text, models_dir, outside)
     assert count_loads == []   # refused before anything was read
@@ -353,8 +345,8 @@ def test_a_file_linked_out_of_the_models_folder_is_refused(client, models_dir, o
 def test_a_config_linked_out_is_no_model_and_links_inside_are_fine(client):
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "config-out" not in ids and {"wine", "weights-in", "weights-out"} <= set(ids)
-    assert_error(client.get("/v1/models/config-out"), 404)
-    assert_error(client.post("/v1/completions", json={"model": "config-out", "prompt": PROMPT}), 404, "not_found")
+    json_error(client.get("/v1/models/config-out"), 404)
+    json_error(client.post("/v1/completions", json={"model": "config-out", "prompt": PROMPT}), 404, "not_found")
     r = client.post("/v1/completions", json={"model": "weights-in", "prompt": PROMPT, "max_tokens": 2})
     assert r.status_code == 200, r.text
 
@@ -364,7 +356,7 @@ def test_errors_and_model_cards_name_no_server_path(client, models_dir, outside)
     card = client.get("/v1/models/bad-json").json()
     assert "not valid JSON" in card["gptlab"]["error"] and card["gptlab"]["error"].startswith("bad-json/")
     r = client.post("/v1/completions", json={"model": "bad-json", "prompt": PROMPT})
-    err = assert_error(r, 500, "model_error")
+    err = json_error(r, 500, "model_error")
     assert "bad-json" in err["message"]
     for text in (json.dumps(card), r.text, client.get("/v1/models").text):
         assert_no_paths(text, models_dir, outside)
@@ -390,7 +382,7 @@ def test_hide_paths():
 ])
 def test_invalid_unicode_is_400(client, caplog, path, raw, param):
     with caplog.at_level(logging.WARNING):
-        err = assert_error(post_raw(client, path, raw), 400, "invalid_request_error")
+        err = json_error(post_raw(client, path, raw), 400, "invalid_request_error")
     assert err["param"] == param and "Unicode" in err["message"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]   # no traceback in the log
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from gptlab.serve import ServeSettings, create_app  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
-from conftest import GateWatch  # noqa: E402
+from conftest import GateWatch, json_error  # noqa: E402
 from model_fixtures import make_image_model, one_thread  # noqa: E402, F401 (one_thread: an autouse fixture)
 from serve_harness import make_model  # noqa: E402
 
@@ -80,12 +80,7 @@ def test_an_image_with_a_map_per_word_same_seed_same_image(client):
     ({"seed": -1}, 422, "seed", "seed"),
 ])
 def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(client, body, status, param, words):
-    r = draw(client, **body)
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert words in err["message"] and "\n" not in err["message"]
-    if param:
-        assert err.get("param") == param
+    json_error(draw(client, **body), status, param=param, words=(words,))
     assert draw(client).status_code == 200
 
 
