@@ -131,7 +131,7 @@ def main() -> None:
     rt = round_trip(model, real)
     rows.append({"name": "real renders through the autoencoder", **score(checker, specs, rt),
                  "fd": frechet_distance(image_features(checker, rt), real_feats)})
-    # How much the denoiser reads the caption, at mid noise (1.0: not at all).
+    # How much the denoiser reads the caption, by noise level (1.0: not at all).
     report["caption_use"] = {str(ts): round(caption_use(model, tok, real, [prompt_for(s) for s in specs], ts), 3)
                              for ts in (250, 500, 750)}
     print(f"autoencoder ceiling: overall {rows[-1]['overall']:.3f}; caption use (error without / with the caption, "
@@ -200,7 +200,7 @@ def _markdown(rep: dict, times: dict[str, float]) -> str:
     return "\n".join([
         "## mini-GenEval on the built-in shapes", "",
         f"Training: {json.dumps(tr)}", "",
-        "Caption use (noise-prediction error with the empty caption / with the true one, by timestep; 1 = unused): "
+        "Caption use (error of the implied clean latent with the empty caption / with the true one, by timestep; 1 = unused): "
         f"{json.dumps(rep.get('caption_use'))}", "",
         *lines, "", "### score and FID-style distance against guidance", "", *curve, "",
         "### sampling time per image, 20 steps, batch 1 (median)", "", *speed, "",

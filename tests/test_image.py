@@ -5,6 +5,7 @@ Tiny models, one CPU thread (at these sizes threads only wait on each other)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from gptlab.checkpoint import load_checkpoint, save_model
 from gptlab.data.images import load_folder, read_captions
 from gptlab.data.shapes import CATEGORIES, RELATIONS, ShapesCorpus, eval_specs, judge, segment
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.infer.diffuse import GenerateConfig, encode_captions, generate, guide, make_scheduler, predict_x0
+from gptlab.infer.diffuse import GenerateConfig, encode_captions, generate, guide, make_scheduler, predict_x0, velocity
 from gptlab.model.diffusion import ImageConfig, TextToImage, text_config
 
 
@@ -200,15 +201,16 @@ def test_the_pooled_caption_alone_conditions_the_denoiser_and_old_configs_load_w
     assert not torch.allclose(red, blue, atol=1e-4)
     # A checkpoint saved before the setting existed has no such key: it builds without the path.
     d = ImageConfig(**CFG).to_dict()
-    del d["pooled_text"]
+    del d["pooled_text"], d["prediction"]
     old = ImageConfig.from_dict(d)
     assert not old.pooled_text and TextToImage(text_config(old, tok.vocab_size, 16, 1), old).denoiser.text_pool is None
+    assert old.prediction == "epsilon"  # and it was trained to predict the noise
 
 
 def test_min_snr_weights_the_clean_timesteps_down_and_leaves_the_noisy_ones():
     from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
     model, tok = _random_model()
-    task = DiffusionTask(ImageTrainConfig(out="", batch_size=8, snr_gamma=5.0, progress=False), model, tok,
+    task = DiffusionTask(ImageTrainConfig(out="", batch_size=8, snr_gamma=5.0, snr_floor=0.0, progress=False), model, tok,
                          _examples(16), _examples(4, seed=5))
     a = task.sched.alphas_cumprod.float()
     snr = a / (1 - a)
@@ -218,6 +220,26 @@ def test_min_snr_weights_the_clean_timesteps_down_and_leaves_the_noisy_ones():
     plain = DiffusionTask(ImageTrainConfig(out="", batch_size=8, snr_gamma=0.0, progress=False), model, tok,
                           _examples(16), _examples(4, seed=5))
     assert torch.equal(plain.weight_T, torch.ones_like(w))
+
+
+def test_v_prediction_trains_on_the_velocity_with_the_same_clean_image_weights_and_a_floor():
+    from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
+    model, tok = _random_model(prediction="v_prediction")
+    t = ImageTrainConfig(out="", batch_size=8, snr_gamma=5.0, snr_floor=0.0, progress=False)
+    task = DiffusionTask(t, model, tok, _examples(16), _examples(4, seed=5))
+    a = task.sched.alphas_cumprod.float()
+    snr = a / (1 - a)
+    # A velocity error is (SNR + 1) times the clean-image error: Min-SNR's weight divides by that.
+    assert torch.allclose(task.weight_T * (snr + 1), snr.clamp(max=5.0), rtol=1e-5)
+    floored = DiffusionTask(replace(t, snr_floor=1.0), model, tok, _examples(16), _examples(4, seed=5))
+    assert torch.allclose(floored.weight_T * (snr + 1), snr.clamp(max=5.0, min=1.0), rtol=1e-5)
+    b = task.batch(0).tensors
+    z0 = predict_x0(b["z_t"], b["target"], b["t"], task.sched.alphas_cumprod, "v_prediction")
+    eps = (b["z_t"] - a[b["t"]].sqrt().view(-1, 1, 1, 1) * z0) / (1 - a[b["t"]]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(velocity(z0, eps, b["t"], task.sched.alphas_cumprod), b["target"], atol=1e-4)
+    loss = task.loss_sum(model, b)
+    loss.backward()
+    assert torch.isfinite(loss) and model.denoiser.patch_out.weight.grad is not None
 
 
 def test_caption_dropout_rate_within_tolerance():
@@ -250,6 +272,16 @@ def test_x0_from_the_true_noise_gives_back_x0(sampler):
     z0, noise = torch.randn(len(t), 4, 8, 8, generator=g), torch.randn(len(t), 4, 8, 8, generator=g)
     z_t = sched.add_noise(z0, noise, t)
     assert torch.allclose(predict_x0(z_t, noise, t, sched.alphas_cumprod), z0, atol=1e-3)
+    v = velocity(z0, noise, t, sched.alphas_cumprod)
+    assert torch.allclose(predict_x0(z_t, v, t, sched.alphas_cumprod, "v_prediction"), z0, atol=1e-4)
+    # The same sampler step from the true noise (an epsilon model) and from the true velocity (a v
+    # model) lands on the same latent: the prediction type only changes what the network outputs.
+    v_sched = make_scheduler(sampler, ImageConfig(**CFG, prediction="v_prediction"))
+    v_sched.set_timesteps(20)
+    i = 4
+    step_eps = sched.step(noise[i:i + 1], t[i], z_t[i:i + 1], generator=torch.Generator().manual_seed(1)).prev_sample
+    step_v = v_sched.step(v[i:i + 1], t[i], z_t[i:i + 1], generator=torch.Generator().manual_seed(1)).prev_sample
+    assert torch.allclose(step_eps, step_v, atol=1e-4)
 
 
 def test_ddim_with_eta_0_is_deterministic_and_the_seed_matters():

@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptlab {args.command}: internal error: {type(e).__name__}: {one_line(str(e))[:300]} ({where}; "
               "please report it)", file=sys.stderr)
         return INTERNAL_ERROR
+    finally:
+        # A run refused between checking --out and training (its data) leaves OUT locked for a `fit`
+        # that will not come: free it now, for a caller that runs main() again in this process.
+        loop = sys.modules.get("gptlab.training.loop")
+        if loop is not None:
+            loop.unlock_waiting()
 
 
 def entry() -> None:

@@ -36,7 +36,7 @@ def make_scheduler(name: str, cfg: ImageConfig) -> Any:
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     common = {"num_train_timesteps": cfg.train_timesteps, "beta_schedule": cfg.beta_schedule,
-              "beta_start": cfg.beta_start, "beta_end": cfg.beta_end, "prediction_type": "epsilon"}
+              "beta_start": cfg.beta_start, "beta_end": cfg.beta_end, "prediction_type": cfg.prediction}
     if name == "ddpm":
         return DDPMScheduler(**common, clip_sample=False)
     if name == "ddim":
@@ -48,14 +48,25 @@ def make_scheduler(name: str, cfg: ImageConfig) -> Any:
     raise UserError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
 
 
-def predict_x0(z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The clean latent a noise prediction implies: (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
+def predict_x0(z_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+               prediction: str = "epsilon") -> torch.Tensor:
+    """The clean latent the denoiser's output implies: (z_t - sqrt(1 - a_t) eps) / sqrt(a_t) for a
+    noise prediction, sqrt(a_t) z_t - sqrt(1 - a_t) v for a velocity."""
     a = alphas_cumprod.to(z_t.device)[t.long()].float().view(-1, *([1] * (z_t.dim() - 1)))
-    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+    if prediction == "v_prediction":
+        return a.sqrt() * z_t - (1 - a).sqrt() * out
+    return (z_t - (1 - a).sqrt() * out) / a.sqrt()
+
+
+def velocity(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(a_t) eps - sqrt(1 - a_t) x0, what a v_prediction denoiser learns to output."""
+    a = alphas_cumprod.to(z0.device)[t.long()].float().view(-1, *([1] * (z0.dim() - 1)))
+    return a.sqrt() * noise - (1 - a).sqrt() * z0
 
 
 def guide(eps_cond: torch.Tensor, eps_neg: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_neg + scale (eps_cond - eps_neg)."""
+    """Classifier-free guidance: eps_neg + scale (eps_cond - eps_neg) (the same for a velocity,
+    which is linear in eps at a given z_t)."""
     return eps_neg + scale * (eps_cond - eps_neg)
 
 
@@ -189,7 +200,7 @@ def generate(model: TextToImage, tok: Tokenizer, g: GenerateConfig, *, init_imag
             a = torch.stack(cross).sum(dim=(0, 2))[: g.n]  # (n, N, S)
             attn_sum = a if attn_sum is None else attn_sum + a
         if i in want_strip:
-            x0 = predict_x0(z, eps, t.repeat(g.n), alphas)
+            x0 = predict_x0(z, eps, t.repeat(g.n), alphas, cfg.prediction)
             out.filmstrip.append((i + 1, to_pixels(model.to_image(x0))))
         z = sched.step(eps, t, z, **step_kw).prev_sample
         if latent_mask is not None and z0_input is not None:

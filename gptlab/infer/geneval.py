@@ -32,7 +32,15 @@ from gptlab.data.shapes import (
     segment,
 )
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.infer.diffuse import GenerateConfig, encode_captions, from_pixels, generate, make_scheduler, to_pixels
+from gptlab.infer.diffuse import (
+    GenerateConfig,
+    encode_captions,
+    from_pixels,
+    generate,
+    make_scheduler,
+    predict_x0,
+    to_pixels,
+)
 from gptlab.model.checker import ShapeChecker
 from gptlab.model.diffusion import TextToImage
 
@@ -137,19 +145,23 @@ def round_trip(model: TextToImage, images: list[np.ndarray], batch: int = 256) -
 @torch.no_grad()
 def caption_use(model: TextToImage, tok: Tokenizer, images: list[np.ndarray], captions: list[str],
                 timestep: int = 500, seed: int = 0) -> float:
-    """How much the denoiser reads its caption: its noise-prediction error with the empty caption
-    over its error with the true one, on these images noised to `timestep` (the same noise for
-    both). 1.0: the caption changes nothing; the higher, the more it tells the model."""
+    """How much the denoiser reads its caption: the error of the clean latent it implies with the
+    empty caption over that with the true one, on these images noised to `timestep` (the same noise
+    for both). 1.0: the caption changes nothing; the higher, the more it tells the model. (At one
+    timestep the ratio is the same in noise terms; clean latents make it read the same whatever the
+    model's prediction type.)"""
     model.eval()
     dev = next(model.parameters()).device
     z0 = model.to_latent(from_pixels(images, dev))
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
     t_B = torch.full((len(images),), timestep, device=dev, dtype=torch.long)
-    z_t = make_scheduler("ddpm", model.cfg).add_noise(z0, noise, t_B)
+    sched = make_scheduler("ddpm", model.cfg)
+    z_t = sched.add_noise(z0, noise, t_B)
     context = model.text_cfg.context_length
     err = []
     for caps in (captions, [""] * len(captions)):
         ids, mask = encode_captions(tok, caps, context)
-        eps, _ = model(z_t, t_B, ids.to(dev), mask.to(dev))
-        err.append(float((eps.float() - noise).pow(2).mean()))
+        out, _ = model(z_t, t_B, ids.to(dev), mask.to(dev))
+        x0 = predict_x0(z_t, out.float(), t_B, sched.alphas_cumprod, model.cfg.prediction)
+        err.append(float((x0 - z0).pow(2).mean()))
     return err[1] / max(err[0], 1e-12)

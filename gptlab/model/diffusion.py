@@ -10,7 +10,7 @@
 - `TextToImage` holds the three, and the factor that scales latents to unit variance.
 
 The noise schedule is not here: the model predicts the noise `eps` of a noised latent at integer
-timestep t; the schedules and samplers are diffusers' (infer/diffuse.py, training/tasks/diffusion.py).
+timestep t, or its velocity v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (ImageConfig.prediction); the schedules and samplers are diffusers' (infer/diffuse.py, training/tasks/diffusion.py).
 
 Shapes in names: B batch, N latent tokens, S caption tokens, C model width, Z latent channels,
 H x W pixels, h x w latent grid, L heads.
@@ -56,6 +56,12 @@ class ImageConfig(ModelConfig):
     beta_end: float = setting(0.012, "last beta of a linear or scaled_linear schedule (Stable Diffusion's)", above=0, below=1)
     # Off by default only so that checkpoints saved before it existed (no such key) still load;
     # every preset turns it on.
+    # Off by default (epsilon) only so that checkpoints saved before it existed still load; every
+    # preset predicts v.
+    prediction: str = setting("epsilon", "what the denoiser outputs: epsilon (the added noise, DDPM's) or v_prediction "
+                              "(sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho 2022: at high noise it is the clean image "
+                              "itself, so what the caption says reaches the output directly)",
+                              choices=("epsilon", "v_prediction"))
     pooled_text: bool = setting(False, "add the caption's mean vector to the timestep embedding that drives adaLN (as Imagen and SD-XL add a pooled text vector), besides cross-attention")
 
     @property
@@ -79,7 +85,7 @@ class ImageConfig(ModelConfig):
 def image_tiny() -> ImageConfig:
     """For tests: builds and trains a step in well under a second."""
     return ImageConfig(context_length=16, d_model=32, n_layer=2, n_head=2, d_ff=64, image_size=16,
-                       latent_channels=4, downsample=2, ae_width=8, patch=1, pooled_text=True)
+                       latent_channels=4, downsample=2, ae_width=8, patch=1, pooled_text=True, prediction="v_prediction")
 
 
 def image_small() -> ImageConfig:
@@ -88,13 +94,13 @@ def image_small() -> ImageConfig:
     real renders 0.52 through it against 0.13 through an 8x8x4 latent (width 48), whose two
     halvings lose the thin arms and corners that tell a cross from a circle."""
     return ImageConfig(context_length=64, d_model=128, n_layer=4, n_head=4, d_ff=512, image_size=32,
-                       latent_channels=4, downsample=1, ae_width=32, patch=2, pooled_text=True)
+                       latent_channels=4, downsample=1, ae_width=32, patch=2, pooled_text=True, prediction="v_prediction")
 
 
 def image_base() -> ImageConfig:
     """64x64, for a GPU."""
     return ImageConfig(context_length=256, d_model=256, n_layer=8, n_head=8, d_ff=1024, image_size=64,
-                       latent_channels=4, downsample=2, ae_width=96, patch=1, pooled_text=True)
+                       latent_channels=4, downsample=2, ae_width=96, patch=1, pooled_text=True, prediction="v_prediction")
 
 
 IMAGE_PRESETS = {"tiny": image_tiny, "small": image_small, "base": image_base}
@@ -224,14 +230,34 @@ class Denoiser(nn.Module):
         return self.unpatchify(self.patch_out(_modulate(self.norm_out(x), shift, scale))), cross
 
 
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """(side * side, dim) fixed 2-D sine-cosine position vectors, row-major (DiT's, from MAE): half
+    the channels encode the row, half the column."""
+    def one_axis(pos: torch.Tensor, d: int) -> torch.Tensor:
+        freqs = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / max(d // 2, 1))
+        args = pos[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=1)  # (n, d)
+    rows, cols = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij")
+    half = dim // 2 // 2 * 2
+    emb = torch.cat([one_axis(rows.flatten(), half), one_axis(cols.flatten(), half)], dim=1)
+    return F.pad(emb, (0, dim - emb.shape[1]))
+
+
 def _init_denoiser(d: Denoiser) -> None:
-    """DiT's: small normal weights, positions N(0, 0.02), and zeros for every adaLN projection and
-    the output layer, so that each block starts as the identity and the first prediction is 0."""
+    """DiT's: Xavier-uniform weights, the timestep MLP N(0, 0.02), positions started at fixed 2-D
+    sine-cosines (then learned), and zeros for every adaLN projection and the output layer, so that
+    each block starts as the identity and the first prediction is 0. Measured against N(0, 0.02)
+    everywhere with positions N(0, 0.02): see benchmarks/RESULTS_image.md (the patches' own content
+    then reached each token at a quarter of a position vector's size, and positions hardly at all)."""
     for m in d.modules():
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
-    nn.init.normal_(d.pos_emb, 0.0, 0.02)
+    for m in d.time_mlp.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+    with torch.no_grad():
+        d.pos_emb.copy_(sincos_2d(d.cfg.latent_size // d.cfg.patch, d.cfg.d_model)[None])
     for name, m in d.named_modules():
         if name.endswith(("ada", "ada_out", "patch_out")) and isinstance(m, nn.Linear):
             nn.init.zeros_(m.weight)

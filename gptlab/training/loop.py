@@ -15,12 +15,20 @@ count (target tokens, or rows for a classifier), however the batch is split (mic
 ranks): so 4 micro-batches of 8 equal 1 batch of 32, and 2 processes equal 1, up to float rounding.
 Resume is exact because a task's batch is a pure function of (seed, step) and the optimizer, the
 RNG, the weight average and the best weights are saved with the model.
+
+One run at a time per OUT: `prepare_out` (when OUT exists) or else `fit` takes an advisory lock on
+OUT/.lock, held until `fit` ends, so a second run on the same folder is refused instead of
+interleaving its checkpoints with the first one's. The kernel drops it when its process dies, even
+by SIGKILL, so a crashed run leaves nothing stale; where there is no fcntl (Windows) runs are not
+kept apart.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -54,6 +62,11 @@ from gptlab.training.state import (
     save_train_state,
     start_fresh,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no lock on --out (see _lock_out)
+    fcntl = None  # type: ignore[assignment]
 
 NO_LIMIT = 10**12
 M = TypeVar("M", bound=torch.nn.Module)
@@ -147,18 +160,27 @@ def prepare_out(t: LoopConfig, kind: str, model: dict, make: str) -> Tokenizer |
         return None
     out = Path(t.out)
     check_writable(out, "--out", folder=True)  # before any data is read: a run that cannot be saved is lost
-    if t.resume:
-        return _check_resume(out, kind, model, make)
-    if ((out / CONFIG).exists() or has_checkpoints(out)) and not t.overwrite:
-        try:
-            saved = read_config(_model_folder(out), make=make)
-            same = saved.get("kind") == kind and _comparable(saved["model"]) == _comparable(model)
-        except UserError:
-            same = False
-        what = "a model of the same config" if same else "a model of another config"
-        raise UserError(f"{out} already holds {what}: use --resume to continue it, --overwrite to replace it, "
-                        "or pick another --out")
-    return None
+    # Held from here to the end of `fit`, so a second run is refused before it reads data, and
+    # before --resume repairs checkpoints that a live run may be writing. A folder that does not
+    # exist yet is not made here (a run refused for its data writes nothing): `fit` locks it.
+    lock = _lock_out(out, create=False) if _rank() == 0 else None
+    try:
+        if t.resume:
+            return _check_resume(out, kind, model, make)
+        if ((out / CONFIG).exists() or has_checkpoints(out)) and not t.overwrite:
+            try:
+                saved = read_config(_model_folder(out), make=make)
+                same = saved.get("kind") == kind and _comparable(saved["model"]) == _comparable(model)
+            except UserError:
+                same = False
+            what = "a model of the same config" if same else "a model of another config"
+            raise UserError(f"{out} already holds {what}: use --resume to continue it, --overwrite to replace it, "
+                            "or pick another --out")
+        return None
+    except BaseException:
+        if lock is not None:
+            _unlock(lock)
+        raise
 
 
 def _model_folder(out: Path) -> Path:
@@ -166,6 +188,122 @@ def _model_folder(out: Path) -> Path:
     before it first copied a model to OUT."""
     found = units(out / CHECKPOINTS)
     return out if (out / CONFIG).exists() or not found else found[-1].path
+
+
+# -- one run per output folder --------------------------------------------------------------------
+LOCK = ".lock"
+
+
+@dataclass
+class _OutLock:
+    """This process's hold on OUT/.lock: an open file with an exclusive flock on it."""
+    key: Path                  # OUT resolved: two spellings of one folder are one lock
+    folder: Path
+    fd: int
+    created: list[Path]        # folders made to hold the lock, deepest first: removed again if left empty
+    thread: threading.Thread   # who took it
+    training: bool = False     # in `fit` (else taken by prepare_out, waiting for `fit`)
+
+
+_HELD: dict[Path, _OutLock] = {}
+
+
+def _lock_out(out: Path, *, create: bool) -> _OutLock | None:
+    """Take OUT's lock for this process, or raise the one-line UserError naming who holds it.
+    None where nothing is locked: no fcntl (Windows), a filesystem without flock, or (create=False)
+    no folder yet. A lock this thread took in a prepare_out whose `fit` never came (its data was
+    refused) is taken over rather than refused."""
+    if fcntl is None:
+        return None
+    key = out.resolve()
+    held = _HELD.get(key)
+    if held is not None:
+        if held.training or (held.thread is not threading.current_thread() and held.thread.is_alive()):
+            raise UserError(_busy(out, os.getpid(), " in this process"))
+        held.thread = threading.current_thread()
+        return held
+    created: list[Path] = []
+    if not out.is_dir():
+        if not create:
+            return None
+        created = [p for p in (out.absolute(), *out.absolute().parents) if not p.exists()]
+    folder = out.absolute()  # the lock file is removed at the end even if the working directory changed
+    path = folder / LOCK
+    for _ in range(100):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            # No O_TRUNC: the holder's pid stays readable for the message.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a holder that was ending removed its empty OUT: make it again
+            continue
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder_pid(fd)
+            os.close(fd)
+            raise UserError(_busy(out, pid)) from None
+        except OSError:  # e.g. a network filesystem without flock: train unlocked rather than not at all
+            os.close(fd)
+            return None
+        # A holder unlinks the file as it ends: if that happened after our open, we hold a file
+        # nobody else will open, so take the one now at the path instead.
+        try:
+            st, mine = os.stat(path), os.fstat(fd)
+            current = (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    else:
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    lock = _HELD[key] = _OutLock(key, folder, fd, created, threading.current_thread())
+    return lock
+
+
+def _holder_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None  # written just after its holder locked it: not yet there
+
+
+def _busy(out: Path, pid: int | None, where: str = "") -> str:
+    who = f"pid {pid}{where}" if pid is not None else "pid unknown"
+    return (f"{out} is in use by another training run ({who}): wait for it to end or stop it, "
+            "or pick another --out")
+
+
+def _unlock(lock: _OutLock) -> None:
+    """Release OUT: the lock file goes (while still locked, see _lock_out), then the folders made
+    for it if nothing else was written there."""
+    if _HELD.get(lock.key) is lock:
+        del _HELD[lock.key]
+    if lock.fd < 0:
+        return  # released already: its descriptor number may now be another file's
+    with contextlib.suppress(OSError):
+        os.unlink(lock.folder / LOCK)
+    os.close(lock.fd)
+    lock.fd = -1
+    for folder in lock.created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty: the run wrote there, and so into each folder above it
+
+
+def unlock_waiting(thread: threading.Thread | None = None) -> None:
+    """Release the locks prepare_out took for a `fit` that will not come (of `thread`, or all)."""
+    for lock in list(_HELD.values()):
+        if not lock.training and (thread is None or lock.thread is thread):
+            _unlock(lock)
+
+
+atexit.register(unlock_waiting)  # files and folders only: the kernel drops the locks themselves
 
 
 def _check_resume(out: Path, kind: str, model: dict, make: str) -> Tokenizer:
@@ -222,7 +360,21 @@ def fit(task: Task[M], t: LoopConfig, rt: Runtime, *, on_eval: Callable[[dict], 
     (step, the task's metrics, time, and train_time / train_cpu_time: wall and process CPU seconds
     without evaluation and checkpoints); returning True stops training there.
     """
-    return _Run(task, t, rt, on_eval).run()
+    lock = _lock_out(Path(t.out), create=True) if t.out and rt.dist.main else None
+    if lock is not None:
+        lock.training = True
+    finished = False
+    try:
+        result = _Run(task, t, rt, on_eval).run()
+        finished = not result.interrupted
+        return result
+    finally:
+        if lock is not None:
+            _unlock(lock)
+        if not finished:
+            # The command stops here (an error, or a stop asked for): a folder its caller locked
+            # for a later stage (the image trainer's OUT around its OUT/autoencoder) is free too.
+            unlock_waiting(threading.current_thread())
 
 
 class _Run:

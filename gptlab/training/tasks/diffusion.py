@@ -4,8 +4,8 @@
    latent grid (reconstruction error + kl_weight x KL to N(0, 1)); everything else is frozen.
    Written to OUT/autoencoder.
 2. `DiffusionTask`: the autoencoder is frozen; the caption encoder and the denoiser learn to
-   predict the noise added to a scaled latent at a random timestep (DDPM's epsilon objective,
-   weighted per timestep by Min-SNR-gamma),
+   predict the noise added to a scaled latent at a random timestep (DDPM's epsilon objective), or
+   its velocity (ImageConfig.prediction), weighted per timestep by Min-SNR-gamma,
    with a share of captions replaced by the empty one (caption dropout) so that the same model also
    predicts without the prompt, which classifier-free guidance needs. Written to OUT.
 
@@ -30,7 +30,7 @@ from gptlab.data.images import load_folder
 from gptlab.data.shapes import ShapesCorpus
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
-from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler
+from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler, velocity
 from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig, TextToImage, text_config
 from gptlab.settings import setting
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
@@ -54,7 +54,8 @@ class ImageTrainConfig(FamilyLoopConfig):
     text_context: int = setting(16, "caption tokens the text encoder reads, with the end marker (a longer caption is an error)", min=2, max=512)
     text_layers: int = setting(2, "blocks of the caption encoder", min=1, max=64)
     caption_dropout: float = setting(0.1, "share of captions replaced by the empty one in training, so the model learns the unconditional prediction guidance needs", min=0, max=1)
-    snr_gamma: float = setting(5.0, "Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's noise error weighted min(SNR, gamma) / SNR, so the nearly clean timesteps (a faint noise on a finished image: large errors that matter little to what is drawn) stop dominating the gradient (0 = the plain DDPM loss)", min=0)
+    snr_gamma: float = setting(5.0, "Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's error counted as min(SNR, gamma) times the clean-image error it implies, so the nearly clean timesteps (a faint noise on a finished image: large errors that matter little to what is drawn) stop dominating the gradient (0 = the plain loss of the prediction type)", min=0)
+    snr_floor: float = setting(1.0, "least weight of a timestep's clean-image error (with --snr-gamma): Min-SNR gives the noisiest timesteps, where the layout and so the caption are decided, a weight near their SNR (0.005 at the last step); a floor of 1 counts them as much as a mid-noise step", min=0)
     kl_weight: float = setting(1e-4, "weight of the autoencoder's KL term", min=0)
     ae_loss: str = setting("mse", "the autoencoder's reconstruction error: mse, or l1 (which keeps pushing on small errors, so thin edges stay sharp)", choices=("mse", "l1"))
     ae_steps: int = setting(1500, "autoencoder (stage 1) steps", min=1)
@@ -63,7 +64,7 @@ class ImageTrainConfig(FamilyLoopConfig):
     vocab_size: int = setting(1000, "caption vocabulary cap", min=2)
     max_steps: int = setting(3000, "denoiser (stage 2) steps; 0 = from --epochs", min=0)
     batch_size: int = setting(64, "images per step", min=1)
-    lr: float = setting(5e-4, "denoiser peak learning rate", min=0)
+    lr: float = setting(1e-3, "denoiser peak learning rate", min=0)
     min_lr: float = setting(5e-5, "learning rate at the end of the cosine schedule", min=0)
     warmup_steps: int = setting(100, "linear warmup steps", min=0)
     weight_decay: float = setting(0.0, "AdamW weight decay (matrices only)", min=0)
@@ -172,8 +173,12 @@ class DiffusionTask(Task[TextToImage]):
         self.sched = make_scheduler("ddpm", model.cfg)
         a = self.sched.alphas_cumprod.float()
         snr_T = a / (1 - a)  # signal-to-noise ratio of each training timestep
-        # (T,) loss weight per timestep: Min-SNR-gamma for the epsilon objective, or 1 everywhere.
-        self.weight_T = snr_T.clamp(max=t.snr_gamma) / snr_T if t.snr_gamma > 0 else torch.ones_like(snr_T)
+        # (T,) loss weight per timestep. An output error is a clean-image error times SNR (epsilon)
+        # or times SNR + 1 (v); Min-SNR-gamma weights the clean-image error min(SNR, gamma) (at
+        # least snr_floor), so the output's error is divided by that factor. Or 1 everywhere.
+        per_x0 = snr_T if model.cfg.prediction == "epsilon" else snr_T + 1
+        x0_weight = snr_T.clamp(max=t.snr_gamma).clamp(min=t.snr_floor)
+        self.weight_T = x0_weight / per_x0 if t.snr_gamma > 0 else torch.ones_like(snr_T)
         self.ids, self.mask = _encode_all(tok, train, t.text_context)
         self.null_ids, self.null_mask = _encode_all(tok, [(train[0][0], "")], t.text_context)
         # The frozen autoencoder's posterior of every training image, once: (N, Z, h, w) each.
@@ -199,7 +204,8 @@ class DiffusionTask(Task[TextToImage]):
         z0 = (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen)) * self.model.latent_scale
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.from_numpy(rng.integers(0, self.model.cfg.train_timesteps, len(z0)))
-        return {"z_t": self.sched.add_noise(z0, noise, t), "t": t, "noise": noise, "ids": ids, "mask": mask}
+        target = noise if self.model.cfg.prediction == "epsilon" else velocity(z0, noise, t, self.sched.alphas_cumprod)
+        return {"z_t": self.sched.add_noise(z0, noise, t), "t": t, "target": target, "ids": ids, "mask": mask}
 
     def steps_per_epoch(self) -> int:
         return max(1, len(self.mean) // self.t.batch_size)
@@ -216,17 +222,17 @@ class DiffusionTask(Task[TextToImage]):
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         eps, _ = model(tensors["z_t"], tensors["t"], tensors["ids"], tensors["mask"])
-        mse_B = (eps.float() - tensors["noise"]).pow(2).flatten(1).mean(1)
+        mse_B = (eps.float() - tensors["target"]).pow(2).flatten(1).mean(1)
         return (self.weight_T.to(mse_B.device)[tensors["t"]] * mse_B).sum()
 
     @torch.no_grad()
     def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:
-        """Noise-prediction error on held-out images at fixed timesteps and noise."""
+        """Prediction error (noise or velocity) on held-out images at fixed timesteps and noise."""
         model.eval()
         v = {k: x.to(rt.device) for k, x in self.val.items()}
         with rt.autocast():
             eps, _ = model(v["z_t"], v["t"], v["ids"], v["mask"])
-        return {"val_loss": float((eps.float() - v["noise"]).pow(2).mean())}
+        return {"val_loss": float((eps.float() - v["target"]).pow(2).mean())}
 
     def config(self) -> dict[str, Any]:
         return image_config(self.t, self.model, "diffusion")
