@@ -58,12 +58,6 @@ def predict_x0(z_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, alphas_cum
     return (z_t - (1 - a).sqrt() * out) / a.sqrt()
 
 
-def velocity(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """v = sqrt(a_t) eps - sqrt(1 - a_t) x0, what a v_prediction denoiser learns to output."""
-    a = alphas_cumprod.to(z0.device)[t.long()].float().view(-1, *([1] * (z0.dim() - 1)))
-    return a.sqrt() * noise - (1 - a).sqrt() * z0
-
-
 def guide(eps_cond: torch.Tensor, eps_neg: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: eps_neg + scale (eps_cond - eps_neg) (the same for a velocity,
     which is linear in eps at a given z_t)."""

@@ -54,14 +54,14 @@ class ImageConfig(ModelConfig):
     beta_schedule: str = setting("scaled_linear", "noise schedule (diffusers' names)", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
     beta_start: float = setting(0.00085, "first beta of a linear or scaled_linear schedule (Stable Diffusion's)", above=0, below=1)
     beta_end: float = setting(0.012, "last beta of a linear or scaled_linear schedule (Stable Diffusion's)", above=0, below=1)
-    # Off by default only so that checkpoints saved before it existed (no such key) still load;
-    # every preset turns it on.
-    # Off by default (epsilon) only so that checkpoints saved before it existed still load; every
-    # preset predicts v.
+    # Epsilon by default only so that checkpoints saved before it existed (no such key) still load;
+    # every preset predicts v.
     prediction: str = setting("epsilon", "what the denoiser outputs: epsilon (the added noise, DDPM's) or v_prediction "
                               "(sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho 2022: at high noise it is the clean image "
                               "itself, so what the caption says reaches the output directly)",
                               choices=("epsilon", "v_prediction"))
+    # Off by default only so that checkpoints saved before it existed (no such key) still load;
+    # every preset turns it on.
     pooled_text: bool = setting(False, "add the caption's mean vector to the timestep embedding that drives adaLN (as Imagen and SD-XL add a pooled text vector), besides cross-attention")
 
     @property

@@ -30,7 +30,7 @@ from gptlab.data.images import load_folder
 from gptlab.data.shapes import ShapesCorpus
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
-from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler, velocity
+from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler
 from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig, TextToImage, text_config
 from gptlab.settings import setting
 from gptlab.training.config import FamilyLoopConfig, fit_vocab
@@ -204,7 +204,8 @@ class DiffusionTask(Task[TextToImage]):
         z0 = (mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen)) * self.model.latent_scale
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.from_numpy(rng.integers(0, self.model.cfg.train_timesteps, len(z0)))
-        target = noise if self.model.cfg.prediction == "epsilon" else velocity(z0, noise, t, self.sched.alphas_cumprod)
+        # v = sqrt(a_t) eps - sqrt(1 - a_t) z0, diffusers' formula (the scheduler that noised z0).
+        target = noise if self.model.cfg.prediction == "epsilon" else self.sched.get_velocity(z0, noise, t)
         return {"z_t": self.sched.add_noise(z0, noise, t), "t": t, "target": target, "ids": ids, "mask": mask}
 
     def steps_per_epoch(self) -> int:
@@ -221,8 +222,8 @@ class DiffusionTask(Task[TextToImage]):
         return Batch(b, len(rows))
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        eps, _ = model(tensors["z_t"], tensors["t"], tensors["ids"], tensors["mask"])
-        mse_B = (eps.float() - tensors["target"]).pow(2).flatten(1).mean(1)
+        pred, _ = model(tensors["z_t"], tensors["t"], tensors["ids"], tensors["mask"])  # noise or velocity
+        mse_B = (pred.float() - tensors["target"]).pow(2).flatten(1).mean(1)
         return (self.weight_T.to(mse_B.device)[tensors["t"]] * mse_B).sum()
 
     @torch.no_grad()
@@ -231,8 +232,8 @@ class DiffusionTask(Task[TextToImage]):
         model.eval()
         v = {k: x.to(rt.device) for k, x in self.val.items()}
         with rt.autocast():
-            eps, _ = model(v["z_t"], v["t"], v["ids"], v["mask"])
-        return {"val_loss": float((eps.float() - v["target"]).pow(2).mean())}
+            pred, _ = model(v["z_t"], v["t"], v["ids"], v["mask"])
+        return {"val_loss": float((pred.float() - v["target"]).pow(2).mean())}
 
     def config(self) -> dict[str, Any]:
         return image_config(self.t, self.model, "diffusion")
