@@ -145,6 +145,13 @@ def run_gptlab(args, data, target: float | None) -> dict:
     model, lm_tok = _load(out)
     q = quality_report(gptlab_next_probs(model), gptlab_sampler(model, lm_tok), data, n=args.quality_samples)
     print("gptlab quality: " + fmt_quality(q), flush=True)
+    from types import SimpleNamespace
+
+    from gptlab.infer.quality import template_mass
+    mass = template_mass(SimpleNamespace(model=model, tokenizer=lm_tok), data.provinces, data.varieties)
+    print(f"gptlab P(a sample keeps the template) = {100 * mass.kept:.2f}% exactly (lost {100 * mass.lost_country:.2f} "
+          f"at the country, {100 * mass.lost_province:.2f} at the province, {100 * mass.lost_variety:.2f} at the variety)",
+          flush=True)
     steps = [h for h in res.history if "loss" in h]
     return {"settings": {"preset": args.preset, "n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model,
                          "epochs": cfg.train.epochs, "time_budget": cfg.train.time_budget, "ema": cfg.train.ema,
@@ -159,7 +166,7 @@ def run_gptlab(args, data, target: float | None) -> dict:
             "quality": {"template_ok": q.template_ok, "germany_mass": q.germany_mass, "distinct2": q.distinct2,
                         "distinct2_real": q.distinct2_real, "samples": q.samples[:5],
                         "invalid": q.invalid[:20], "n_samples": len(q.samples),
-                        "template_ok_first": q.template_ok_first, "first": q.first},
+                        "template_ok_first": q.template_ok_first, "first": q.first, "template_mass": mass.kept},
             "torch": torch.__version__}
 
 

@@ -42,6 +42,12 @@ def test_eval_on_a_csv_model_compares_with_that_csv(tmp_path, monkeypatch, capsy
     loss = float(out.split("held-out loss ")[1].split()[0])
     ppl = float(out.split("perplexity ")[1].split()[0])
     assert math.isclose(ppl, math.exp(loss), rel_tol=0.01)
+    # The exact share of samples keeping the template, over the CSV's own countries and varieties.
+    kept = float(out.split("keeps the template) = ")[1].split()[0])
+    ok, n = map(int, out.split("samples at T=1.0: ")[1].split()[0].split("/"))
+    assert 0 < kept <= 1 and abs(kept - ok / n) < 0.35, out  # 20 samples: a standard error up to 0.11
+    assert main(["eval", "m", "--samples", "0", "--no-exact"]) == 0
+    assert "keeps the template" not in capsys.readouterr().out
 
 
 def test_eval_says_when_the_data_is_gone(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import torch
 from gptlab.checkpoint import save_model
 from gptlab.cli import main
 from gptlab.data.tokenizer import Tokenizer
-from gptlab.model import GPT, book, tiny
+from gptlab.model import GPT, book, fast, tiny
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,8 +22,11 @@ def make_model(tmp_path, cfg_fn):
     return model, tok
 
 
-def test_export_parity_with_transformers(tmp_path):
-    model, tok = make_model(tmp_path, tiny)
+@pytest.mark.parametrize("cfg_fn", [tiny, fast], ids=["tied", "untied"])
+def test_export_parity_with_transformers(tmp_path, cfg_fn):
+    """`tiny` ties its output layer to the embedding, as GPT-2; `fast` has its own, without a bias,
+    which GPT2LMHeadModel holds as lm_head with tie_word_embeddings false."""
+    model, tok = make_model(tmp_path, cfg_fn)
     assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     ids = torch.tensor([tok.encode(LINES[0])[:12]])
@@ -44,7 +47,7 @@ def test_book_preset_is_refused_with_a_reason(tmp_path, capsys):
     make_model(tmp_path, book)
     assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
-    assert "not GPT-2 shaped" in err and "post" in err
+    assert "not GPT-2 shaped" in err and "post" in err and "bias on the untied output layer" in err
     assert not (tmp_path / "hf").exists()
 
 

@@ -86,11 +86,13 @@ def test_vocab_and_merges_tokenizer(hf_folder, tmp_path):
         assert torch.allclose(lm.model(ids_1xT).logits, hf_model(ids_1xT).logits, atol=1e-4)
 
 
-def test_export_import_round_trip(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_import_round_trip(tmp_path, tied):
     torch.manual_seed(0)
     tok = Tokenizer.train(TEXTS, kind="bpe", vocab_size=300)
     cfg = small(tok.vocab_size)
     cfg.n_layer, cfg.context_length = 2, 32  # `small`'s shape, fewer blocks: the test stays fast
+    cfg.tie_embeddings = cfg.head_bias = tied  # untied: `fast`'s own output layer, without a bias
     model = GPT(cfg).eval()
     save_model(tmp_path / "m", model, tok, {"kind": "gpt", "model": cfg.to_dict()})
     assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "hf")]) == 0

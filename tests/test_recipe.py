@@ -7,7 +7,7 @@ import torch
 
 from gptlab.api import LoadedModel
 from gptlab.data import WineCatalog, normalize_text
-from gptlab.infer.quality import province_tv, template_valid
+from gptlab.infer.quality import province_tv, template_mass, template_valid
 from gptlab.model import GPT
 from gptlab.training.config import preset_fast
 from gptlab.training.tasks.causal_lm import train
@@ -32,12 +32,16 @@ def trained(tmp_path_factory):
     return LoadedModel(res.model.eval(), res.tokenizer, {"kind": "gpt"})
 
 
+def truth() -> tuple[dict[str, set[str]], set[str]]:
+    catalog = WineCatalog()
+    provinces = {c: set(catalog.p_province(c, normalized=True)) for c in catalog.countries(normalized=True)}
+    return provinces, {normalize_text(v).strip() for v in catalog.varieties()}
+
+
 def measure(lm: LoadedModel, prompt: str) -> tuple[float, float]:
     """(TV of P(province | germany) from the truth, share of 100 samples at T=1 keeping the template)."""
-    catalog = WineCatalog()
-    tv, _, _ = province_tv(lm, catalog)
-    provinces = {c: set(catalog.p_province(c, normalized=True)) for c in catalog.countries(normalized=True)}
-    varieties = {normalize_text(v).strip() for v in catalog.varieties()}
+    tv, _, _ = province_tv(lm, WineCatalog())
+    provinces, varieties = truth()
     done = lm.generate(prompt, n=100, temperature=1.0, seed=0)
     ok = sum(template_valid(f"{prompt} {c.text.strip()}".strip(), provinces, varieties) for c in done)
     return tv, ok / len(done)
@@ -64,3 +68,18 @@ def test_an_untrained_model_fails_the_same_check(trained):
     blank = LoadedModel(GPT(trained.model.cfg).eval(), trained.tokenizer, {"kind": "gpt"})
     tv, ok = measure(blank, "wine review :")
     assert tv > 0.5 and ok < 0.1, (tv, ok)
+    provinces, varieties = truth()
+    assert template_mass(blank, provinces, varieties).kept < 0.01
+
+
+def test_the_exact_template_mass_is_what_samples_estimate(trained):
+    """`template_mass` sums the model's probability over every country, province and variety: its
+    parts add up to 1, and 600 samples keep the template at its rate within their sampling error."""
+    provinces, varieties = truth()
+    m = template_mass(trained, provinces, varieties, min_mass=0.0)
+    assert abs(m.kept + m.lost_country + m.lost_province + m.lost_variety + m.pruned - 1) < 1e-4, m
+    done = trained.generate("wine review :", n=600, temperature=1.0, seed=3, max_new_tokens=24)
+    rate = sum(template_valid(f"wine review : {c.text.strip()}", provinces, varieties) for c in done) / len(done)
+    assert 0.5 < m.kept < 1 and abs(rate - m.kept) < 4 * (m.kept * (1 - m.kept) / len(done)) ** 0.5 + 0.01, (rate, m)
+    hot = template_mass(trained, provinces, varieties, temperature=2.0)
+    assert hot.kept < m.kept - 0.05, (hot, m)  # a hotter sampler strays from the template more often

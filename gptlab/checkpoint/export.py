@@ -1,7 +1,7 @@
 """Export a GPT-2-shaped gptlab model to the Hugging Face `transformers` GPT-2 format.
 
-The `small` preset (and any pre-LN, GELU, tied-output, final-LayerNorm model) is GPT-2's
-architecture, so export is a renaming of tensors: GPT-2's Conv1D layers store weights as
+The `small` and `fast` presets (and any pre-LN, GELU, final-LayerNorm model whose output layer is
+tied or has no bias) are GPT-2's architecture, so export is a renaming of tensors: GPT-2's Conv1D layers store weights as
 (in, out), the transpose of nn.Linear. The result loads with
 `transformers.AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`
 without gptlab installed.
@@ -42,8 +42,8 @@ def check_gpt2_shaped(cfg) -> None:
         wrong.append("norm=post (GPT-2 is pre-LN)")
     if cfg.activation != "gelu":
         wrong.append(f"activation={cfg.activation} (GPT-2 uses GELU)")
-    if not cfg.tie_embeddings:
-        wrong.append("untied output layer")
+    if not cfg.tie_embeddings and cfg.bias and cfg.head_bias:
+        wrong.append("a bias on the untied output layer (GPT-2's has none)")
     if not cfg.final_norm:
         wrong.append("no final LayerNorm")
     if not cfg.bias:
@@ -51,8 +51,8 @@ def check_gpt2_shaped(cfg) -> None:
     if cfg.head_size * cfg.n_head != cfg.d_model:
         wrong.append("head_dim x n_head != d_model")
     if wrong:
-        raise UserError(f"this model is not GPT-2 shaped ({'; '.join(wrong)}): only models like the `small` "
-                        "preset export to the Hugging Face GPT-2 format")
+        raise UserError(f"this model is not GPT-2 shaped ({'; '.join(wrong)}): only models like the `small` and `fast` "
+                        "presets export to the Hugging Face GPT-2 format")
 
 
 def gpt2_state_dict(model) -> dict[str, torch.Tensor]:
@@ -62,6 +62,8 @@ def gpt2_state_dict(model) -> dict[str, torch.Tensor]:
     for name, (hf_name, transposed) in gpt2_names(model.cfg.n_layer).items():
         t = sd[name]
         out["transformer." + hf_name] = t.t().contiguous() if transposed else t  # Conv1D is (in, out)
+    if not model.cfg.tie_embeddings:  # GPT2LMHeadModel's lm_head is an nn.Linear: (out, in) as ours
+        out["lm_head.weight"] = sd["lm_head.weight"]
     return out
 
 
@@ -72,7 +74,7 @@ def gpt2_config(cfg, tok) -> dict:
         "n_embd": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.d_ff,
         "activation_function": "gelu_new",  # tanh-approximate GELU, as gptlab's MLP
         "layer_norm_epsilon": cfg.ln_eps, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-        "initializer_range": 0.02, "tie_word_embeddings": True, "scale_attn_weights": True,
+        "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_embeddings, "scale_attn_weights": True,
         "bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.pad_id,
         "torch_dtype": "float32",
     }

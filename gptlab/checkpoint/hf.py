@@ -94,7 +94,7 @@ def model_config_of(raw: dict, where: Path) -> ModelConfig:
         "dropout": 0.0, "attn_dropout": 0.0,  # gptlab loads for inference: no dropout
         "norm": "pre", "ln_eps": raw.get("layer_norm_epsilon", 1e-5),
         "activation": ACTIVATIONS[raw.get("activation_function", "gelu_new")],
-        "tie_embeddings": raw.get("tie_word_embeddings", True), "bias": True, "final_norm": True,
+        "tie_embeddings": raw.get("tie_word_embeddings", True), "head_bias": False, "bias": True, "final_norm": True,
     }
     try:
         cfg = ModelConfig.from_dict(values)
@@ -169,8 +169,6 @@ def load_hf_weights(model: GPT, path: Path) -> None:
         raise UserError(f"{path} is truncated or not a safetensors file ({str(e)[:80]}): copy it again") from None
     state = {name: (tensors[hf].t() if transposed else tensors[hf]).float()
              for name, (hf, transposed, _) in _plan(model.cfg).items()}
-    if not model.cfg.tie_embeddings:  # gptlab's untied head has a bias; GPT-2's has none
-        state["lm_head.bias"] = torch.zeros(model.cfg.vocab_size)
     model.load_state_dict(state, strict=False)  # strict=False: lm_head.weight is tok_emb.weight when tied
 
 

@@ -28,6 +28,9 @@ class EvalView(LoadOptions):
     temperature: float = setting(1.0, "sampling temperature", min=0)
     seed: int = setting(0, "sampling seed", min=0, max=SEED_MAX)
     val_records: int = setting(2000, "held-out records the loss is measured on (0 = the whole validation split)", min=0)
+    exact: bool = setting(True, "also compute the exact probability that a sample keeps the template, summed over "
+                                "every country, province and variety (seconds on the built-in corpus, about a "
+                                "minute on the Kaggle data); samples only estimate it")
 
 
 def register(sub) -> None:
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         _province_table(lm, ref, v)
     if v.samples:
         _samples(lm, ref, v)
+    if v.exact and ref.provinces is not None and v.temperature > 0:
+        _template_mass(lm, ref, v)
     return 0
 
 
@@ -150,6 +155,17 @@ def _province_table(lm, ref: Reference, v: EvalView) -> None:
                "the training split's own frequencies, not any other corpus's")
     print(f"total-variation distance {tv_distance(model_p, truth):.3f}  (half the summed gaps between the columns: "
           f"0 = the same distribution, 1 = nothing in common; against {against})")
+
+
+def _template_mass(lm, ref: Reference, v: EvalView) -> None:
+    from gptlab.infer.quality import template_mass
+
+    assert ref.provinces is not None
+    m = template_mass(lm, {c: set(ps) for c, ps in ref.provinces.items()}, ref.varieties, temperature=v.temperature)
+    pruned = f", {m.pruned:.4f} in branches too rare to follow" if m.pruned >= 0.0005 else ""
+    print(f"P(a sample at T={v.temperature} keeps the template) = {m.kept:.4f} exactly  (lost {m.lost_country:.4f} at "
+          f"the country, {m.lost_province:.4f} at the province, {m.lost_variety:.4f} at the variety{pruned}; "
+          "the sum over every country, province and variety of the data, which samples only estimate)")
 
 
 def _samples(lm, ref: Reference, v: EvalView) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
@@ -88,3 +89,93 @@ def template_counts(records: list[str]) -> tuple[dict[str, Counter], set[str], i
         provinces.setdefault(t[0], Counter())[t[1]] += 1
         varieties.add(t[2])
     return provinces, varieties, parsed
+
+
+@torch.no_grad()
+def continuation_logprobs(lm, prefix: str, candidates: list[str], *, temperature: float = 1.0,
+                          batch: int = 256) -> tuple[dict[str, float], dict[str, float]]:
+    """For each candidate: log P(' cand' | prefix) at a temperature, and the log-probability of the
+    token that would follow it (end-of-text), from batched forwards over right-padded sequences.
+
+    A sampled text is compared with names as words, so two candidates the tokenizer encodes alike
+    count once (the first), and one with an out-of-vocabulary word is left out: it decodes to the
+    unknown token, which no name matches.
+    """
+    model, tok = lm.model, lm.tokenizer
+    device = next(model.parameters()).device
+    ctx = model.cfg.context_length
+    base = tok.encode_prompt(prefix)
+    unk = getattr(tok, "unk_id", None)
+    kept: list[tuple[str, list[int], int]] = []  # (candidate, ids of prefix + candidate, ids of the candidate)
+    seen: set[tuple[int, ...]] = set()
+    for cand in candidates:
+        full = tok.encode_prompt(f"{prefix} {cand}")
+        suffix = full[len(base):] if full[:len(base)] == base else tok.encode(" " + cand)
+        key = tuple(suffix)
+        if not suffix or key in seen or (unk is not None and unk in key):
+            continue
+        seen.add(key)
+        seq = (base + suffix)[-ctx:]
+        kept.append((cand, seq, len(suffix)))
+    logp: dict[str, float] = {}
+    logp_end: dict[str, float] = {}
+    for i in range(0, len(kept), batch):
+        chunk = kept[i:i + batch]
+        width = max(len(seq) for _, seq, _ in chunk)
+        x_BxT = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
+        for j, (_, seq, _) in enumerate(chunk):
+            x_BxT[j, :len(seq)] = torch.tensor(seq)
+        # Right padding: a causal model's positions before the padding never see it.
+        lp_BxTxV = torch.log_softmax(model(x_BxT.to(device)).logits.float() / temperature, -1).cpu()
+        for j, (cand, seq, n) in enumerate(chunk):
+            start = len(seq) - n
+            rows = torch.arange(start - 1, len(seq) - 1)
+            logp[cand] = float(lp_BxTxV[j, rows, torch.tensor(seq[start:])].sum())
+            logp_end[cand] = float(lp_BxTxV[j, len(seq) - 1, tok.eot_id])
+    return logp, logp_end
+
+
+@dataclass
+class TemplateMass:
+    """How much of a model's probability keeps the wine template (see `template_mass`)."""
+    kept: float          # P(a known country, a province of it, a known variety, then a description)
+    lost_country: float  # P(the first field is not a known country)
+    lost_province: float  # P(a known country, then no province of it)
+    lost_variety: float  # P(country and province right, then no known variety or no description)
+    pruned: float        # probability in branches below min_mass, not followed (counted as lost)
+
+
+def template_mass(lm, provinces_by_country: dict[str, set[str]], varieties: set[str], *,
+                  temperature: float = 1.0, min_mass: float = 1e-5) -> TemplateMass:
+    """The exact probability that a sample from `wine review :` keeps the template, which 100
+    samples only estimate to +-3 points: the sum over the tree country -> province -> variety of the
+    model's probabilities of each name followed by ` :`, times the chance that a description (not
+    end-of-text) follows. Branches with less than `min_mass` are not followed, so `kept` is a lower
+    bound short of the truth by at most `pruned`. One batched forward per (country, province) over
+    all varieties: seconds for the built-in corpus, a minute for the Kaggle data's ~400 pairs."""
+    prompt = "wine review :"
+    country_lp, _ = continuation_logprobs(lm, prompt, [f"{c} :" for c in sorted(provinces_by_country)],
+                                          temperature=temperature)
+    kept = lost_province = lost_variety = pruned = 0.0
+    for c_colon, lp_c in country_lp.items():
+        p_c = math.exp(lp_c)
+        if p_c < min_mass:
+            pruned += p_c
+            continue
+        country = c_colon[:-2]
+        prefix = f"{prompt} {country} :"
+        prov_lp, _ = continuation_logprobs(lm, prefix, [f"{p} :" for p in sorted(provinces_by_country[country])],
+                                           temperature=temperature)
+        lost_province += p_c * (1.0 - sum(math.exp(v) for v in prov_lp.values()))
+        for p_colon, lp_p in prov_lp.items():
+            p_cp = p_c * math.exp(lp_p)
+            if p_cp < min_mass:
+                pruned += p_cp
+                continue
+            var_lp, end_lp = continuation_logprobs(lm, f"{prefix} {p_colon}", [f"{v} :" for v in sorted(varieties)],
+                                                   temperature=temperature)
+            ok = sum(math.exp(lp) * (1.0 - math.exp(end_lp[v])) for v, lp in var_lp.items())
+            kept += p_cp * ok
+            lost_variety += p_cp * (1.0 - ok)
+    lost_country = 1.0 - sum(math.exp(v) for v in country_lp.values())
+    return TemplateMass(kept, max(lost_country, 0.0), max(lost_province, 0.0), max(lost_variety, 0.0), pruned)

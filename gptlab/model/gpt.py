@@ -54,7 +54,7 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, causal=causal) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and cfg.head_bias and not cfg.tie_embeddings)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         init_weights(self, cfg.n_layer)

@@ -105,7 +105,7 @@ class Seq2Seq(nn.Module):
         # before every decoder layer reads it, and the decoder output before the output layer.
         self.ln_enc = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.final_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and cfg.head_bias and not cfg.tie_embeddings)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         init_weights(self, cfg.n_encoder_layer + cfg.n_decoder_layer)

@@ -113,7 +113,7 @@ def same_tokenizer(a: Tokenizer, b: Tokenizer, what: str) -> None:
 
 
 ARCH_KEYS = ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "head_dim", "d_ff", "norm",
-             "activation", "tie_embeddings", "bias", "final_norm")
+             "activation", "tie_embeddings", "head_bias", "bias", "final_norm")
 
 
 def same_architecture(policy: ModelConfig, ref: ModelConfig, what: str = "--ref") -> None:
