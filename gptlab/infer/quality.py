@@ -94,8 +94,8 @@ def template_counts(records: list[str]) -> tuple[dict[str, Counter], set[str], i
 @torch.no_grad()
 def continuation_logprobs(lm, prefix: str, candidates: list[str], *, temperature: float = 1.0,
                           batch: int = 256) -> tuple[dict[str, float], dict[str, float]]:
-    """For each candidate: log P(' cand' | prefix) at a temperature, and the log-probability of the
-    token that would follow it (end-of-text), from batched forwards over right-padded sequences.
+    """For each candidate: log P(' cand' | prefix) at a temperature, and the log-probability that
+    end-of-text comes right after it; from batched forwards over right-padded sequences.
 
     A sampled text is compared with names as words, so two candidates the tokenizer encodes alike
     count once (the first), and one with an out-of-vocabulary word is left out: it decodes to the
