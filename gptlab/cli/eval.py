@@ -29,7 +29,7 @@ class EvalView(LoadOptions):
     seed: int = setting(0, "sampling seed", min=0, max=SEED_MAX)
     val_records: int = setting(2000, "held-out records the loss is measured on (0 = the whole validation split)", min=0)
     exact: bool = setting(True, "also compute the exact probability that a sample keeps the template, summed over "
-                                "every country, province and variety (seconds on the built-in corpus, about a "
+                                "every country, province and variety (seconds on the built-in corpus, half a "
                                 "minute on the Kaggle data); samples only estimate it")
 
 
