@@ -145,10 +145,9 @@ def run_gptlab(args, data, target: float | None) -> dict:
     model, lm_tok = _load(out)
     q = quality_report(gptlab_next_probs(model), gptlab_sampler(model, lm_tok), data, n=args.quality_samples)
     print("gptlab quality: " + fmt_quality(q), flush=True)
-    from types import SimpleNamespace
-
+    from gptlab.api import LoadedModel
     from gptlab.infer.quality import template_mass
-    mass = template_mass(SimpleNamespace(model=model, tokenizer=lm_tok), data.provinces, data.varieties)
+    mass = template_mass(LoadedModel(model, lm_tok, {"kind": "gpt"}), data.provinces, data.varieties)
     print(f"gptlab P(a sample keeps the template) = {100 * mass.kept:.2f}% exactly (lost {100 * mass.lost_country:.2f} "
           f"at the country, {100 * mass.lost_province:.2f} at the province, {100 * mass.lost_variety:.2f} at the variety)",
           flush=True)

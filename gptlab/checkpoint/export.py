@@ -1,8 +1,8 @@
 """Export a GPT-2-shaped gptlab model to the Hugging Face `transformers` GPT-2 format.
 
 The `small` and `fast` presets (and any pre-LN, GELU, final-LayerNorm model whose output layer is
-tied or has no bias) are GPT-2's architecture, so export is a renaming of tensors: GPT-2's Conv1D layers store weights as
-(in, out), the transpose of nn.Linear. The result loads with
+tied or has no bias) are GPT-2's architecture, so export is a renaming of tensors: GPT-2's Conv1D
+layers store weights as (in, out), the transpose of nn.Linear. The result loads with
 `transformers.AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`
 without gptlab installed.
 """

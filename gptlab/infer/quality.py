@@ -10,27 +10,14 @@ from dataclasses import dataclass
 import torch
 
 
-@torch.no_grad()
 def candidate_probs(lm, prompt: str, candidates: list[str]) -> dict[str, float]:
     """P(candidate | prompt) for whole words or phrases, as the product of their tokens' probabilities.
 
     A word-level model gives each single-word candidate its next-token probability; a BPE model
     (or a multi-word name) multiplies the conditional probabilities of the candidate's tokens.
     """
-    model, tok = lm.model, lm.tokenizer
-    device = next(model.parameters()).device
-    ctx = model.cfg.context_length
-    base = tok.encode_prompt(prompt)
-    out = {}
-    for cand in candidates:
-        full = tok.encode_prompt(prompt + " " + cand)
-        suffix = full[len(base):] if full[:len(base)] == base else tok.encode(" " + cand)
-        seq = (base + suffix)[-ctx:]
-        logp = torch.log_softmax(model(torch.tensor([seq], device=device)).logits[0].float(), -1)
-        start = len(seq) - len(suffix)
-        total = sum(float(logp[start - 1 + i, t]) for i, t in enumerate(suffix))
-        out[cand] = math.exp(total)
-    return out
+    logp, _ = continuation_logprobs(lm, prompt, candidates, distinct=False)
+    return {cand: math.exp(lp) for cand, lp in logp.items()}
 
 
 def tv_distance(p_model: dict[str, float], p_true: dict[str, float]) -> float:
@@ -93,13 +80,13 @@ def template_counts(records: list[str]) -> tuple[dict[str, Counter], set[str], i
 
 @torch.no_grad()
 def continuation_logprobs(lm, prefix: str, candidates: list[str], *, temperature: float = 1.0,
-                          batch: int = 256) -> tuple[dict[str, float], dict[str, float]]:
+                          distinct: bool = True, batch: int = 256) -> tuple[dict[str, float], dict[str, float]]:
     """For each candidate: log P(' cand' | prefix) at a temperature, and the log-probability that
     end-of-text comes right after it; from batched forwards over right-padded sequences.
 
-    A sampled text is compared with names as words, so two candidates the tokenizer encodes alike
-    count once (the first), and one with an out-of-vocabulary word is left out: it decodes to the
-    unknown token, which no name matches.
+    distinct: for sums over names, which a sampled text matches as words: two candidates the
+    tokenizer encodes alike count once (the first), and one with an out-of-vocabulary word is left
+    out (it decodes to the unknown token, which no name matches). False scores every candidate.
     """
     model, tok = lm.model, lm.tokenizer
     device = next(model.parameters()).device
@@ -112,7 +99,7 @@ def continuation_logprobs(lm, prefix: str, candidates: list[str], *, temperature
         full = tok.encode_prompt(f"{prefix} {cand}")
         suffix = full[len(base):] if full[:len(base)] == base else tok.encode(" " + cand)
         key = tuple(suffix)
-        if not suffix or key in seen or (unk is not None and unk in key):
+        if distinct and (not suffix or key in seen or (unk is not None and unk in key)):
             continue
         seen.add(key)
         seq = (base + suffix)[-ctx:]
