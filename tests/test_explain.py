@@ -138,6 +138,24 @@ def test_logit_lens_ends_with_the_model_own_prediction(lm, trace):
         assert step.lens[0]["top"][0]["id"] != last["top"][0]["id"] or step.lens[0]["top"][0]["p"] != last["top"][0]["p"]
 
 
+def test_the_lens_of_the_last_stream_is_what_the_output_layer_makes_of_it(lm):
+    """explain() lets the model's own logits stand for the last residual stream's lens (one output
+    layer row fewer); that is only right if the tap's last stream really gives those logits."""
+    from gptlab.explain.capture import ResidualTap, logit_lens
+    ids_1xT = torch.tensor([lm.tokenizer.encode(PROMPT)])
+    with ResidualTap(lm.model) as tap, torch.inference_mode():
+        logits_V = lm.model(ids_1xT, last_only=True).logits[0, -1]
+    residuals = tap.take()
+    assert len(residuals) == lm.model.cfg.n_layer + 1
+    computed = logit_lens(lm.model, residuals, 3, str)
+    given = logit_lens(lm.model, residuals, 3, str, final_logits_V=logits_V)
+    assert computed[:-1] == given[:-1]
+    a, b = computed[-1], given[-1]
+    assert [w["id"] for w in a["top"]] == [w["id"] for w in b["top"]]
+    assert all(math.isclose(x["p"], y["p"], rel_tol=1e-3) for x, y in zip(a["top"], b["top"]))
+    assert math.isclose(a["p_chosen"], b["p_chosen"], rel_tol=1e-3)
+
+
 def test_window_slides_in_a_long_explanation(lm):
     C = lm.model.cfg.context_length
     t = lm.explain(PROMPT, steps=C, seed=2, temperature=0)

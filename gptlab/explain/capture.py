@@ -138,12 +138,20 @@ def distribution_data(z_V: torch.Tensor, full_vocab_max: int = FULL_VOCAB_MAX, n
 
 
 def logit_lens(model: GPT, residuals: list[torch.Tensor], chosen: int, label: Callable[[int], str],
-               top: int = LENS_TOP) -> list[dict]:
+               top: int = LENS_TOP, final_logits_V: torch.Tensor | None = None) -> list[dict]:
     """What the model would predict from each residual stream (the embeddings, then after each block):
-    the final norm and the output layer applied to it early (nostalgebraist's "logit lens")."""
+    the final norm and the output layer applied to it early (nostalgebraist's "logit lens").
+
+    final_logits_V: the model's own logits, which the last residual stream gives by definition;
+    passed, they stand for it and the output layer runs one row fewer: for the course's one-block
+    model, 335 instead of 490 us per step (median of 200, one process, 2-core CPU)."""
     with torch.inference_mode():
-        h_LxC = torch.stack(residuals)  # in the model's own dtype, as its last block hands it on
-        probs_LxV = model.lm_head(model.ln_f(h_LxC)).float().softmax(dim=-1)
+        lens_rows = residuals if final_logits_V is None else residuals[:-1]
+        h_LxC = torch.stack(lens_rows)  # in the model's own dtype, as its last block hands it on
+        logits_LxV = model.lm_head(model.ln_f(h_LxC)).float()
+        if final_logits_V is not None:
+            logits_LxV = torch.cat([logits_LxV, final_logits_V.float()[None]])
+        probs_LxV = logits_LxV.softmax(dim=-1)
         p_LxK, ids_LxK = probs_LxV.topk(min(top, probs_LxV.shape[-1]), dim=-1)
         p_chosen_L = probs_LxV[:, chosen]
     return [{"top": [{"token": label(i), "id": i, "p": p} for i, p in zip(ids, _round_sig(ps, 4))],
@@ -242,7 +250,7 @@ def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, 
             assert step.context is not None  # capture=True records it
             start = n_prompt + step.index - len(step.context[0])
             chosen = int(step.tokens_B[0])
-            lens = logit_lens(model, tap.take(), chosen, label)
+            lens = logit_lens(model, tap.take(), chosen, label, final_logits_V=step.logits_BxV[0])
             z_V = sampler_logits(step.logits_BxV[0], seen, cfg.repetition_penalty)
             steps.append(capture_step(step, 0, label, start, max(n_logits, top), sampler_z_V=z_V, lens=lens,
                                       full_vocab_max=full_vocab_max))

@@ -38,12 +38,14 @@ class KVCache:
         self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, layer: int, k_BxHxTxD: torch.Tensor, v_BxHxTxD: torch.Tensor):
-        t0, t1 = self.length, self.length + k_BxHxTxD.shape[2]
-        if t1 > self.max_len:
-            raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
-        self.k_LxBxHxSxD[layer, :, :, t0:t1] = k_BxHxTxD
-        self.v_LxBxHxSxD[layer, :, :, t0:t1] = v_BxHxTxD
-        return self.k_LxBxHxSxD[layer, :, :, :t1], self.v_LxBxHxSxD[layer, :, :, :t1]
+        t0, T = self.length, k_BxHxTxD.shape[2]
+        if t0 + T > self.max_len:
+            raise ValueError(f"KV cache full: {t0 + T} positions > max_len {self.max_len}")
+        # narrow + copy_: two operator calls per tensor, where slice assignment takes five.
+        k_BxHxSxD, v_BxHxSxD = self.k_LxBxHxSxD[layer], self.v_LxBxHxSxD[layer]
+        k_BxHxSxD.narrow(2, t0, T).copy_(k_BxHxTxD)
+        v_BxHxSxD.narrow(2, t0, T).copy_(v_BxHxTxD)
+        return k_BxHxSxD.narrow(2, 0, t0 + T), v_BxHxSxD.narrow(2, 0, t0 + T)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (reorders too: beam search uses this)."""
@@ -196,20 +198,21 @@ class Attention(nn.Module):
         T=1 with fewer operator calls. A decoding step at batch 1 pays per call, not per flop (see
         GPT.decode). key_mask_BxS: as in forward, over all S = cached + 1 keys."""
         B = x_BxC.shape[0]
-        q, k, v = self.qkv(x_BxC).view(B, 3, self.n_head, self.head_dim).unbind(1)  # (B, H, D) each
-        k_BxHxSxD, v_BxHxSxD = cache.update(layer, k[:, :, None], v[:, :, None])
+        # (B, H, 1, D) each: viewed with the query axis in place, no unsqueeze calls.
+        q_BxHx1xD, k, v = self.qkv.forward(x_BxC).view(B, 3, self.n_head, 1, self.head_dim).unbind(1)
+        k_BxHxSxD, v_BxHxSxD = cache.update(layer, k, v)
         mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
         if B == 1:  # one call: batch 1 pays per operator call
-            y_BxHx1xD = F.scaled_dot_product_attention(q[:, :, None], k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
+            y_BxHx1xD = F.scaled_dot_product_attention(q_BxHx1xD, k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
         else:
             # Written out for a batch: on CPU, SDPA's result for a row depends on which thread computes
             # it (with 2 threads, rows 4-7 of 8 differ from rows 0-3 by an ulp), so a request's tokens
             # would depend on its slot in the serving engine. Matmul + softmax per row do not.
-            s_BxHx1xS = (q[:, :, None] * self.head_dim ** -0.5) @ k_BxHxSxD.transpose(-1, -2)
+            s_BxHx1xS = (q_BxHx1xD * self.head_dim ** -0.5) @ k_BxHxSxD.transpose(-1, -2)
             if mask is not None:
                 s_BxHx1xS = s_BxHx1xS.masked_fill(~mask, float("-inf"))
             y_BxHx1xD = s_BxHx1xS.float().softmax(-1).to(v_BxHxSxD.dtype) @ v_BxHxSxD
-        return self.out(y_BxHx1xD.reshape(B, self.n_head * self.head_dim))
+        return self.out.forward(y_BxHx1xD.reshape(B, self.n_head * self.head_dim))
 
 
 def init_weights(model: nn.Module, depth: int) -> None:
@@ -287,8 +290,9 @@ class Block(nn.Module):
         if self.cross_attn is not None or self.training:
             raise TypeError("Block.decode is for inference with decoder-only blocks: use forward() to train "
                             "or to decode with cross-attention")
+        mlp = self.mlp
         if self.pre_norm:
-            x_BxC = x_BxC + self.attn.decode(self.ln_attn(x_BxC), cache, layer, key_mask_BxS)
-            return x_BxC + self.mlp(self.ln_mlp(x_BxC))
-        x_BxC = self.ln_attn(x_BxC + self.attn.decode(x_BxC, cache, layer, key_mask_BxS))
-        return self.ln_mlp(x_BxC + self.mlp(x_BxC))
+            x_BxC = x_BxC + self.attn.decode(self.ln_attn.forward(x_BxC), cache, layer, key_mask_BxS)
+            return x_BxC + mlp.down.forward(mlp.act.forward(mlp.up.forward(self.ln_mlp.forward(x_BxC))))
+        x_BxC = self.ln_attn.forward(x_BxC + self.attn.decode(x_BxC, cache, layer, key_mask_BxS))
+        return self.ln_mlp.forward(x_BxC + mlp.down.forward(mlp.act.forward(mlp.up.forward(x_BxC))))
