@@ -241,6 +241,10 @@ class MLP(nn.Module):
     def forward(self, x_BxTxC: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x_BxTxC)))
 
+    def decode(self, x_BxC: torch.Tensor) -> torch.Tensor:
+        """forward() without its modules' __call__ (see GPT.decode)."""
+        return self.down.forward(self.act.forward(self.up.forward(x_BxC)))
+
 
 class Block(nn.Module):
     """Self-attention (+ cross-attention when `cross`) + feed-forward, each a residual sub-layer.
@@ -290,9 +294,8 @@ class Block(nn.Module):
         if self.cross_attn is not None or self.training:
             raise TypeError("Block.decode is for inference with decoder-only blocks: use forward() to train "
                             "or to decode with cross-attention")
-        mlp = self.mlp
         if self.pre_norm:
             x_BxC = x_BxC + self.attn.decode(self.ln_attn.forward(x_BxC), cache, layer, key_mask_BxS)
-            return x_BxC + mlp.down.forward(mlp.act.forward(mlp.up.forward(self.ln_mlp.forward(x_BxC))))
+            return x_BxC + self.mlp.decode(self.ln_mlp.forward(x_BxC))
         x_BxC = self.ln_attn.forward(x_BxC + self.attn.decode(x_BxC, cache, layer, key_mask_BxS))
-        return self.ln_mlp.forward(x_BxC + mlp.down.forward(mlp.act.forward(mlp.up.forward(x_BxC))))
+        return self.ln_mlp.forward(x_BxC + self.mlp.decode(x_BxC))

@@ -19,15 +19,23 @@ tests check the next-token distributions against fp32.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
 # torch's int8 kernel reads its inputs in blocks of 16: with other widths it returns garbage or
 # crashes (checked on torch 2.13 CPU: widths 8, 24 wrong, 7 a segfault; every multiple of 16 right).
 INT8_WIDTH_MULTIPLE = 16
-# The overload itself: calling the packet (torch.ops.aten._weight_int8pack_mm) first checks its
-# arguments in Python for script objects, a few microseconds per token at batch 1.
-_INT8_MM = torch.ops.aten._weight_int8pack_mm.default
+
+
+@functools.cache
+def _int8_mm():
+    """The kernel's overload itself: calling the packet (torch.ops.aten._weight_int8pack_mm) first
+    checks its arguments in Python for script objects, a few microseconds per token at batch 1.
+    Looked up on first use, not at import: an older torch may lack the kernel, and gptlab must
+    still import there (only --dtype int8 needs it)."""
+    return torch.ops.aten._weight_int8pack_mm.default
 
 
 class Int8Linear(nn.Module):
@@ -48,16 +56,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x_NxC: torch.Tensor) -> torch.Tensor:
         lead = x_NxC.shape[:-1]
-        y_NxV = _INT8_MM(
+        y_NxV = _int8_mm()(
             x_NxC.reshape(-1, self.in_features).to(torch.bfloat16), self.weight_int8, self.scale)
-        if self.bias is not None and self.bias.dtype == x_NxC.dtype in (torch.float32, torch.bfloat16):
-            # bf16 product + bias in x's dtype is already x's dtype (type promotion): one call fewer
-            # per token than a cast and then the sum.
-            y_NxV = torch.add(self.bias, y_NxV)
-        else:
+        # The bf16 product plus a bias in x's dtype (fp32 or bf16) is already x's dtype by type
+        # promotion, with the same bits as a cast first: one call fewer per token.
+        if self.bias is None or self.bias.dtype != x_NxC.dtype or x_NxC.dtype not in (torch.float32, torch.bfloat16):
             y_NxV = y_NxV.to(x_NxC.dtype)
-            if self.bias is not None:
-                y_NxV = y_NxV + self.bias
+        if self.bias is not None:
+            y_NxV = y_NxV + self.bias
         return y_NxV if len(lead) == 1 else y_NxV.view(*lead, self.out_features)
 
 
