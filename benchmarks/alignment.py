@@ -78,6 +78,7 @@ class Plan:
     bon_n: int = 64
     bon_prompts: int = 96
     ppo_s: float = 360              # against the reward model of all the pairs: the gold-gain target
+    ppo_lr: float = 3e-5
     # Against the small proxy alone (no KL penalty, no rule penalty, a higher learning rate), as in Gao
     # et al., whose RL runs go to KL in the tens to hundreds of nats: measured 2026-12-02, a 300-pair
     # proxy at lr 3e-5, kl 0.01 (with or without the rule) only reached KL 8-10 in the time, where gold
@@ -216,6 +217,7 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the base, SFT and reward models already in --out (rerun the stages after them)")
     ap.add_argument("--small-pairs", type=int, help="pairs of the small proxy reward model (default 300)")
+    ap.add_argument("--ppo-lr", type=float, help="learning rate of PPO against the reward model (default 3e-5)")
     ap.add_argument("--overopt-kl", type=float, help="KL coefficient of PPO against the small proxy (default 0.01)")
     ap.add_argument("--overopt-lr", type=float, help="learning rate of PPO against the small proxy (default 3e-5)")
     ap.add_argument("--overopt-checker-penalty", type=float, help="rule penalty in PPO against the small proxy (default 0)")
@@ -227,7 +229,7 @@ def main() -> int:
         if f.name.endswith("_s"):
             setattr(plan, f.name, getattr(plan, f.name) * args.time_scale)
     for name, field in (("bon_n", "bon_n"), ("small_pairs", "small_reward_pairs"), ("overopt_kl", "overopt_kl"),
-                        ("overopt_lr", "overopt_lr"), ("overopt_checker_penalty", "overopt_checker_penalty")):
+                        ("overopt_lr", "overopt_lr"), ("ppo_lr", "ppo_lr"), ("overopt_checker_penalty", "overopt_checker_penalty")):
         if getattr(args, name) is not None:
             setattr(plan, field, getattr(args, name))
     skip = set(filter(None, args.skip.split(",")))
@@ -316,7 +318,7 @@ def main() -> int:
     if "ppo" not in skip:
         with timed("ppo", results):
             r = ppo(PPOConfig(model=str(sft_dir), reward=proxy, val_rows=plan.eval_prompts, eval_interval=20,
-                              **loop(out / "ppo", plan.ppo_s, lr=3e-5)), dcfg, gold=gold)
+                              **loop(out / "ppo", plan.ppo_s, lr=plan.ppo_lr)), dcfg, gold=gold)
             results["ppo"] = policy_curve(r.history)
     if "overopt" not in skip:
         with timed("ppo against the small proxy", results):

@@ -4,7 +4,8 @@
     python benchmarks/serve_load.py --model runs/demo    # a trained model folder
 
 First the ceiling: `generate_steps` of the same model at batch --clients in this process (median
-of --repeats). Then, against a `gptlab serve` subprocess on 127.0.0.1 per path (--paths: `off`, the
+of --repeats, measured before the servers and again after them; their mean is the ceiling). Then,
+against a `gptlab serve` subprocess on 127.0.0.1 per path (--paths: `off`, the
 old path where each request decodes alone on one of --workers threads; `on`, the engine with --slots
 decoded together), the same requests in the same order:
   1. warm-up: --warmup requests, then the server's RSS is read from /proc;
@@ -93,8 +94,19 @@ def start_server(models: Path, args, engine: str) -> tuple[subprocess.Popen, str
         time.sleep(0.1)
 
 
-async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, stream: bool, rng: random.Random) -> dict:
-    body = {"model": model, "prompt": rng.choice(PROMPTS), "max_tokens": max_tokens,
+WORDS = sorted(set(" ".join(LINES).split()))
+
+
+def pick_prompt(rng: random.Random, distinct: bool) -> str:
+    """One of PROMPTS (a class asking the same few things: the engine keeps their prefills), or with
+    `distinct` one of them followed by 4 random words (~800,000 tails: every prompt new)."""
+    prompt = rng.choice(PROMPTS)
+    return prompt + " " + " ".join(rng.choice(WORDS) for _ in range(4)) if distinct else prompt
+
+
+async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, stream: bool, rng: random.Random,
+                      distinct: bool = False) -> dict:
+    body = {"model": model, "prompt": pick_prompt(rng, distinct), "max_tokens": max_tokens,
             "temperature": rng.choice([0.0, 0.7, 1.0, 1.3]), "seed": rng.randrange(1 << 30)}
     t0 = time.perf_counter()
     try:
@@ -128,7 +140,7 @@ async def one_request(client: httpx.AsyncClient, model: str, max_tokens: int, st
 
 
 async def run_clients(url: str, model: str, n_requests: int, n_clients: int, max_tokens: int,
-                      stream_every: int, seed: int) -> tuple[list[dict], float]:
+                      stream_every: int, seed: int, distinct: bool = False) -> tuple[list[dict], float]:
     rng = random.Random(seed)
     todo = list(range(n_requests))
     results: list[dict] = []
@@ -138,7 +150,7 @@ async def run_clients(url: str, model: str, n_requests: int, n_clients: int, max
             while todo:
                 i = todo.pop()
                 stream = stream_every > 0 and i % stream_every == 0
-                results.append(await one_request(client, model, max_tokens, stream, rng))
+                results.append(await one_request(client, model, max_tokens, stream, rng, distinct))
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(n_clients)))
         return results, time.perf_counter() - t0
@@ -168,7 +180,8 @@ def summarize(name: str, results: list[dict]) -> dict:
     return {"statuses": statuses, "failures": failures}
 
 
-def offline_speed(model_dir: Path, batch: int, new_tokens: int, threads: int, repeats: int) -> tuple[float, float]:
+def offline_speed(model_dir: Path, batch: int, new_tokens: int, threads: int, repeats: int,
+                  distinct: bool = False) -> tuple[float, float]:
     """New tokens per second of `generate_steps` at `batch` in this process, per wall second and per CPU
     second: the ceiling the server is measured against."""
     import torch
@@ -179,7 +192,8 @@ def offline_speed(model_dir: Path, batch: int, new_tokens: int, threads: int, re
 
     torch.set_num_threads(threads)
     lm = load(model_dir)
-    prompts = [lm.encode(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+    rng = random.Random(2)
+    prompts = [lm.encode(pick_prompt(rng, True) if distinct else PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=new_tokens, seed=0)
     times, cpu = [], []
     for _ in range(repeats):
@@ -204,11 +218,12 @@ def load_phase(label: str, models: Path, name: str, args, engine: str, flood_it:
                     time.sleep(0.2)
         print(f"\n== {label}: server {url}, pid {proc.pid}, --engine {engine}, workers {args.workers}, "
               f"slots {args.slots}, queue {args.queue}, threads {args.threads}")
-        warm, _ = asyncio.run(run_clients(url, name, args.warmup, args.clients, args.max_tokens, args.stream_every, 0))
+        warm, _ = asyncio.run(run_clients(url, name, args.warmup, args.clients, args.max_tokens, args.stream_every, 0,
+                                          args.distinct_prompts))
         ok &= summarize("warm-up", warm)["failures"] == 0
         rss0, cpu0 = rss_mib(proc.pid), cpu_s(proc.pid)
         results, wall = asyncio.run(run_clients(url, name, args.requests, args.clients, args.max_tokens,
-                                                args.stream_every, 1))
+                                                args.stream_every, 1, args.distinct_prompts))
         rss1, cpu = rss_mib(proc.pid), cpu_s(proc.pid) - cpu0
         s = summarize("load", results)
         fig["failures"] = s["failures"]
@@ -276,6 +291,8 @@ def main() -> int:
                     help="torch threads of both servers and of the offline run (default: half the cores)")
     ap.add_argument("--flood", type=int, default=300, help="requests sent at once in the flood phase (engine)")
     ap.add_argument("--repeats", type=int, default=3, help="offline runs (median)")
+    ap.add_argument("--distinct-prompts", action="store_true",
+                    help="every request's prompt new (one of the prompts + 4 random words), so no prefill is reused")
     ap.add_argument("--paths", nargs="+", default=["off", "on"], choices=["off", "on"],
                     help="which server paths to load: off = one request per worker (the old path), on = the engine")
     args = ap.parse_args()
@@ -288,7 +305,8 @@ def main() -> int:
         models = make_model(tmp / name, args.preset)
     print(f"model {name}, {args.requests} requests x {args.max_tokens} tokens from {args.clients} clients, "
           f"{os.cpu_count()} CPU cores")
-    offline, offline_cpu = offline_speed(models, args.clients, args.max_tokens, args.threads, args.repeats)
+    offline, offline_cpu = offline_speed(models, args.clients, args.max_tokens, args.threads, args.repeats,
+                                         args.distinct_prompts)
     print(f"offline generate_steps at batch {args.clients}: {offline:.0f} new tokens/s, {offline_cpu:.0f} per CPU "
           f"second (median of {args.repeats}, {args.threads} torch threads)")
     ok, figs = True, {}
@@ -296,6 +314,13 @@ def main() -> int:
         label = "engine (continuous batching)" if engine == "on" else "old path (each request alone on a worker)"
         passed, figs[engine] = load_phase(label, models, name, args, engine, flood_it=engine == "on")
         ok &= passed
+    # Measured again after the servers: this machine's speed drifts by up to 1.5x over minutes, and a
+    # ceiling measured once, before, moved the served ratio by as much. The mean of both stands.
+    after, after_cpu = offline_speed(models, args.clients, args.max_tokens, args.threads, args.repeats,
+                                     args.distinct_prompts)
+    print(f"offline generate_steps at batch {args.clients}, again: {after:.0f} new tokens/s, {after_cpu:.0f} per CPU "
+          f"second; the mean of both runs is the ceiling: {(offline + after) / 2:.0f}")
+    offline, offline_cpu = (offline + after) / 2, (offline_cpu + after_cpu) / 2
     print("\n== summary")
     for engine, fig in figs.items():
         print(f"  --engine {engine}: {fig.get('tok_s', 0):.0f} tokens/s = {fig.get('tok_s', 0) / offline:.2f} x offline "

@@ -14,7 +14,7 @@ real renders) against the guidance scale, and sampling time per image at 20 step
     python benchmarks/text_to_image.py                # the full run: <= 30 min of training on 2 cores
 
 Writes OUT/text_to_image.json, OUT/grid.png (samples at the best scale beside real renders),
-OUT/daam.html (per-word heatmaps and the filmstrip) and OUT/RESULTS_image.md (a report to paste
+OUT/daam.html and OUT/daam.png (per-word heatmaps and the filmstrip) and OUT/RESULTS_image.md (a report to paste
 into benchmarks/RESULTS_image.md).
 """
 
@@ -31,10 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gptlab.checkpoint import load_checkpoint  # noqa: E402
-from gptlab.data.images import grid, save_png, upscale  # noqa: E402
+from gptlab.data.images import grid, overlay_heat, save_png, upscale  # noqa: E402
 from gptlab.data.shapes import CATEGORIES, eval_specs  # noqa: E402
 from gptlab.explain.capture_image import explain_image  # noqa: E402
 from gptlab.infer.diffuse import SAMPLERS, GenerateConfig, generate  # noqa: E402
@@ -165,12 +166,37 @@ def main() -> None:
     pick = [i for c in range(len(CATEGORIES)) for i in range(c * a.per_category, c * a.per_category + min(4, a.per_category))]
     pairs = [im for i in pick for im in (real[i], images_at[best["guidance"]][i])]
     save_png(out / "grid.png", upscale(grid(pairs, cols=8), 3))
-    trace, _ = explain_image(model, tok, replace(g, prompt=prompt_for(specs[4 * a.per_category]), guidance=best["guidance"]))
+    trace, gen = explain_image(model, tok, replace(g, prompt=prompt_for(specs[4 * a.per_category]), guidance=best["guidance"]))
     trace.save_html(out / "daam.html")
+    save_png(out / "daam.png", daam_picture(gen.images[0], trace.tokens, trace.heatmaps, trace.grid,
+                                            [(step, imgs[0]) for step, imgs in gen.filmstrip], g.steps))
     (out / "text_to_image.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     md = _markdown(report, times)
     (out / "RESULTS_image.md").write_text(md)
     print(md)
+
+
+def daam_picture(image, tokens: list[str], heatmaps: list[list[float]], grid_rc: list[int], filmstrip: list,
+                 steps: int) -> np.ndarray:
+    """One PNG for the README: the image, then each word's cross-attention map over it (labelled),
+    and below, the clean image predicted along the denoising steps."""
+    from PIL import Image, ImageDraw
+
+    big = 4
+    tiles = [("generated", image)] + [(t, overlay_heat(image, h, *grid_rc)) for t, h in zip(tokens, heatmaps)]
+    rows = [[upscale(im, big) for _, im in tiles], [upscale(im, big) for _, im in filmstrip]]
+    side, label, pad = image.shape[0] * big, 14, 4
+    width = max(len(r) for r in rows) * (side + pad) + pad
+    canvas = Image.new("RGB", (width, 2 * (side + label + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    names = [[name for name, _ in tiles], [f"step {step}/{steps}" for step, _ in filmstrip]]
+    for r, (row, row_names) in enumerate(zip(rows, names)):
+        y = pad + r * (side + label + pad)
+        for c, (im, name) in enumerate(zip(row, row_names)):
+            x = pad + c * (side + pad)
+            canvas.paste(Image.fromarray(im), (x, y + label))
+            draw.text((x, y), name, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def _ae_steps_for(t: ImageTrainConfig, mcfg: ImageConfig, seconds: float, examples) -> int:

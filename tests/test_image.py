@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from gptlab.checkpoint import load_checkpoint, save_model
-from gptlab.data.images import load_folder, read_captions
+from gptlab.data.images import load_folder, overlay_heat, read_captions
 from gptlab.data.shapes import CATEGORIES, RELATIONS, ShapesCorpus, eval_specs, judge, segment
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.infer.diffuse import GenerateConfig, encode_captions, generate, guide, make_scheduler, predict_x0
@@ -457,3 +457,13 @@ def test_a_stop_in_stage_1_resumes_there_and_goes_on(tmp_path, interrupt_at):
     wf, wr = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
     for k in wf:
         assert torch.allclose(wf[k], wr[k], atol=1e-6), k
+
+
+def test_a_word_map_laid_over_an_image_reddens_its_hottest_cell_only():
+    img = np.full((8, 8, 3), 100, np.uint8)
+    out = overlay_heat(img, [0.0, 0.1, 0.1, 0.3], rows=2, cols=2, strength=0.5)  # scaled: 0, 1/3, 1/3, 1
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[:4, :4] == 100).all()                                   # the coldest cell stays as it was
+    assert out[4:, 4:].reshape(-1, 3).tolist() == [[178, 70, 70]] * 16  # half-way to (255, 40, 40)
+    assert (out[:4, 4:, 0] > 100).all() and (out[:4, 4:, 0] < 178).all()
+    assert (overlay_heat(img, [0.2] * 4, 2, 2) == img).all()            # a flat map shows nothing

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from gptlab.errors import UserError
-from gptlab.infer.engine import UNIFORM_CHUNK, Engine, EngineClosed, EngineFull, EngineRequest, wait_idle
+from gptlab.infer.engine import INGEST_MAX, UNIFORM_CHUNK, Engine, EngineClosed, EngineFull, EngineRequest, wait_idle
 from gptlab.infer.generate import generate_steps
 from gptlab.infer.sampling import SamplingConfig
 from gptlab.model import GPT
@@ -151,7 +151,7 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(model):
 
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0, seed=7), dict(temperature=0.8, top_p=0.9, top_k=20, seed=3),
                                       dict(temperature=0.0), dict(temperature=1.2, repetition_penalty=1.3, seed=11)])
-@pytest.mark.parametrize("prompt", [[1, 2, 3, 4, 5], list(range(3, 23))], ids=["fed-through-the-batch", "computed-alone"])
+@pytest.mark.parametrize("prompt", [[1, 2, 3, 4, 5], list(range(3, 23))], ids=["short", "long"])
 def test_same_seed_same_tokens_alone_and_under_load(model, sampling, prompt):
     # 60 new tokens: past the tiny model's context of 32, so the sliding window is covered too.
     engine = Engine(model, slots=8, queue=64, eot_id=None)
@@ -169,6 +169,40 @@ def test_same_seed_same_tokens_alone_and_under_load(model, sampling, prompt):
         assert loaded.tokens == alone.tokens
         assert all(r.wait().reason == "length" and r.error is None for r in before + after)
     finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("long", [False, True], ids=["fed", "computed-alone"])
+def test_a_kept_prompt_gives_the_tokens_a_computed_one_gives(model, long):
+    """A prompt seen again is copied from what the engine kept (no step feeds it, no forward computes
+    it) and gives the same tokens; past prompt_cache_bytes the least recently used is dropped."""
+    runs: list[Run] = []
+
+    def ask(prompt: list[int]) -> list[int]:
+        runs.append(Run(prompt, max_new_tokens=12, temperature=1.0, seed=3))
+        engine.submit(runs[-1].req)
+        return runs[-1].wait().tokens
+
+    n = INGEST_MAX + 2 if long else 3
+    one, two, three = ([k + i % 40 for i in range(n)] for k in (1, 2, 3))
+    per_id = 2 * model.cfg.n_layer * model.cfg.n_head * model.cfg.head_size * 4  # fp32 keys + values
+    per_prompt = n * per_id + model.cfg.vocab_size * 4                          # + its logits row
+    engine = Engine(model, slots=2, queue=4, eot_id=None, prompt_cache_bytes=2 * per_prompt)
+    forwards = []
+    hook = model.register_forward_hook(lambda *a: forwards.append(1))  # GPT.forward, not GPT.decode
+    try:
+        first = ask(one)
+        steps, n_forwards = engine.steps, len(forwards)
+        assert (engine.prompt_hits, n_forwards) == (0, int(long))
+        assert ask(one) == first and engine.prompt_hits == 1
+        assert engine.steps - steps == 11 and len(forwards) == n_forwards  # 12 tokens: the first from the kept logits
+        second = ask(two)              # two prompts fill the cap: both kept
+        assert ask(one) == first and engine.prompt_hits == 2
+        ask(three)                     # `two`, the least recently used, is dropped
+        assert ask(two) == second and engine.prompt_hits == 2   # computed again (and `one` dropped)
+        assert ask(three) and engine.prompt_hits == 3
+    finally:
+        hook.remove()
         engine.close()
 
 

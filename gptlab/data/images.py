@@ -135,6 +135,17 @@ def grid(images: list[np.ndarray], cols: int = 0, pad: int = 2) -> np.ndarray:
     return out
 
 
+def overlay_heat(image: np.ndarray, heat: list[float], rows: int, cols: int, strength: float = 0.75) -> np.ndarray:
+    """An (H, W, 3) uint8 image with a (rows x cols, row-major) map laid over it in red, scaled from
+    the map's own minimum (clear) to its maximum (`strength` red): a DAAM word map as a picture."""
+    h = np.asarray(heat, np.float64).reshape(rows, cols)
+    span = h.max() - h.min()
+    a = (h - h.min()) / span if span > 1e-12 else np.zeros_like(h)
+    H, W, _ = image.shape
+    a = np.repeat(np.repeat(a, H // rows, axis=0), W // cols, axis=1)[..., None] * strength
+    return (image * (1 - a) + np.array([255, 40, 40]) * a).round().clip(0, 255).astype(np.uint8)
+
+
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement: a 32x32 sample is easier to see at 4x."""
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)

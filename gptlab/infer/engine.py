@@ -4,14 +4,17 @@ server slots). Token ids only: no text, no asyncio, no HTTP (the server's bridge
 
 A request arrives with its prompt ids, its own SamplingConfig and its own seeded generator. Between
 steps the loop admits waiting requests into free slots (its prompt is computed on its own, batch 1,
-and its keys/values copied into the slot), then one forward pass (`GPT.decode` on a `SlotCache`)
-runs every slot's newest token at that slot's own position, and each request samples its next id
+and its keys/values copied into the slot, or a short prompt is fed through the batched steps one
+id per step; either way the prompt's keys, values and logits are kept (a quarter of the slots' size
+of them), so a prompt seen again, as a class sends the same one, costs a copy), then one forward pass
+(`GPT.decode` on a `SlotCache`) runs every slot's newest token at that slot's own position, and each request samples its next id
 with the pure functions of `gptlab.infer.sampling`. A slot is freed at end-of-text, a stop (the
 request's `stop_fn`), max_new_tokens, or a cancellation, which takes effect before the next step.
 Requests beyond the slots wait in a bounded queue; past it `submit` raises EngineFull.
 
 Determinism per request: a request's tokens do not depend on who shares its batch. Its prompt is
-always computed alone, and every decoding step has the same shapes whatever the load: all `slots`
+always computed alone or in its own row (a kept prompt holds the bits that computing it again the
+same way would give), and every decoding step has the same shapes whatever the load: all `slots`
 rows (free ones compute a dummy token) over all `max_len` key positions, masked per row. A CPU
 matmul's result for one row can differ in its last bits between batch 1 and batch 32 (another
 kernel, another summation order: measured 1e-7 to 1e-6 on the logits), which can flip a sampled
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -41,12 +44,14 @@ import torch
 
 from gptlab.infer.sampling import SamplingConfig, draw, make_generator, process_logits
 from gptlab.model.gpt import GPT
-from gptlab.model.layers import SlotCache
+from gptlab.model.layers import KVCache, SlotCache
 
 log = logging.getLogger("gptlab.engine")
 # Prompts up to this many ids are fed one id per step through the batch (their rows are computed
 # anyway); longer ones are computed at once, alone. Fed, a 6-id prompt costs 6 rows of batched steps
-# instead of a batch-1 forward that costs a third of a batch-32 step of a small model (measured).
+# instead of a batch-1 forward that costs a third of a batch-32 step of a small model (measured; and
+# with every prompt new, serve_load.py's engine made 0.39-0.42x offline's tokens/s with all prompts
+# computed alone, 0.48x with short ones fed).
 INGEST_MAX = 16
 # A request's uniform numbers are drawn this many at a time from its own generator (see _Live.uniform).
 UNIFORM_CHUNK = 32
@@ -101,6 +106,7 @@ class _Live:
     n_new: int = 0
     fresh_1xV: torch.Tensor | None = None  # just admitted: its prompt's next-token logits, not sampled yet
     own_generator: bool = True             # made by the engine: nobody else draws from it
+    keep_prompt: bool = False              # fed through its slot: keep the prompt once it is in
     _uniforms: list[float] = field(default_factory=list)
 
     def uniform(self) -> float:
@@ -118,7 +124,7 @@ class Engine:
     """The decoding loop of one model on its own thread; see the module's doc."""
 
     def __init__(self, model: GPT, *, slots: int, queue: int, eot_id: int | None, max_len: int | None = None,
-                 name: str = "engine"):
+                 name: str = "engine", prompt_cache_bytes: int | None = None):
         if slots < 1 or queue < 0:
             raise ValueError(f"slots must be >= 1 and queue >= 0 (got {slots}, {queue})")
         self.model = model
@@ -141,6 +147,18 @@ class Engine:
         self._in_flight = 0                     # submitted and not finished (waiting or in a slot)
         self._closed = False
         self.steps = 0                          # batched decoding steps run (for tests and metrics)
+        # Prompts' keys, values and next-token logits kept for reuse (vLLM's automatic prefix caching,
+        # for whole prompts), least recently used dropped first past prompt_cache_bytes. Default: a
+        # quarter of the slot cache (~70 prompts of 10 ids for `small` at 32 slots); with the whole
+        # slot cache's size, serve_load.py --distinct-prompts grew the server's RSS by 8% (limit 10%).
+        # A fed prompt is kept from its slot once its last id is in, a long one from its batch-1
+        # prefill: a prompt always takes the same way (by its length), so a kept one gives the bits
+        # that computing it again would.
+        self._prompts: OrderedDict[tuple[int, ...], tuple[KVCache, torch.Tensor, int]] = OrderedDict()
+        self._prompt_bytes = 0
+        kv = self.cache.k_LxBxHxSxD
+        self.prompt_cache_bytes = 2 * kv.numel() * kv.element_size() // 4 if prompt_cache_bytes is None else prompt_cache_bytes
+        self.prompt_hits = 0                    # prompts whose prefill was kept from an earlier request
         self._thread = threading.Thread(target=self._run, name=f"gptlab-{name}", daemon=True)
         self._thread.start()
 
@@ -257,9 +275,10 @@ class Engine:
                     self._finish(req, "error", e)
 
     def _start(self, req: EngineRequest, slot: int) -> None:
-        """Put `req` in `slot`. A short prompt is fed through the batched steps one id per step, in a
-        row that is computed anyway; a longer one is computed alone (batch 1) and copied into the
-        slot, and its logits wait for this round's sampling. Which way depends only on the prompt."""
+        """Put `req` in `slot`. A prompt kept from an earlier request is copied into the slot; else a
+        short prompt is fed through the batched steps one id per step, in a row that is computed
+        anyway; a longer one is computed alone (batch 1) and copied into the slot. Copied, its logits
+        wait for this round's sampling. Which way a prompt is computed depends only on its length."""
         if req.on_start is not None:
             req.on_start()
         cfg, C = req.cfg, self.model.cfg.context_length
@@ -271,19 +290,39 @@ class Engine:
         live = _Live(req, slot, hist, generator, own_generator=req.generator is None)
         self._seen_BxV[slot] = False
         self._seen_BxV[slot, torch.tensor(hist, device=self.device)] = True
-        ids_1xT = torch.tensor([hist], dtype=torch.long, device=self.device)
-        if len(hist) <= INGEST_MAX and len(hist) < self.max_len:
+        kept = self._prompts.get(tuple(hist)) if len(hist) < self.max_len else None
+        if kept is not None:
+            self._prompts.move_to_end(tuple(hist))
+            self.prompt_hits += 1
+            self.cache.fill(slot, kept[0])
+            live.pos, live.fresh_1xV = len(hist), kept[1]
+        elif len(hist) <= INGEST_MAX and len(hist) < self.max_len:
             self.cache.clear(slot)
+            live.keep_prompt = True  # kept by _logits once its last id is in
         elif len(hist) < self.max_len:  # room for at least one new position in the slot
+            ids_1xT = torch.tensor([hist], dtype=torch.long, device=self.device)
             prefill = self.model.new_cache(1, max_len=len(hist))
             live.fresh_1xV = self.model(ids_1xT, cache=prefill, last_only=True).logits[:, -1].float()
             self.cache.fill(slot, prefill)
             live.pos = len(hist)
+            self._keep(hist, prefill, live.fresh_1xV)
         else:
             live.in_slot = False
+            ids_1xT = torch.tensor([hist], dtype=torch.long, device=self.device)
             live.fresh_1xV = self.model(ids_1xT, last_only=True).logits[:, -1].float()
         self._pos[slot] = live.pos
         self._live[slot] = live
+
+    def _keep(self, prompt: list[int], cache: KVCache, logits_1xV: torch.Tensor) -> None:
+        """Keep a prompt's batch-1 cache and next-token logits, dropping the least recently used past
+        prompt_cache_bytes."""
+        size = sum(t.numel() * t.element_size() for t in (cache.k_LxBxHxSxD, cache.v_LxBxHxSxD, logits_1xV))
+        if size > self.prompt_cache_bytes or tuple(prompt) in self._prompts:
+            return
+        self._prompts[tuple(prompt)] = (cache, logits_1xV, size)
+        self._prompt_bytes += size
+        while self._prompt_bytes > self.prompt_cache_bytes:
+            self._prompt_bytes -= self._prompts.popitem(last=False)[1][2]
 
     def _step(self) -> None:
         """One new id for every live request: the logits of all slots (see `_logits`), then sampling."""
@@ -303,7 +342,7 @@ class Engine:
         """(slots, V) next-token logits, row = slot, and the requests whose row holds their next id's
         logits: one batched forward over every slot (fixed shapes, see the module's doc) for those
         in their slot (a request still feeding its prompt samples nothing yet); the prompt's logits
-        for those computed alone this round; a batch-1 window for those that outgrew their slot."""
+        for those computed alone or kept; a batch-1 window for those that outgrew their slot."""
         decoding = [live for live in lives if live.in_slot and live.fresh_1xV is None]
         ready = [live for live in lives if not (live.in_slot and live.fresh_1xV is None)]
         if decoding:
@@ -320,6 +359,9 @@ class Engine:
                 self._pos[live.slot] = live.pos
                 if live.pos == len(live.hist):  # the prompt is in: this row predicts its next id
                     ready.append(live)
+                    if live.keep_prompt:
+                        live.keep_prompt = False
+                        self._keep(live.hist, self.cache.take(live.slot, live.pos), logits_BxV[live.slot:live.slot + 1].clone())
                 if live.pos >= self.max_len:
                     self._leave_slot(live)
         else:

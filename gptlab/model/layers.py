@@ -89,6 +89,15 @@ class SlotCache(KVCache):
         self.v_LxBxHxSxD[:, row, :, n:] = 0
         self.pos_B[row] = n
 
+    def take(self, row: int, n: int) -> KVCache:
+        """A batch-1 KVCache holding a copy of slot `row`'s first n positions (what `fill` puts back)."""
+        L, _, H, _, D = self.k_LxBxHxSxD.shape
+        out = KVCache(L, 1, H, n, D, device=self.k_LxBxHxSxD.device, dtype=self.k_LxBxHxSxD.dtype)
+        out.k_LxBxHxSxD.copy_(self.k_LxBxHxSxD[:, row:row + 1, :, :n])
+        out.v_LxBxHxSxD.copy_(self.v_LxBxHxSxD[:, row:row + 1, :, :n])
+        out.length = n
+        return out
+
     def clear(self, row: int) -> None:
         """Slot `row` empty, at position 0."""
         self.k_LxBxHxSxD[:, row] = 0

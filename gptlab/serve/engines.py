@@ -75,7 +75,8 @@ class Engines:
         return engine.call(under_current_job(fn)).result()
 
     def size_of(self, lm: LoadedModel) -> int:
-        """What a loaded model costs: its weights, plus the slot cache its engine will hold."""
+        """What a loaded model costs: its weights, plus the slot cache its engine will hold and a
+        quarter of that again for the prompts it keeps (Engine.prompt_cache_bytes)."""
         kv = 0
         try:
             model = check_generative(lm.model, lm.kind)
@@ -84,6 +85,7 @@ class Engines:
         else:
             cfg, itemsize = model.cfg, next(model.parameters()).element_size()
             kv = 2 * cfg.n_layer * self.settings.slots * cfg.n_head * cfg.context_length * cfg.head_size * itemsize
+            kv += kv // 4
         return weight_bytes(lm) + kv
 
     def load(self) -> list[EngineLoad]:

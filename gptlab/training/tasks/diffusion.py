@@ -70,6 +70,9 @@ class ImageTrainConfig(FamilyLoopConfig):
     weight_decay: float = setting(0.0, "AdamW weight decay (matrices only)", min=0)
     beta2: float = setting(0.999, "Adam beta2", min=0, below=1)
     ema: float = setting(0.999, "decay of the weights' moving average, which is what is kept (0 = off)", min=0, below=1)
+    # bf16 where the CPU is fast at it: 1.7x the denoiser's steps per second on an AVX-512 BF16
+    # machine (100 steps of batch 64: 18.8 s vs 32.6 s), the same validation loss at equal steps.
+    precision: str = setting("auto", "auto (bf16 where the hardware is fast at it), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     eval_interval: int = setting(500, "steps between evaluations (0 = only at the end)", min=0)
 
 
