@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=0, help="latent pixels per denoiser token (0: the preset's; 2 keeps 64 tokens on a 16x16 latent)")
     ap.add_argument("--ae-width", type=int, default=0, help="channels of the autoencoder's convolutions (0: the preset's)")
     ap.add_argument("--ae-loss", default=ImageTrainConfig().ae_loss, choices=("mse", "l1"), help="the autoencoder's reconstruction error")
+    ap.add_argument("--lr", type=float, default=ImageTrainConfig().lr, help="the denoiser's peak learning rate")
     ap.add_argument("--snr-gamma", type=float, default=ImageTrainConfig().snr_gamma, help="Min-SNR-gamma loss weighting (0 = the plain DDPM loss)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: 2000 images, 4 minutes of training, 10 prompts per category")
     ap.add_argument("--reuse", action="store_true", help="score the model already in --out instead of training")
@@ -93,7 +94,7 @@ def main() -> None:
 
     # -- training: stage 1 sized to its share of the budget, stage 2 gets the rest ----------------
     t = ImageTrainConfig(out=str(out / "model"), preset=a.preset, examples=a.examples, overwrite=True,
-                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma, ae_loss=a.ae_loss)
+                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma, ae_loss=a.ae_loss, lr=a.lr)
     mcfg = IMAGE_PRESETS[a.preset]()
     mcfg = replace(mcfg, downsample=mcfg.downsample if a.downsample < 0 else a.downsample, patch=a.patch or mcfg.patch,
                    ae_width=a.ae_width or mcfg.ae_width)

@@ -5,11 +5,12 @@ server slots). Token ids only: no text, no asyncio, no HTTP (the server's bridge
 A request arrives with its prompt ids, its own SamplingConfig and its own seeded generator. Between
 steps the loop admits waiting requests into free slots (its prompt is computed on its own, batch 1,
 and its keys/values copied into the slot, or a short prompt is fed through the batched steps one
-id per step; either way the prompt's keys, values and logits are kept (a quarter of the slots' size
-of them), so a prompt seen again, as a class sends the same one, costs a copy), then one forward pass
-(`GPT.decode` on a `SlotCache`) runs every slot's newest token at that slot's own position, and each request samples its next id
-with the pure functions of `gptlab.infer.sampling`. A slot is freed at end-of-text, a stop (the
-request's `stop_fn`), max_new_tokens, or a cancellation, which takes effect before the next step.
+id per step; either way the prompt's keys, values and logits are kept (up to a quarter of the slot
+cache's size), so a prompt seen again, as a class sends the same one, costs a copy), then one
+forward pass (`GPT.decode` on a `SlotCache`) runs every slot's newest token at that slot's own
+position, and each request samples its next id with the pure functions of `gptlab.infer.sampling`.
+A slot is freed at end-of-text, a stop (the request's `stop_fn`), max_new_tokens, or a
+cancellation, which takes effect before the next step.
 Requests beyond the slots wait in a bounded queue; past it `submit` raises EngineFull.
 
 Determinism per request: a request's tokens do not depend on who shares its batch. Its prompt is
@@ -49,9 +50,9 @@ from gptlab.model.layers import KVCache, SlotCache
 log = logging.getLogger("gptlab.engine")
 # Prompts up to this many ids are fed one id per step through the batch (their rows are computed
 # anyway); longer ones are computed at once, alone. Fed, a 6-id prompt costs 6 rows of batched steps
-# instead of a batch-1 forward that costs a third of a batch-32 step of a small model (measured; and
-# with every prompt new, serve_load.py's engine made 0.39-0.42x offline's tokens/s with all prompts
-# computed alone, 0.48x with short ones fed).
+# instead of a batch-1 forward that costs a third of a batch-32 step of a small model (measured). With
+# every prompt new, serve_load.py --distinct-prompts gave 0.39-0.42x offline's tokens/s when every
+# prompt was computed alone, 0.46-0.51x with short ones fed.
 INGEST_MAX = 16
 # A request's uniform numbers are drawn this many at a time from its own generator (see _Live.uniform).
 UNIFORM_CHUNK = 32
