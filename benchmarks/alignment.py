@@ -174,9 +174,10 @@ def fit_gao(sqrt_kl: list[float], gain: list[float], form: str) -> dict[str, flo
     return {"alpha": float(a[0]), "beta": float(a[1])}
 
 
-def csv_halves(path: str, out: Path, seed: int = 0) -> tuple[DataConfig, GoldFn, dict]:
+def csv_halves(path: str, out: Path, seed: int = 0, words_only: bool = False) -> tuple[DataConfig, GoldFn, dict]:
     """The policy's half of a Kaggle-layout CSV (written to OUT) and a gold scorer fitted on the
-    other half: TF-IDF + ridge regression of the points on the description."""
+    other half: TF-IDF + ridge regression of the points on the description. words_only: no number
+    is a feature (a barrel sample's review quotes its score range, `94 - 96`, which a policy can copy)."""
     import csv
 
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -191,7 +192,8 @@ def csv_halves(path: str, out: Path, seed: int = 0) -> tuple[DataConfig, GoldFn,
         w.writerows({k: rows[i][k] for k in NEEDED} for i in policy_idx)
     gold_rows = [rows[i] for i in gold_idx]
     fit_idx, test_idx = split_records(gold_rows, 0.1, seed)
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True)
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True,
+                          token_pattern=r"(?u)\b[^\W\d_]{2,}\b" if words_only else r"(?u)\b\w\w+\b")
     x = vec.fit_transform([normalize_text(gold_rows[i]["description"]) for i in fit_idx])
     ridge = Ridge(alpha=1.0).fit(x, [gold_rows[i]["points"] for i in fit_idx])
     pred = ridge.predict(vec.transform([normalize_text(gold_rows[i]["description"]) for i in test_idx]))
@@ -226,6 +228,8 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the base, SFT and reward models already in --out (rerun the stages after them)")
     ap.add_argument("--small-pairs", type=int, help=f"pairs of the small proxy reward model (default {Plan.small_reward_pairs})")
+    ap.add_argument("--gold-words-only", action="store_true",
+                    help="real reviews: the gold scorer's features are words, no numbers")
     ap.add_argument("--ppo-lr", type=float, help=f"learning rate of PPO against the reward model (default {Plan.ppo_lr:g})")
     ap.add_argument("--overopt-kl", type=float, help=f"KL coefficient of PPO against the small proxy (default {Plan.overopt_kl:g})")
     ap.add_argument("--overopt-lr", type=float, help=f"learning rate of PPO against the small proxy (default {Plan.overopt_lr:g})")
@@ -250,7 +254,7 @@ def main() -> int:
     if args.data == "builtin":
         dcfg, gold = DataConfig(builtin_size=plan.builtin_size, val_fraction=0.05), gold_reward
     else:
-        dcfg, gold, results["gold_scorer"] = csv_halves(args.data, out)
+        dcfg, gold, results["gold_scorer"] = csv_halves(args.data, out, words_only=args.gold_words_only)
         if args.quick:
             dcfg.max_records = plan.builtin_size
         print("gold scorer", results["gold_scorer"])
