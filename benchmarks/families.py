@@ -32,6 +32,7 @@ import torch
 from gptlab.data import DataConfig
 from gptlab.data.pairs import normalize
 from gptlab.data.texts import labelled_rows
+from gptlab.errors import run_script  # noqa: E402
 from gptlab.infer.translate import translate
 from gptlab.model.encoder import ENCODER_PRESETS
 from gptlab.model.seq2seq import SEQ2SEQ_PRESETS
@@ -248,4 +249,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

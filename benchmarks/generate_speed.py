@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptlab.api import LoadedModel, with_dtype  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
+from gptlab.errors import run_script  # noqa: E402
 from gptlab.infer.generate import generate_steps  # noqa: E402
 from gptlab.infer.sampling import SamplingConfig, make_generator, sample  # noqa: E402
 from gptlab.model import GPT, book  # noqa: E402
@@ -229,4 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, Path(__file__).name))

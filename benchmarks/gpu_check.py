@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WINE_CSV, load_wine, median  # noqa: E402
 from train_throughput import gptlab_contestant  # noqa: E402
 
+from gptlab.errors import run_script  # noqa: E402
+
 
 def losses(data, device: str, precision: str, compile: bool, steps: int) -> list[float]:
     """Per-step training loss of `book` (dropout 0, so runs are comparable) on the same batches."""
@@ -110,4 +112,4 @@ def _data_from(corpus):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -37,6 +37,10 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gptlab.errors import run_script  # noqa: E402
+
 LINES = [
     "wine review : germany : mosel : riesling : a crisp , dry wine with lemon and green apple .",
     "wine review : france : bordeaux : red blend : dark berries , oak and a long finish .",
@@ -342,4 +346,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

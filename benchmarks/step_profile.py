@@ -25,6 +25,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WINE_CSV, cpu_name, load_note, load_wine  # noqa: E402
 
+from gptlab.errors import run_script  # noqa: E402
+
 
 def plain_nll(hidden_NxC, head, targets_N, chunk=8192, ignore_index=None):
     total = hidden_NxC.new_zeros((), dtype=torch.float32)
@@ -110,4 +112,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -46,6 +46,8 @@ from common import (  # noqa: E402
     set_threads,
 )
 
+from gptlab.errors import run_script  # noqa: E402
+
 
 def run_keras(data, epochs: float, seed: int) -> dict:
     keras = import_keras()
@@ -268,4 +270,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

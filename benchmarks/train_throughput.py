@@ -35,6 +35,8 @@ from common import (  # noqa: E402
     set_threads,
 )
 
+from gptlab.errors import run_script  # noqa: E402
+
 
 def gptlab_contestant(name: str, data, *, preset="book", batching="pad", precision="fp32", batch_size=32,
                       compile=False, device="cpu", threads=0, steps=30, warmup=3, clock="wall", log_interval=1,
@@ -164,4 +166,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, Path(__file__).name))

@@ -444,3 +444,26 @@ def test_export_replaces_an_old_export_only_with_overwrite(world: dict[str, str]
     assert main(["export", world["m"], "--out", str(out), "--overwrite"]) == 0
     assert not (out / "stale.txt").exists() and (out / "config.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"], "no temporary folder left beside it"
+
+
+def test_a_script_answers_bad_input_in_one_line(capsys: Any) -> None:
+    """The benchmarks' entry (`run_script`): a UserError is one line and status 2, as in the CLI."""
+    from gptlab.errors import UserError, run_script
+
+    def bad() -> int:
+        raise UserError("--lr must be >= 0\n(got -1)")
+
+    assert run_script(bad, "bench.py") == 2
+    assert capsys.readouterr().err == "bench.py: error: --lr must be >= 0 (got -1)\n"
+    assert run_script(lambda: None, "bench.py") == 0
+
+
+@pytest.mark.parametrize("script,args", [("alignment.py", ["--skip", "ppo,nonsense"]),
+                                         ("text_to_image.py", ["--lr", "-1"])])
+def test_benchmarks_refuse_bad_flags_without_a_traceback(tmp_path: Path, script: str, args: list[str]) -> None:
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    p = subprocess.run([sys.executable, str(bench), "--out", str(tmp_path / "out"), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith(f"{script}: error: ")
+    assert not (tmp_path / "out").exists(), "nothing written before the check"

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from gptlab import __version__
 from gptlab.cli.common import UsageError, settle, short_usage
-from gptlab.errors import UserError
+from gptlab.errors import UserError, one_line
 
 COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export", "align", "image"]
 INTERNAL_ERROR = 1
@@ -59,10 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod.register(sub)
     _tag(parser)
     return parser
-
-
-def one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def log_crash(argv: list[str] | None) -> str | None:
