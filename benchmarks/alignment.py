@@ -9,8 +9,10 @@ reflection tuning (how often one revision fixes a wrong province or variety).
 On the built-in corpus the gold reward is the generator's own rule (gptlab.data.instructions.gold_reward):
 the points its tier phrases encode, or the floor (80) for a response that does not follow the
 instruction. On a Kaggle-layout CSV (--data ../shared/data/wine-reviews.csv) the reviews are split
-in two halves: every stage sees only the first; the gold scorer is TF-IDF + ridge regression of
-the points, fitted on the second (the floor again for a wrong country or variety).
+in two halves: every stage sees only the first; the gold scorer is learned on the second (the floor
+again for a wrong country or variety): a reward model of its points pairs, five times the proxy's
+(`rm_gold`, the default), or TF-IDF + ridge regression of the points (--gold tfidf), a bag of words
+that a policy stringing top reviews' words together fools.
 
     python benchmarks/alignment.py --quick          # minutes: checks that every stage runs
     python benchmarks/alignment.py                  # the default run (sized for <= 45 min on 2 cores)
@@ -29,6 +31,7 @@ import dataclasses
 import html
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -43,12 +46,25 @@ import torch  # noqa: E402
 
 from gptlab.checkpoint import load_checkpoint  # noqa: E402
 from gptlab.data import DataConfig, normalize_text, split_records  # noqa: E402
-from gptlab.data.instructions import NEEDED, gold_points, gold_reward, parse_prompt, review_rows  # noqa: E402
+from gptlab.data.instructions import (  # noqa: E402
+    NEEDED,
+    Pair,
+    gold_points,
+    gold_reward,
+    parse_prompt,
+    preference_pairs,
+    prompt_of,
+    response_of,
+    review_rows,
+    write_pairs,
+)
+from gptlab.errors import UserError, run_script  # noqa: E402
 from gptlab.training.align import (  # noqa: E402
     NORM_PROMPTS,
     GoldFn,
     Scorer,
     best_of_n,
+    encode_response,
     evaluate_policy,
     load_reward,
     normalise_reward,
@@ -56,6 +72,7 @@ from gptlab.training.align import (  # noqa: E402
     policy_prompts,
     response_text,
     sample_responses,
+    score,
 )
 from gptlab.training.config import RUN_PRESETS, RunConfig, TrainConfig  # noqa: E402
 from gptlab.training.tasks.causal_lm import train  # noqa: E402
@@ -97,17 +114,31 @@ class Plan:
     overopt_lr: float = 1e-4
     grpo_s: float = 180
     dpo_betas: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
-    dpo_s: float = 75
+    dpo_s: float = 60               # 75 before the gold reward model's stage came in (45-minute budget)
     reflect_s: float = 180
     eval_prompts: int = 96
+    # Real reviews: the gold reward model. Measured 2026-12-03 (from the SFT model, 400 s, 20,000
+    # pairs of the gold half, 12 steps/s): held-out pair accuracy 0.85 at ~60 s, 0.87 at ~200 s, 0.87-0.89
+    # from 230 to 400 s (500 pairs; the best is kept). 180 s keeps the default run within 45 minutes.
+    gold_pairs: int = 20000
+    # Pairs of a real review over a word salad of a top review's words (`word_salad`). Tried, off by
+    # default: with 5,000 the gold ranked a held-out review above a salad 93% of the time, but its
+    # points fit fell (held-out r 0.78 against 0.84 without) and the policies' own salads still
+    # scored 90.5 (RESULTS_alignment.md).
+    gold_salad: int = 0
+    gold_s: float = 180
 
 
 QUICK = Plan(builtin_size=1500, base_preset="tiny", context=128, base_s=40, sft_s=30, reward_s=20, small_reward_pairs=100,
+             gold_pairs=2000, gold_salad=500, gold_s=20,
              bon_n=8, bon_prompts=16, ppo_s=30, overopt_s=20, grpo_s=20, dpo_betas=(0.1, 1.0), dpo_s=10, reflect_s=20,
              eval_prompts=16)
 
 
 DEVICE = "cpu"
+GOLD_HALF = "gold_half.csv"
+GOLD_FLOOR = 80.0  # the gold of a response that does not follow the instruction (the bottom of the scale)
+STAGES = ("bon", "ppo", "overopt", "grpo", "dpo", "reflect")  # the ones --skip can leave out
 
 
 def loop(out: Path, seconds: float, **kw) -> dict:
@@ -191,6 +222,10 @@ def csv_halves(path: str, out: Path, seed: int = 0, words_only: bool = False) ->
         w.writeheader()
         w.writerows({k: rows[i][k] for k in NEEDED} for i in policy_idx)
     gold_rows = [rows[i] for i in gold_idx]
+    with open(out / GOLD_HALF, "w", newline="", encoding="utf-8") as f:  # for the reward-model gold
+        w = csv.DictWriter(f, fieldnames=list(NEEDED))
+        w.writeheader()
+        w.writerows({k: r[k] for k in NEEDED} for r in gold_rows)
     fit_idx, test_idx = split_records(gold_rows, 0.1, seed)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True,
                           token_pattern=r"(?u)\b[^\W\d_]{2,}\b" if words_only else r"(?u)\b\w\w+\b")
@@ -202,12 +237,84 @@ def csv_halves(path: str, out: Path, seed: int = 0, words_only: bool = False) ->
             "gold_test_rmse": float(np.sqrt(np.mean((pred - truth) ** 2))), "gold_test_r": float(np.corrcoef(pred, truth)[0, 1])}
 
     def gold(prompt: str, text: str, ended: bool) -> float:
-        asked = parse_prompt(prompt)
         parts = text.split(" : ", 3)
-        if not ended or len(parts) < 4 or parts[0] != asked["country"] or parts[2] != asked["variety"]:
-            return 80.0
+        if not _follows(prompt, text, ended):
+            return GOLD_FLOOR
         return float(ridge.predict(vec.transform([parts[3]]))[0])
     return DataConfig(data=str(policy_csv), val_fraction=0.05), gold, info
+
+
+def _follows(prompt: str, text: str, ended: bool) -> bool:
+    """The response ended and names the asked country and variety (else the gold's floor)."""
+    asked = parse_prompt(prompt)
+    parts = text.split(" : ", 3)
+    return ended and len(parts) == 4 and parts[0] == asked["country"] and parts[2] == asked["variety"]
+
+
+def word_salad(row: dict, words_of: dict, rng: random.Random) -> str:
+    """`row`'s header with the words of a top review (points >= 92) of its variety, shuffled, a fifth
+    of them doubled: what PPO against the small proxy writes once it goes past the gold's peak
+    (`93 - 95 . barrel sample . powerfully dry wine , with powerful fruits ...`)."""
+    parts = response_of(row).split(" : ", 3)
+    words = list(rng.choice(words_of.get(parts[2]) or words_of[""]))
+    rng.shuffle(words)
+    words = [w for x in words for w in ([x, x] if rng.random() < 0.2 else [x])]
+    return " : ".join(parts[:3] + [" ".join(words)])
+
+
+def rm_gold(plan: Plan, out: Path, init: Path, train: bool) -> tuple[GoldFn, dict]:
+    """A gold that reads text as text: a reward model (the proxies' shape and start) trained on
+    plan.gold_pairs points pairs of the gold half, which no policy stage sees (Gao et al.'s gold is
+    likewise a reward model, bigger and better fed than the proxies), its score mapped to points by
+    a line fitted on the gold half's held-out reviews (which none of its pairs use). With
+    plan.gold_salad, pairs of a real review over a word salad of a top review's words for the same
+    wine too (`word_salad`): a judgement any human rater makes and no points pair teaches."""
+    folder = out / "rm_gold"
+    gcfg = DataConfig(data=str(out / GOLD_HALF), val_fraction=0.05)
+    rows = review_rows(gcfg)
+    fit_idx, held_idx = split_records(rows, 0.1, gcfg.seed)
+    fit, held = [rows[i] for i in fit_idx], [rows[i] for i in held_idx]
+    words_of: dict[str, list[list[str]]] = {"": []}
+    for r in fit:
+        if r["points"] >= 92:
+            desc = response_of(r).split(" : ", 3)[3].split()
+            words_of.setdefault(response_of(r).split(" : ", 3)[2], []).append(desc)
+            words_of[""].append(desc)
+    rng = random.Random(gcfg.seed)
+    pairs_file = out / "gold_pairs.jsonl"
+    if train:
+        pairs = preference_pairs(fit, plan.gold_pairs, gcfg.seed)
+        if words_of[""]:  # a corpus without a review of 92+ points has no salad to make
+            pairs += [Pair(prompt_of(r), response_of(r), word_salad(r, words_of, rng))
+                      for r in rng.choices(fit, k=plan.gold_salad)]
+        rng.shuffle(pairs)
+        write_pairs(pairs_file, pairs)
+        train_reward(RewardConfig(model=str(init), pairs=str(pairs_file), **loop(folder, plan.gold_s)), gcfg)
+    rm, tok, cfg = load_reward(str(folder))
+    rm.to(DEVICE).eval()
+
+    def raw(pairs: list[tuple[str, str]]) -> np.ndarray:
+        with torch.no_grad():
+            return score(rm, tok, [encode_response(tok, p, x) for p, x in pairs]).float().numpy()
+
+    s = raw([(prompt_of(r), response_of(r)) for r in held])
+    pts = np.array([r["points"] for r in held])
+    slope, intercept = np.polyfit(s, pts, 1)
+    m = cfg.get("metrics", {})
+    info = {"gold_rm_pair_accuracy": m.get("best_val_accuracy", m.get("val_accuracy")),  # of the weights kept "gold_rm_points_pairs": plan.gold_pairs,
+            "gold_rm_salad_pairs": plan.gold_salad, "gold_rm_held_out_reviews": len(held),
+            "gold_rm_held_out_r": float(np.corrcoef(s, pts)[0, 1]),
+            "gold_rm_held_out_rmse": float(np.sqrt(np.mean((slope * s + intercept - pts) ** 2)))}
+    if words_of[""]:  # how it scores a salad of a top review's words against the real review
+        salads = raw([(prompt_of(r), word_salad(r, words_of, random.Random(i))) for i, r in enumerate(held)])
+        info.update({"gold_rm_review_above_salad": float(np.mean(s > salads)),
+                     "gold_rm_salad_points": float(np.mean(slope * salads + intercept))})
+
+    def gold(prompt: str, text: str, ended: bool) -> float:
+        if not _follows(prompt, text, ended):
+            return GOLD_FLOOR
+        return float(slope * raw([(prompt, text)])[0] + intercept)
+    return gold, info
 
 
 def policy_curve(history: list[dict]) -> list[dict]:
@@ -224,10 +331,14 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (every stage)")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply every stage's training seconds by this")
     ap.add_argument("--bon-n", type=int, help="largest n of best-of-n (default 64; quick 8)")
-    ap.add_argument("--skip", default="", help="comma-separated stages to skip: ppo,grpo,dpo,reflect,bon,overopt")
+    ap.add_argument("--skip", default="", help=f"comma-separated stages to skip: {','.join(STAGES)}")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the base, SFT and reward models already in --out (rerun the stages after them)")
     ap.add_argument("--small-pairs", type=int, help=f"pairs of the small proxy reward model (default {Plan.small_reward_pairs})")
+    ap.add_argument("--gold", default="rm", choices=("rm", "tfidf"),
+                    help="real reviews: the gold scorer, a reward model of the gold half's points pairs (rm) "
+                         "or TF-IDF + ridge regression of its points (tfidf)")
+    ap.add_argument("--gold-salad", type=int, help=f"real reviews, --gold rm: word-salad pairs for the gold (default {Plan.gold_salad})")
     ap.add_argument("--gold-words-only", action="store_true",
                     help="real reviews: the gold scorer's features are words, no numbers")
     ap.add_argument("--ppo-lr", type=float, help=f"learning rate of PPO against the reward model (default {Plan.ppo_lr:g})")
@@ -235,6 +346,16 @@ def main() -> int:
     ap.add_argument("--overopt-lr", type=float, help=f"learning rate of PPO against the small proxy (default {Plan.overopt_lr:g})")
     ap.add_argument("--overopt-checker-penalty", type=float, help=f"rule penalty in PPO against the small proxy (default {Plan.overopt_checker_penalty:g})")
     args = ap.parse_args()
+    if args.gold_words_only and args.gold != "tfidf":
+        raise UserError("--gold-words-only chooses the TF-IDF gold's features: add --gold tfidf")
+    if args.gold_words_only and args.data == "builtin":
+        raise UserError("--gold-words-only is for real reviews (--data a CSV): the built-in corpus's gold is its "
+                        "generator's exact rule, which has no features to choose")
+    unknown = set(filter(None, args.skip.split(","))) - set(STAGES)
+    if unknown:
+        raise UserError(f"--skip {','.join(sorted(unknown))}: no such stage; the stages are {','.join(STAGES)}")
+    if args.time_scale <= 0:
+        raise UserError(f"--time-scale must be > 0 (got {args.time_scale:g})")
     global DEVICE
     DEVICE = args.device
     plan = dataclasses.replace(QUICK if args.quick else Plan())
@@ -242,7 +363,7 @@ def main() -> int:
         if f.name.endswith("_s"):
             setattr(plan, f.name, getattr(plan, f.name) * args.time_scale)
     for name, field in (("bon_n", "bon_n"), ("small_pairs", "small_reward_pairs"), ("overopt_kl", "overopt_kl"),
-                        ("overopt_lr", "overopt_lr"), ("ppo_lr", "ppo_lr"), ("overopt_checker_penalty", "overopt_checker_penalty")):
+                        ("overopt_lr", "overopt_lr"), ("ppo_lr", "ppo_lr"), ("gold_salad", "gold_salad"), ("overopt_checker_penalty", "overopt_checker_penalty")):
         if getattr(args, name) is not None:
             setattr(plan, field, getattr(args, name))
     skip = set(filter(None, args.skip.split(",")))
@@ -251,6 +372,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict = {"plan": vars(plan), "data": args.data}
+    gold: GoldFn
     if args.data == "builtin":
         dcfg, gold = DataConfig(builtin_size=plan.builtin_size, val_fraction=0.05), gold_reward
     else:
@@ -289,6 +411,14 @@ def main() -> int:
             save("sft", results["sft"], str(base))
         print(results["sft"])
     sft_dir = out / "sft"
+    if args.data != "builtin" and args.gold == "rm":
+        with timed("gold reward model", results):
+            made = not keep("rm_gold", out / "rm_gold", str(sft_dir))
+            gold, figures = rm_gold(plan, out, sft_dir, train=made)
+            results["gold_scorer"].update(figures)
+            if made:
+                save("rm_gold", figures, str(sft_dir))
+            print("gold scorer", results["gold_scorer"])
 
     with timed("reward", results):
         if keep("rm", out / "rm"):
@@ -526,4 +656,4 @@ def report(out: Path, results: dict) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_script(main, Path(__file__).name))
