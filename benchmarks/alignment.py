@@ -301,7 +301,8 @@ def rm_gold(plan: Plan, out: Path, init: Path, train: bool) -> tuple[GoldFn, dic
     pts = np.array([r["points"] for r in held])
     slope, intercept = np.polyfit(s, pts, 1)
     m = cfg.get("metrics", {})
-    info = {"gold_rm_pair_accuracy": m.get("best_val_accuracy", m.get("val_accuracy")),  # of the weights kept "gold_rm_points_pairs": plan.gold_pairs,
+    info = {"gold_rm_pair_accuracy": m.get("best_val_accuracy", m.get("val_accuracy")),  # of the weights kept
+            "gold_rm_points_pairs": plan.gold_pairs,
             "gold_rm_salad_pairs": plan.gold_salad, "gold_rm_held_out_reviews": len(held),
             "gold_rm_held_out_r": float(np.corrcoef(s, pts)[0, 1]),
             "gold_rm_held_out_rmse": float(np.sqrt(np.mean((slope * s + intercept - pts) ** 2)))}
