@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class Dist:
         return self.rank == 0
 
 
+def _destroy_group() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device_name: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
@@ -80,6 +87,10 @@ def init_distributed(device_name: str) -> Dist:
     backend = "nccl" if torch.cuda.is_available() and device_name in ("auto", "cuda") else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+        # Destroyed before the interpreter tears down: a gloo group left to its destructor at exit
+        # can abort the process ("terminate called without an active exception", seen once in
+        # tests/test_align.py's two-process SFT after the run had finished and saved).
+        atexit.register(_destroy_group)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
