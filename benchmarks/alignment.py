@@ -372,7 +372,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results: dict = {"plan": vars(plan), "data": args.data}
+    results: dict = {"plan": vars(plan), "data": args.data, "gold_kind": args.gold}
     gold: GoldFn
     if args.data == "builtin":
         dcfg, gold = DataConfig(builtin_size=plan.builtin_size, val_fraction=0.05), gold_reward
@@ -635,7 +635,8 @@ def report(out: Path, results: dict) -> None:
         y = d * (f["alpha"] - f["beta"] * (d if name == "bon" else np.log(d)))  # Gao et al.'s forms
         axes[1].plot(d, base_gold + y, ":", label=f"Gao fit {name}: a={f['alpha']:.2f}, b={f['beta']:.2f}")
     axes[0].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="proxy reward (the reward model the run optimised)", title="proxy")
-    axes[1].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="gold reward (points the wording encodes)", title="gold")
+    axes[1].set(xlabel="sqrt(KL to SFT), nats^0.5", ylabel="gold reward (points the wording encodes)" if results["data"] == "builtin"
+               else f"gold reward (points, {results.get('gold_kind', 'tfidf')} gold of the other half)", title="gold")
     for a in axes:
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
