@@ -217,15 +217,12 @@ def csv_halves(path: str, out: Path, seed: int = 0, words_only: bool = False) ->
     rows = review_rows(DataConfig(data=path))
     policy_idx, gold_idx = split_records(rows, 0.5, seed)
     policy_csv = out / "policy_half.csv"
-    with open(policy_csv, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(NEEDED))
-        w.writeheader()
-        w.writerows({k: rows[i][k] for k in NEEDED} for i in policy_idx)
     gold_rows = [rows[i] for i in gold_idx]
-    with open(out / GOLD_HALF, "w", newline="", encoding="utf-8") as f:  # for the reward-model gold
-        w = csv.DictWriter(f, fieldnames=list(NEEDED))
-        w.writeheader()
-        w.writerows({k: r[k] for k in NEEDED} for r in gold_rows)
+    for path, half in ((policy_csv, [rows[i] for i in policy_idx]), (out / GOLD_HALF, gold_rows)):  # the gold half: for rm_gold
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(NEEDED))
+            w.writeheader()
+            w.writerows({k: r[k] for k in NEEDED} for r in half)
     fit_idx, test_idx = split_records(gold_rows, 0.1, seed)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True,
                           token_pattern=r"(?u)\b[^\W\d_]{2,}\b" if words_only else r"(?u)\b\w\w+\b")
@@ -277,9 +274,10 @@ def rm_gold(plan: Plan, out: Path, init: Path, train: bool) -> tuple[GoldFn, dic
     words_of: dict[str, list[list[str]]] = {"": []}
     for r in fit:
         if r["points"] >= 92:
-            desc = response_of(r).split(" : ", 3)[3].split()
-            words_of.setdefault(response_of(r).split(" : ", 3)[2], []).append(desc)
-            words_of[""].append(desc)
+            _, _, variety, desc = response_of(r).split(" : ", 3)
+            words = desc.split()
+            words_of.setdefault(variety, []).append(words)
+            words_of[""].append(words)
     rng = random.Random(gcfg.seed)
     pairs_file = out / "gold_pairs.jsonl"
     if train:
@@ -352,7 +350,8 @@ def main() -> int:
     if args.gold_words_only and args.data == "builtin":
         raise UserError("--gold-words-only is for real reviews (--data a CSV): the built-in corpus's gold is its "
                         "generator's exact rule, which has no features to choose")
-    unknown = set(filter(None, args.skip.split(","))) - set(STAGES)
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - set(STAGES)
     if unknown:
         raise UserError(f"--skip {','.join(sorted(unknown))}: no such stage; the stages are {','.join(STAGES)}")
     if args.time_scale <= 0:
@@ -367,7 +366,6 @@ def main() -> int:
                         ("overopt_lr", "overopt_lr"), ("ppo_lr", "ppo_lr"), ("gold_salad", "gold_salad"), ("overopt_checker_penalty", "overopt_checker_penalty")):
         if getattr(args, name) is not None:
             setattr(plan, field, getattr(args, name))
-    skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from gptlab.checkpoint import load_checkpoint  # noqa: E402
 from gptlab.data.images import grid, overlay_heat, save_png, upscale  # noqa: E402
 from gptlab.data.shapes import CATEGORIES, eval_specs  # noqa: E402
-from gptlab.errors import UserError, run_script  # noqa: E402
+from gptlab.errors import run_script  # noqa: E402
 from gptlab.explain.capture_image import explain_image  # noqa: E402
 from gptlab.infer.diffuse import SAMPLERS, GenerateConfig, generate  # noqa: E402
 from gptlab.infer.geneval import (  # noqa: E402
@@ -52,7 +52,13 @@ from gptlab.infer.geneval import (  # noqa: E402
 )
 from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig  # noqa: E402
 from gptlab.training.tasks.checker import CheckerConfig, train_checker  # noqa: E402
-from gptlab.training.tasks.diffusion import ImageTrainConfig, load_examples, train, train_autoencoder  # noqa: E402
+from gptlab.training.tasks.diffusion import (  # noqa: E402
+    ImageTrainConfig,
+    load_examples,
+    model_config,
+    train,
+    train_autoencoder,
+)
 
 # GenEval (Ghosh et al. 2023) on photographs, overall and the two hardest categories: the anchors
 # the issue gives. Another domain: reported beside ours, never compared as equals.
@@ -104,10 +110,7 @@ def main() -> None:
                    ae_width=a.ae_width or mcfg.ae_width)
     mcfg.context_length = max(mcfg.context_length, mcfg.tokens)
     t.validate()
-    try:
-        mcfg.validate()
-    except ValueError as e:
-        raise UserError(f"bad model setting: {e}") from None
+    model_config(t, mcfg)
     out.mkdir(parents=True, exist_ok=True)  # after the settings were checked: bad input writes nothing
     if not a.reuse:
         examples = load_examples(t, 32)

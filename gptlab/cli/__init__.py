@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from gptlab import __version__
 from gptlab.cli.common import UsageError, settle, short_usage
-from gptlab.errors import UserError, one_line
+from gptlab.errors import UserError, one_line, run_script
 
 COMMANDS = ["train", "eval", "generate", "explain", "temperature", "serve", "seq2seq", "encoder", "scale", "export", "align", "image"]
 INTERNAL_ERROR = 1
@@ -86,14 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"gptlab {args.command}: error: {one_line(str(e))}", file=sys.stderr)
-        return UserError.exit_code
-    except KeyboardInterrupt:
-        print(f"gptlab {args.command}: interrupted", file=sys.stderr)
-        return 130
+    try:  # bad input and ^C answered as every script of the project answers them
+        return run_script(lambda: args.func(args), f"gptlab {args.command}")
     except BrokenPipeError:
         return 0
     except Exception as e:  # the last resort: a bug, reported in one line with where its traceback is

@@ -274,7 +274,8 @@ def _reuse_autoencoder(path: Path, t: ImageTrainConfig, mcfg: ImageConfig) -> tu
     return model, tok
 
 
-def _model_config(t: ImageTrainConfig, model_cfg: ImageConfig | None) -> ImageConfig:
+def model_config(t: ImageTrainConfig, model_cfg: ImageConfig | None = None) -> ImageConfig:
+    """The model settings asked for (default: t's preset), checked: a bad shape is a one-line error."""
     mcfg = model_cfg if model_cfg is not None else IMAGE_PRESETS[t.preset]()
     try:
         mcfg.validate()
@@ -289,7 +290,7 @@ def train_autoencoder(t: ImageTrainConfig, model_cfg: ImageConfig | None = None,
     """Stage 1 alone: a fresh TextToImage whose autoencoder is trained (t.ae_steps at t.ae_lr),
     written to OUT/autoencoder (or kept in memory with save=False)."""
     rt = runtime_for(t, save)
-    mcfg = _model_config(t, model_cfg)
+    mcfg = model_config(t, model_cfg)
     train_rows, val_rows = examples if examples is not None else load_examples(t, mcfg.image_size)
     tok = tokenizer or caption_tokenizer(t, train_rows)
     _encode_all(tok, train_rows + val_rows, t.text_context)  # a caption too long: refused before any training
@@ -309,7 +310,7 @@ def train(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool 
           examples: tuple[Examples, Examples] | None = None, on_eval=None) -> TrainResult[TextToImage]:
     """Stage 1 (unless --autoencoder names one, or OUT/autoencoder holds a finished one), then stage 2."""
     rt = runtime_for(t, save)
-    mcfg = _model_config(t, model_cfg)
+    mcfg = model_config(t, model_cfg)
     out = Path(t.out) if t.out else None
     # Stage 2's folder is checked first: a run that could not be saved is refused before any work.
     resume2 = t.resume and out is not None and ((out / CONFIG).exists() or has_checkpoints(out))
