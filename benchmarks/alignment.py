@@ -127,6 +127,9 @@ class Plan:
     # scored 90.5 (RESULTS_alignment.md).
     gold_salad: int = 0
     gold_s: float = 180
+    # The training seed of every stage (initialisation, data order, rollouts, PPO's evaluation
+    # samples); the data's splits and the held-out prompts stay the same for every seed.
+    seed: int = 1337
 
 
 QUICK = Plan(builtin_size=1500, base_preset="tiny", context=128, base_s=40, sft_s=30, reward_s=20, small_reward_pairs=100,
@@ -136,6 +139,7 @@ QUICK = Plan(builtin_size=1500, base_preset="tiny", context=128, base_s=40, sft_
 
 
 DEVICE = "cpu"
+SEED = Plan.seed  # set from --seed in main(), as DEVICE is from --device
 GOLD_HALF = "gold_half.csv"
 GOLD_FLOOR = 80.0  # the gold of a response that does not follow the instruction (the bottom of the scale)
 STAGES = ("bon", "ppo", "overopt", "grpo", "dpo", "reflect")  # the ones --skip can leave out
@@ -143,7 +147,7 @@ STAGES = ("bon", "ppo", "overopt", "grpo", "dpo", "reflect")  # the ones --skip 
 
 def loop(out: Path, seconds: float, **kw) -> dict:
     return {"out": str(out), "time_budget": seconds, "max_steps": 0, "epochs": 1000.0, "progress": False,
-            "tensorboard": False, "device": DEVICE, "overwrite": True, **kw}
+            "tensorboard": False, "device": DEVICE, "seed": SEED, "overwrite": True, **kw}
 
 
 def load(folder: Path | str):
@@ -328,6 +332,8 @@ def main() -> int:
     ap.add_argument("--base", help="reuse this base GPT instead of pretraining one (context >= 128 advised)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (every stage)")
+    ap.add_argument("--seed", type=int, default=Plan.seed,
+                    help="training seed of every stage (the data's splits and held-out prompts stay): a second run's check")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply every stage's training seconds by this")
     ap.add_argument("--bon-n", type=int, help="largest n of best-of-n (default 64; quick 8)")
     ap.add_argument("--skip", default="", help=f"comma-separated stages to skip: {','.join(STAGES)}")
@@ -354,9 +360,11 @@ def main() -> int:
     unknown = skip - set(STAGES)
     if unknown:
         raise UserError(f"--skip {','.join(sorted(unknown))}: no such stage; the stages are {','.join(STAGES)}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0 (got {args.seed})")
     if args.time_scale <= 0:
         raise UserError(f"--time-scale must be > 0 (got {args.time_scale:g})")
-    global DEVICE
+    global DEVICE, SEED
     DEVICE = args.device
     plan = dataclasses.replace(QUICK if args.quick else Plan())
     for f in dataclasses.fields(plan):
@@ -366,6 +374,7 @@ def main() -> int:
                         ("overopt_lr", "overopt_lr"), ("ppo_lr", "ppo_lr"), ("gold_salad", "gold_salad"), ("overopt_checker_penalty", "overopt_checker_penalty")):
         if getattr(args, name) is not None:
             setattr(plan, field, getattr(args, name))
+    SEED = plan.seed = args.seed
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -447,7 +456,7 @@ def main() -> int:
     rm.to(DEVICE)
     scorer = Scorer(tok, model=rm, no_end_penalty=1.0, checker_penalty=PPOConfig.checker_penalty)
     train_prompts, _ = policy_prompts(dcfg, plan.eval_prompts)
-    normalise_reward(scorer, model, tok, train_prompts[:NORM_PROMPTS], PPOConfig.seed)  # as PPO and GRPO do
+    normalise_reward(scorer, model, tok, train_prompts[:NORM_PROMPTS], SEED)  # as PPO and GRPO do
     _, prompts = policy_prompts(dcfg, plan.eval_prompts)
     results["sft_eval"] = evaluate_policy(model, model, tok, prompts, scorer, 0, gold)
     results["sft_eval"]["gold_sd"] = _gold_sd(model, tok, prompts, gold)  # the unit of gold improvement

@@ -459,6 +459,7 @@ def test_a_script_answers_bad_input_in_one_line(capsys: Any) -> None:
 
 
 @pytest.mark.parametrize("script,args", [("alignment.py", ["--skip", "ppo,nonsense"]),
+                                         ("alignment.py", ["--seed", "-1"]),
                                          ("text_to_image.py", ["--lr", "-1"])])
 def test_benchmarks_refuse_bad_flags_without_a_traceback(tmp_path: Path, script: str, args: list[str]) -> None:
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / script
