@@ -59,6 +59,7 @@ from gptlab.data.instructions import (  # noqa: E402
     write_pairs,
 )
 from gptlab.errors import UserError, run_script  # noqa: E402
+from gptlab.settings import check  # noqa: E402
 from gptlab.training.align import (  # noqa: E402
     NORM_PROMPTS,
     GoldFn,
@@ -360,8 +361,7 @@ def main() -> int:
     unknown = skip - set(STAGES)
     if unknown:
         raise UserError(f"--skip {','.join(sorted(unknown))}: no such stage; the stages are {','.join(STAGES)}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0 (got {args.seed})")
+    check(TrainConfig(seed=args.seed))  # the seed's own range, before OUT is made (the loop checks it there too)
     if args.time_scale <= 0:
         raise UserError(f"--time-scale must be > 0 (got {args.time_scale:g})")
     global DEVICE, SEED
