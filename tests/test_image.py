@@ -259,6 +259,50 @@ def test_caption_dropout_rate_within_tolerance():
     assert torch.equal(task.batch(3).tensors["z_t"], task.batch(3).tensors["z_t"])  # a pure function of the step
 
 
+
+def test_logit_normal_timesteps_favour_the_middle_and_validation_stays_uniform():
+    from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
+    model, tok = _random_model()
+    t = ImageTrainConfig(out="", batch_size=64, progress=False)
+    assert t.timesteps == "logit_normal"  # the default
+    uniform = DiffusionTask(replace(t, timesteps="uniform"), model, tok, _examples(64), _examples(8, seed=5))
+    middle = DiffusionTask(t, model, tok, _examples(64), _examples(8, seed=5))
+
+    def mid_share(task) -> float:
+        ts = torch.cat([task.batch(s).tensors["t"] for s in range(50)])
+        assert int(ts.min()) >= 0 and int(ts.max()) < model.cfg.train_timesteps
+        return float(((ts >= 250) & (ts < 750)).float().mean())
+    # P(|N(0, 1)| < logit(0.75) = 1.0986) = 0.728 against 0.5; 3,200 draws: sd <= 0.009
+    assert abs(mid_share(middle) - 0.728) < 0.04 and abs(mid_share(uniform) - 0.5) < 0.04
+    assert torch.equal(middle.val["t"], uniform.val["t"])  # held-out losses compare across the draw
+
+
+def test_the_conv_mlp_mixes_only_neighbours_and_old_configs_load_without_it():
+    from gptlab.model.diffusion import ConvMLP
+    model, tok = _random_model(conv_mlp=True)
+    assert all(isinstance(b.mlp, ConvMLP) for b in model.denoiser.blocks)
+    z, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    ids, mask = encode_captions(tok, ["a red circle"], 16)
+    with torch.no_grad():
+        before = model(z, t, ids, mask)[0]
+        for b in model.denoiser.blocks:
+            b.mlp.dw.weight.zero_()
+            b.mlp.dw.bias.zero_()
+        assert not torch.allclose(before, model(z, t, ids, mask)[0], atol=1e-5)  # the convolution is used
+    # A token's feed-forward output moves with its 8 neighbours' inputs and no one else's.
+    mlp = ConvMLP(ImageConfig(**{**CFG, "conv_mlp": True})).eval()
+    side = mlp.side
+    x = torch.randn(1, side * side, 32)
+    y = x.clone()
+    y[0, 3 * side + 3] += 1.0  # the token at row 3, column 3
+    with torch.no_grad():
+        moved = (mlp(x) - mlp(y)).abs().sum(-1)[0].view(side, side) > 1e-6
+    assert moved[2:5, 2:5].all() and int(moved.sum()) == 9
+    # Checkpoints saved before the setting existed load without it.
+    d = ImageConfig(**CFG).to_dict()
+    del d["conv_mlp"]
+    assert not ImageConfig.from_dict(d).conv_mlp
+
 # -- (d) schedules, samplers, guidance ------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
 def test_x0_from_the_true_noise_gives_back_x0(sampler):
