@@ -259,7 +259,6 @@ def test_caption_dropout_rate_within_tolerance():
     assert torch.equal(task.batch(3).tensors["z_t"], task.batch(3).tensors["z_t"])  # a pure function of the step
 
 
-
 def test_logit_normal_timesteps_favour_the_middle_and_validation_stays_uniform():
     from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
     model, tok = _random_model()
@@ -302,6 +301,7 @@ def test_the_conv_mlp_mixes_only_neighbours_and_old_configs_load_without_it():
     d = ImageConfig(**CFG).to_dict()
     del d["conv_mlp"]
     assert not ImageConfig.from_dict(d).conv_mlp
+
 
 # -- (d) schedules, samplers, guidance ------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm"])
