@@ -124,6 +124,53 @@ def test_a_large_vocabulary_keeps_the_top_and_a_histogram_of_the_rest(lm):
     assert tail_mass > 0.1 and math.isclose(tail_mass, true_tail, rel_tol=1e-3)
 
 
+def test_histograms_made_together_are_each_row_counted_alone():
+    """distributions_data bins N rows in one call; each row must read as a bincount of its own tail
+    (the logits outside its top), ending at its own highest bin, with non-finite logits left out."""
+    from gptlab.explain.capture import TAIL_BIN, distributions_data
+    g = torch.Generator().manual_seed(0)
+    z_NxV = torch.randn(5, 300, generator=g, dtype=torch.float64) * torch.tensor([[0.5], [3.0], [8.0], [1.0], [2.0]])
+    z_NxV[3, 7] = -math.inf  # a banned token
+    z_NxV[4, :] = 1.25       # one value everywhere: a one-bin histogram
+    rows = distributions_data(z_NxV, full_vocab_max=100, n_top=10)
+    for z_V, d in zip(z_NxV, rows):
+        top = z_V.topk(10)
+        assert d["ids"] == top.indices.tolist()
+        rest = torch.ones_like(z_V, dtype=torch.bool)
+        rest[top.indices] = False
+        tail = z_V[rest & torch.isfinite(z_V)]
+        lo = math.floor(float(tail.min()) / TAIL_BIN) * TAIL_BIN
+        assert d["tail"]["lo"] == round(lo, 6)
+        assert d["tail"]["counts"] == torch.bincount(((tail - lo) / TAIL_BIN).floor().long()).tolist()
+    assert sum(rows[3]["tail"]["counts"]) == 300 - 10 - 1 and rows[4]["tail"]["counts"] == [290]
+
+
+def test_steps_captured_together_are_the_steps_captured_one_by_one(lm):
+    """explain() turns all its steps into TraceSteps at the end (a few calls over (N, V) and one
+    output-layer call for every lens row); that must give each step what capturing it alone gives."""
+    from gptlab.explain.capture import ResidualTap, capture_step, logit_lens, token_labels
+    from gptlab.infer.generate import TextTracker, encode_prompts, text_steps
+    from gptlab.infer.sampling import SamplingConfig, make_generator
+    cfg = SamplingConfig(temperature=1.3, top_k=5, max_new_tokens=6, seed=4)
+    batched = lm.explain(PROMPT, steps=6, temperature=1.3, top_k=5, seed=4, top=5)
+    ids = encode_prompts(lm.tokenizer, [PROMPT])
+    label = token_labels(lm.tokenizer)
+    alone = []
+    with ResidualTap(lm.model) as tap:
+        for step in text_steps(lm.model, lm.tokenizer, ids, [TextTracker(lm.tokenizer, ids[0], [])], cfg,
+                               make_generator(4, "cpu"), capture=True):
+            start = len(ids[0]) + step.index - len(step.context[0])
+            lens = logit_lens(lm.model, tap.take(), int(step.tokens_B[0]), label, final_logits_V=step.logits_BxV[0])
+            alone.append(capture_step(step, 0, label, start, 20, lens=lens))
+    assert len(alone) == len(batched.steps) == 6
+    for a, b in zip(alone, batched.steps):
+        assert (a.tokens, a.start, a.attention, a.chosen, a.candidates, a.dist) == (b.tokens, b.start, b.attention, b.chosen, b.candidates, b.dist)
+        assert (a.entropy, a.entropy_sample, a.logsumexp, a.finish) == (b.entropy, b.entropy_sample, b.logsumexp, b.finish)
+        for la, lb in zip(a.lens, b.lens):
+            assert [w["id"] for w in la["top"]] == [w["id"] for w in lb["top"]]
+            assert all(math.isclose(x["p"], y["p"], rel_tol=1e-3) for x, y in zip(la["top"], lb["top"]))
+
+
 def test_logit_lens_ends_with_the_model_own_prediction(lm, trace):
     """One entry per residual stream (the embeddings, then each layer); the last is the output layer's."""
     for step in trace.steps:

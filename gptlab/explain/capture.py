@@ -3,11 +3,12 @@ self-attention per layer, and the decoder's cross-attention for seq2seq) and tur
 into a Trace of plain lists (gptlab.explain.trace), with top-k candidates and entropy where the
 model predicts tokens or labels.
 
-- GPT: `explain` generates and records each step (`capture_step`): the predicting position's
-  attention row, taken from the same cached forward pass that produced the logits, so explaining
-  costs little more than generating; the sampler's logits (`distribution_data`); and the logit
-  lens (`logit_lens`) from the residual streams that `ResidualTap`'s forward hooks keep during
-  that same pass (the model itself is unchanged).
+- GPT: `explain` generates and records each step: the predicting position's attention row, taken
+  from the same cached forward pass that produced the logits, the sampler's logits and the residual
+  streams that `ResidualTap`'s forward hooks keep during that pass (the model itself is unchanged).
+  The vocabulary-sized work (candidates, entropies, the sampler's distribution, `capture_steps`;
+  the logit lens, `logit_lenses`) runs once for all the steps at the end, so explaining costs little
+  more than generating.
 - encoder / classifier: `explain_encoder`; seq2seq: `explain_translation`. Both go through
   `capture_attention`, which pads a batch, hides the padding with the key mask and cuts it away
   again per row, so a row's weights are the same alone or in a ragged batch.
@@ -124,17 +125,37 @@ def distribution_data(z_V: torch.Tensor, full_vocab_max: int = FULL_VOCAB_MAX, n
     sum(count * exp(bin middle / T)): within a factor exp(TAIL_BIN / 2T) of the truth for those words
     alone (the logsumexp of the tail at T = 1 alone could not be re-weighted to another T).
     """
-    z_V = z_V.double()
-    if z_V.shape[-1] <= full_vocab_max:
-        return {"logits": round_list(z_V, LOGIT_DECIMALS)}
-    top = z_V.topk(min(n_top, z_V.shape[-1]))
-    rest_V = torch.ones_like(z_V, dtype=torch.bool)
-    rest_V[top.indices] = False
-    tail = z_V[rest_V & torch.isfinite(z_V)]
-    lo = math.floor(float(tail.min()) / TAIL_BIN) * TAIL_BIN if len(tail) else 0.0
-    counts = torch.bincount(((tail - lo) / TAIL_BIN).floor().long()) if len(tail) else torch.zeros(0, dtype=torch.long)
-    return {"ids": top.indices.tolist(), "logits": round_list(top.values, LOGIT_DECIMALS),
-            "tail": {"lo": round(lo, 6), "width": TAIL_BIN, "counts": counts.tolist()}}
+    return distributions_data(z_V[None], full_vocab_max, n_top)[0]
+
+
+def distributions_data(z_NxV: torch.Tensor, full_vocab_max: int = FULL_VOCAB_MAX, n_top: int = N_DIST_TOP) -> list[dict]:
+    """`distribution_data` of N rows at once: a few calls over (N, V) instead of a dozen per row
+    (an explanation's steps are what makes it slower than plain generation)."""
+    z_NxV = z_NxV.double()
+    if z_NxV.shape[-1] <= full_vocab_max:
+        return [{"logits": row} for row in round_list(z_NxV, LOGIT_DECIMALS)]
+    N = len(z_NxV)
+    top = z_NxV.topk(min(n_top, z_NxV.shape[-1]), dim=-1)
+    finite_NxV = torch.isfinite(z_NxV)
+    tail_NxV = finite_NxV.clone()
+    tail_NxV.scatter_(1, top.indices, False)
+    # The lowest tail logit of each row: its histogram starts at the bin below it.
+    low_N = torch.where(tail_NxV, z_NxV, torch.inf).amin(dim=-1)
+    has_tail_N = tail_NxV.any(dim=-1)
+    lo_N = torch.where(has_tail_N, (low_N / TAIL_BIN).floor() * TAIL_BIN, 0.0)
+    bin_NxV = ((z_NxV - lo_N[:, None]) / TAIL_BIN).floor().nan_to_num(0.0).clamp(min=0).long()
+    # A row's histogram ends at its own highest bin, as a bincount of that row alone would.
+    ends_N = torch.where(tail_NxV, bin_NxV, -1).amax(dim=-1) + 1
+    width = int(ends_N.max())
+    # Every row's counts in one bincount: row n's bins are n * (width + 1) + 0 ... width, the last
+    # one collecting what is not in its tail (cheaper than selecting the tail out).
+    flat = torch.where(tail_NxV, bin_NxV, width) + torch.arange(N)[:, None] * (width + 1)
+    counts_NxW = torch.bincount(flat.flatten(), minlength=N * (width + 1)).view(N, width + 1)[:, :width]
+    ids, logits = top.indices.tolist(), round_list(top.values, LOGIT_DECIMALS)
+    counts, ends, los = counts_NxW.tolist(), ends_N.tolist(), lo_N.tolist()
+    return [{"ids": ids[n], "logits": logits[n],
+             "tail": {"lo": round(los[n], 6), "width": TAIL_BIN, "counts": counts[n][:ends[n]]}}
+            for n in range(N)]
 
 
 def logit_lens(model: GPT, residuals: list[torch.Tensor], chosen: int, label: Callable[[int], str],
@@ -143,20 +164,41 @@ def logit_lens(model: GPT, residuals: list[torch.Tensor], chosen: int, label: Ca
     the final norm and the output layer applied to it early (nostalgebraist's "logit lens").
 
     final_logits_V: the model's own logits, which the last residual stream gives by definition;
-    passed, they stand for it and the output layer runs one row fewer: for the course's one-block
-    model, 335 instead of 490 us per step (median of 200, one process, 2-core CPU)."""
+    passed, they stand for it and the output layer runs one row fewer."""
+    rows = residuals if final_logits_V is None else residuals[:-1]
+    return logit_lenses(model, [rows], [chosen], label, top,
+                        None if final_logits_V is None else final_logits_V[None])[0]
+
+
+def logit_lenses(model: GPT, residuals: list[list[torch.Tensor]], chosen: list[int], label: Callable[[int], str],
+                 top: int = LENS_TOP, final_logits_NxV: torch.Tensor | None = None) -> list[list[dict]]:
+    """`logit_lens` for N steps at once: residuals[n] holds step n's streams (each (C,); all steps the
+    same count), final_logits_NxV (optional) each step's own logits, which follow its streams' rows.
+
+    Why at once: at one text a step, the output layer is a matrix-vector product bound by reading
+    its weights (10 MB for the course's model), so a row per call costs as much as the whole step
+    it explains; all steps' rows in one call read the weights once."""
+    N = len(residuals)
     with torch.inference_mode():
-        lens_rows = residuals if final_logits_V is None else residuals[:-1]
-        h_LxC = torch.stack(lens_rows)  # in the model's own dtype, as its last block hands it on
-        logits_LxV = model.lm_head(model.ln_f(h_LxC)).float()
-        if final_logits_V is not None:
-            logits_LxV = torch.cat([logits_LxV, final_logits_V.float()[None]])
-        probs_LxV = logits_LxV.softmax(dim=-1)
-        p_LxK, ids_LxK = probs_LxV.topk(min(top, probs_LxV.shape[-1]), dim=-1)
-        p_chosen_L = probs_LxV[:, chosen]
-    return [{"top": [{"token": label(i), "id": i, "p": p} for i, p in zip(ids, _round_sig(ps, 4))],
-             "p_chosen": pc}
-            for ids, ps, pc in zip(ids_LxK.tolist(), p_LxK, _round_sig(p_chosen_L, 4))]
+        parts = []
+        if residuals and residuals[0]:
+            h_NLxC = torch.stack([r for rows in residuals for r in rows])  # in the model's own dtype
+            parts.append(model.lm_head(model.ln_f(h_NLxC)).float().view(N, len(residuals[0]), -1))
+        if final_logits_NxV is not None:
+            parts.append(final_logits_NxV.float()[:, None])
+        probs_NxLxV = torch.cat(parts, dim=1).softmax(dim=-1)
+        p_NxLxK, ids_NxLxK = probs_NxLxV.topk(min(top, probs_NxLxV.shape[-1]), dim=-1)
+        p_chosen_NxL = probs_NxLxV.gather(2, torch.tensor(chosen, device=probs_NxLxV.device).view(N, 1, 1)
+                                          .expand(N, probs_NxLxV.shape[1], 1))[..., 0]
+        L, K = p_NxLxK.shape[1:]
+        numbers = _round_sig(torch.cat([p_NxLxK.flatten(), p_chosen_NxL.flatten()]), 4)
+    ps, pcs, ids = numbers[:N * L * K], numbers[N * L * K:], ids_NxLxK.tolist()
+
+    def entry(n: int, layer: int) -> dict:
+        r = (n * L + layer) * K
+        return {"top": [{"token": label(i), "id": i, "p": p} for i, p in zip(ids[n][layer], ps[r:r + K])],
+                "p_chosen": pcs[n * L + layer]}
+    return [[entry(n, layer) for layer in range(L)] for n in range(N)]
 
 
 class ResidualTap:
@@ -192,6 +234,39 @@ class ResidualTap:
         return out
 
 
+@dataclass
+class PendingStep:
+    """One generated step's tensors, kept until `capture_steps` turns a whole explanation's steps into
+    TraceSteps at once."""
+    tokens: list[str]
+    token_ids: list[int]
+    start: int
+    attention: list[list[list[float]]]
+    finish: str | None
+    chosen: int
+    logits_V: torch.Tensor   # the model's raw logits
+    probs_V: torch.Tensor    # the distribution drawn from
+    z_V: torch.Tensor        # the sampler's logits before temperature
+
+
+def pending_step(step: Step, row: int, label: Callable[[int], str], start: int,
+                 sampler_z_V: torch.Tensor | None = None) -> PendingStep:
+    """One row of an engine Step (run with capture=True): its plain parts now, its tensors copied
+    for `capture_steps`. sampler_z_V: the logits the sampler saw before temperature (see
+    `sampler_logits`; default the raw ones)."""
+    if step.context is None or step.attn is None:
+        raise TypeError("capture_step needs a Step generated with capture=True")
+    context = step.context[row]
+    S = len(context)
+    logits_V = step.logits_BxV[row].float().clone()
+    return PendingStep(
+        tokens=[label(i) for i in context], token_ids=list(context), start=start,
+        # Real tokens are the last S keys (prompts are left-padded); 5 decimals keep the JSON small.
+        attention=[round_list(a[row, :, -S:], 5) for a in step.attn], finish=step.finish[row],
+        chosen=int(step.tokens_B[row]), logits_V=logits_V, probs_V=step.probs_BxV[row].float().clone(),
+        z_V=logits_V if sampler_z_V is None else sampler_z_V.float().clone())
+
+
 def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
                  n_logits: int = N_LOGITS, *, sampler_z_V: torch.Tensor | None = None,
                  lens: list[dict] | None = None, full_vocab_max: int = FULL_VOCAB_MAX) -> TraceStep:
@@ -200,35 +275,45 @@ def capture_step(step: Step, row: int, label: Callable[[int], str], start: int,
     sampler_z_V: the logits the sampler saw before temperature (see `sampler_logits`; default the
     raw ones), kept as the step's `dist`; lens: the step's logit lens (`logit_lens`).
     """
-    if step.context is None or step.attn is None:
-        raise TypeError("capture_step needs a Step generated with capture=True")
-    context = step.context[row]
-    S = len(context)
-    # Real tokens are the last S keys (prompts are left-padded); 5 decimals keep the JSON small.
-    attention = [round_list(a[row, :, -S:], 5) for a in step.attn]
-    logits_V = step.logits_BxV[row]
-    probs_V = step.probs_BxV[row]
-    z_V = logits_V if sampler_z_V is None else sampler_z_V
-    lse = logits_V.logsumexp(dim=-1)
-    logp_V = logits_V - lse
-    # The candidates: the best by the sampler's logits (the raw ones unless a repetition penalty
-    # moved some), then the drawn token.
-    ids_K = torch.cat([z_V.topk(min(n_logits, z_V.shape[-1])).indices, step.tokens_B[row:row + 1]])
-    K = len(ids_K)
+    out = capture_steps([pending_step(step, row, label, start, sampler_z_V)], label, n_logits, full_vocab_max)[0]
+    out.lens = lens
+    return out
+
+
+def capture_steps(pending: list[PendingStep], label: Callable[[int], str], n_logits: int = N_LOGITS,
+                  full_vocab_max: int = FULL_VOCAB_MAX) -> list[TraceStep]:
+    """Steps as TraceSteps: the candidates (the best by the sampler's logits, the raw ones unless a
+    repetition penalty moved some, then the drawn token), entropies and the sampler's distribution,
+    computed for all the steps in a few calls over (N, V)."""
+    if not pending:
+        return []
+    logits_NxV = torch.stack([p.logits_V for p in pending])
+    probs_NxV = torch.stack([p.probs_V for p in pending])
+    z_NxV = torch.stack([p.z_V for p in pending])
+    N, V = logits_NxV.shape
+    lse_N = logits_NxV.logsumexp(dim=-1)
+    logp_NxV = logits_NxV - lse_N[:, None]
+    chosen_Nx1 = torch.tensor([p.chosen for p in pending])[:, None]
+    ids_NxK = torch.cat([z_NxV.topk(min(n_logits, V), dim=-1).indices, chosen_Nx1], dim=1)
+    K = ids_NxK.shape[1]
     numbers = _round_sig(torch.cat([
-        logits_V[ids_K], logp_V[ids_K].exp(), probs_V[ids_K],
-        -(logp_V.exp() * logp_V).sum(dim=-1, keepdim=True) / math.log(2),  # entropy, from the log-probs at hand
-        entropy_bits(probs_V)[None], lse[None]]))
-    logits, ps, p_samples = numbers[:K], numbers[K:2 * K], numbers[2 * K:3 * K]
-    entropy, entropy_sample, lse = numbers[3 * K:]
-    candidates = [Candidate(token=label(i), id=i, logit=lg, p=p, p_sample=q)
-                  for i, lg, p, q in zip(ids_K.tolist(), logits, ps, p_samples)]
-    dist = distribution_data(z_V, full_vocab_max)
-    return TraceStep(
-        tokens=[label(i) for i in context], token_ids=list(context), start=start, attention=attention,
-        candidates=candidates[:-1], chosen=candidates[-1], entropy=entropy, entropy_sample=entropy_sample,
-        logsumexp=lse, finish=step.finish[row], dist=dist, lens=lens,
-    )
+        logits_NxV.gather(1, ids_NxK).flatten(), logp_NxV.gather(1, ids_NxK).exp().flatten(),
+        probs_NxV.gather(1, ids_NxK).flatten(),
+        -(logp_NxV.exp() * logp_NxV).sum(dim=-1) / math.log(2),  # entropy, from the log-probs at hand
+        entropy_bits(probs_NxV), lse_N]))
+    logits, ps, p_samples = (numbers[i * N * K:(i + 1) * N * K] for i in range(3))
+    entropy, entropy_sample, lses = (numbers[3 * N * K + i * N:3 * N * K + (i + 1) * N] for i in range(3))
+    dists = distributions_data(z_NxV, full_vocab_max)
+    out = []
+    for n, (p, ids) in enumerate(zip(pending, ids_NxK.tolist())):
+        r = slice(n * K, (n + 1) * K)
+        candidates = [Candidate(token=label(i), id=i, logit=lg, p=q, p_sample=qs)
+                      for i, lg, q, qs in zip(ids, logits[r], ps[r], p_samples[r])]
+        out.append(TraceStep(
+            tokens=p.tokens, token_ids=p.token_ids, start=p.start, attention=p.attention,
+            candidates=candidates[:-1], chosen=candidates[-1], entropy=entropy[n],
+            entropy_sample=entropy_sample[n], logsumexp=lses[n], finish=p.finish, dist=dists[n], lens=None))
+    return out
 
 
 def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, *,
@@ -241,20 +326,30 @@ def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, 
     tracker = TextTracker(tokenizer, ids[0], cfg.stop)
     generator = make_generator(cfg.seed, model.tok_emb.weight.device)
     label = token_labels(tokenizer)
-    steps = []
     n_prompt = len(ids[0])
     # The tokens the repetition penalty sees: the prompt as the engine keeps it, then each new one.
     seen = set(ids[0][-model.cfg.context_length:])
+    pending: list[PendingStep] = []
+    streams: list[list[torch.Tensor]] = []  # per step, its residual streams but the last
     with ResidualTap(model) as tap:
         for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator, capture=True):
             assert step.context is not None  # capture=True records it
             start = n_prompt + step.index - len(step.context[0])
-            chosen = int(step.tokens_B[0])
-            lens = logit_lens(model, tap.take(), chosen, label, final_logits_V=step.logits_BxV[0])
+            # Copies: a view of the prompt step's last row would keep its whole (1, T, C) tensor.
+            streams.append([r.clone() for r in tap.take()[:-1]])
             z_V = sampler_logits(step.logits_BxV[0], seen, cfg.repetition_penalty)
-            steps.append(capture_step(step, 0, label, start, max(n_logits, top), sampler_z_V=z_V, lens=lens,
-                                      full_vocab_max=full_vocab_max))
-            seen.add(chosen)
+            pending.append(pending_step(step, 0, label, start, sampler_z_V=z_V))
+            seen.add(pending[-1].chosen)
+    # The tensor work of every step at once: at one text a step, a dozen calls per step over the
+    # vocabulary cost more than generating the step did, and the logit lens's rows go through the
+    # output layer in one call (`logit_lenses`). The model's own logits stand for the last stream's
+    # lens (a test checks that they are what that stream gives).
+    steps = capture_steps(pending, label, max(n_logits, top), full_vocab_max)
+    if pending:
+        lenses = logit_lenses(model, streams, [p.chosen for p in pending], label,
+                              final_logits_NxV=torch.stack([p.logits_V for p in pending]))
+        for step_data, lens in zip(steps, lenses):
+            step_data.lens = lens
     return GPTTrace(
         prompt=prompt, prompt_tokens=[label(i) for i in ids[0]], completion=tracker.text,
         finish_reason=steps[-1].finish if steps else None,
