@@ -55,18 +55,68 @@ def test_grad_accumulation_4x8_equals_1x32(tmp_path):
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
 
 
-def test_resume_equals_uninterrupted(tmp_path, interrupt_at):
-    full = train(tiny_cfg(tmp_path / "full"), corpus())
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_uninterrupted(tmp_path, interrupt_at, optimizer):
+    full = train(tiny_cfg(tmp_path / "full", optimizer=optimizer), corpus())
     interrupt_at(3)
-    part = train(tiny_cfg(tmp_path / "part"), corpus())
+    part = train(tiny_cfg(tmp_path / "part", optimizer=optimizer), corpus())
     assert part.interrupted and part.step == 3
     interrupt_at(None)
-    rest = train(tiny_cfg(tmp_path / "part", resume=True), corpus())
+    rest = train(tiny_cfg(tmp_path / "part", resume=True, optimizer=optimizer), corpus())
     assert rest.step == 6
     assert losses(part) + losses(rest) == pytest.approx(losses(full), abs=1e-6)
     wf, wr = weights(tmp_path / "full"), weights(tmp_path / "part")
     for k in wf:
         assert torch.allclose(wf[k], wr[k], atol=1e-6), k
+
+
+def test_muon_adamw_is_torch_muon_on_the_blocks_and_torch_adamw_elsewhere():
+    """`--optimizer muon`: the blocks' matrices take torch.optim.Muon's step (with Moonshot's
+    learning-rate match), everything else torch's AdamW step; fp32 Newton-Schulz (used where a CPU
+    is slow at bf16) differs from the bf16 one only by bf16's rounding."""
+    from gptlab.model import GPT, tiny
+    from gptlab.training.optim import MuonAdamW, build_optimizer, is_hidden_matrix
+    torch.manual_seed(0)
+    model = GPT(tiny(50))
+    names = {id(p): n for n, p in model.named_parameters()}
+    t = tiny_cfg("", optimizer="muon", weight_decay=0.1, lr=0.02).train
+    ours = build_optimizer(model, t, torch.device("cpu"))
+    assert isinstance(ours, MuonAdamW)
+    hidden = [p for p in model.parameters() if is_hidden_matrix(names[id(p)], p)]
+    assert hidden and all(names[id(p)].startswith("blocks.") and p.dim() == 2 for p in hidden)
+    assert not any(is_hidden_matrix(n, p) for n, p in model.named_parameters() if "emb" in n or "lm_head" in n)
+
+    def grads(step):
+        g = torch.Generator().manual_seed(step)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+
+    rest = [p for p in model.parameters() if not is_hidden_matrix(names[id(p)], p)]
+    copies = {id(p): p.detach().clone() for p in model.parameters()}
+    ref_model = [torch.nn.Parameter(copies[id(p)].clone()) for p in model.parameters()]
+    ref = {id(p): r for p, r in zip(model.parameters(), ref_model)}
+    muon = torch.optim.Muon([ref[id(p)] for p in hidden], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([{"params": [ref[id(p)] for p in rest if p.dim() >= 2], "weight_decay": 0.1},
+                               {"params": [ref[id(p)] for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=0.02, betas=(t.beta1, t.beta2), eps=t.adam_eps)
+    ours.ns_dtype = torch.bfloat16  # torch's Muon orthogonalises in bf16
+    for step in range(3):
+        grads(step)
+        for p in model.parameters():
+            ref[id(p)].grad = p.grad.clone()
+        ours.step()
+        muon.step()
+        adamw.step()
+    for p in model.parameters():
+        assert torch.allclose(p, ref[id(p)], atol=1e-6), names[id(p)]
+        assert not torch.equal(p, copies[id(p)]), names[id(p)]  # every parameter moved
+    # fp32 Newton-Schulz: the same update up to bf16's ~3 significant digits.
+    from gptlab.training.optim import newton_schulz
+    g = torch.randn(32, 96, generator=torch.Generator().manual_seed(5))
+    a, b = newton_schulz(g, dtype=torch.float32), newton_schulz(g, dtype=torch.bfloat16).float()
+    assert (a - b).norm() / a.norm() < 0.02
+    s = torch.linalg.svdvals(a)
+    assert float(s.min()) > 0.5 and float(s.max()) < 1.5  # orthogonal up to Muon's loose S'
 
 
 def test_ddp_two_processes_equal_one(tmp_path, corpus_file):
