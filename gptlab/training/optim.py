@@ -4,38 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.optim.adamw import adamw as adamw_update
 
-from gptlab.training.env import cpu_has_fast_bf16
+from gptlab.training.env import resolve_precision
 
 
 def build_optimizer(model: torch.nn.Module, t: Any, device: torch.device) -> torch.optim.Optimizer:
     """AdamW decays matrices only (not biases, LayerNorms); `adam` is the notebook's Keras Adam;
     `muon` is Muon on the blocks' matrices and AdamW on the rest (`MuonAdamW`)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
     kwargs: dict[str, Any] = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps)
     cls: type[torch.optim.Optimizer]
     groups: Any
     if t.optimizer == "adam":
-        cls, groups = torch.optim.Adam, params
+        cls, groups = torch.optim.Adam, [p for _, p in named]
     elif t.optimizer == "muon":
         hidden = [p for n, p in named if is_hidden_matrix(n, p)]
         rest = [p for n, p in named if not is_hidden_matrix(n, p)]
-        groups = [{"params": hidden, "muon": True, "weight_decay": t.weight_decay},
-                  {"params": [p for p in rest if p.dim() >= 2], "weight_decay": t.weight_decay},
-                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-        ns_dtype = torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()) else torch.float32
+        groups = [{"params": hidden, "muon": True, "weight_decay": t.weight_decay}, *decay_groups(rest, t.weight_decay)]
+        # Newton-Schulz in bf16 where the hardware is fast at it (what --precision auto picks), else fp32.
+        ns_dtype = resolve_precision("auto", device) or torch.float32
         return MuonAdamW([g for g in groups if g["params"]], ns_dtype=ns_dtype, **kwargs)
     else:
-        cls = torch.optim.AdamW
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        cls, groups = torch.optim.AdamW, decay_groups([p for _, p in named], t.weight_decay)
     if device.type in ("cuda", "cpu"):
         # One pass over each parameter for the whole update (CUDA: one kernel for all of them; CPU,
         # torch >= 2.4: ~8% of a `book` step saved against the per-op loop).
@@ -44,6 +39,12 @@ def build_optimizer(model: torch.nn.Module, t: Any, device: torch.device) -> tor
         except (RuntimeError, TypeError):  # an older torch without fused CPU Adam
             pass
     return cls(groups, **kwargs)
+
+
+def decay_groups(params: Sequence[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's groups: weight decay on matrices only, not on biases and norms."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
