@@ -297,6 +297,8 @@ def test_the_conv_mlp_mixes_only_neighbours_and_old_configs_load_without_it():
     with torch.no_grad():
         moved = (mlp(x) - mlp(y)).abs().sum(-1)[0].view(side, side) > 1e-6
     assert moved[2:5, 2:5].all() and int(moved.sum()) == 9
+    with pytest.raises(TypeError, match="neighbouring tokens"):  # no row-by-row path that skips the convolution
+        mlp.decode(x[0])
     # Checkpoints saved before the setting existed load without it.
     d = ImageConfig(**CFG).to_dict()
     del d["conv_mlp"]

@@ -44,3 +44,14 @@ def test_terminal_bar_measures_the_budget_in_seconds():
     p.close()
     text = out.getvalue()
     assert "60/240s of the time budget" in text and "ETA 3:00" in text and "2965" not in text
+
+
+def test_the_rate_is_named_by_what_the_task_counts():
+    # The image tasks count images, not tokens: "52 tok/s" from a denoiser would be a wrong unit.
+    from gptlab.training.loop import Task
+    from gptlab.training.tasks.diffusion import DiffusionTask
+    from gptlab.training.tasks.reward import RewardTask
+    assert (Task.unit, DiffusionTask.unit, RewardTask.unit) == ("tok", "img", "pair")
+    out = io.StringIO()
+    Progress(1000, 0, stream=out, line_every=0, unit=DiffusionTask.unit).update(10, 5.0, loss=0.25, tok_s=52)
+    assert out.getvalue().strip() == "step 10/1,000, loss 0.250, 52 img/s, ETA 8:15"

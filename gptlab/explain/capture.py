@@ -255,7 +255,7 @@ def pending_step(step: Step, row: int, label: Callable[[int], str], start: int,
     for `capture_steps`. sampler_z_V: the logits the sampler saw before temperature (see
     `sampler_logits`; default the raw ones)."""
     if step.context is None or step.attn is None:
-        raise TypeError("capture_step needs a Step generated with capture=True")
+        raise TypeError("capture_step and pending_step need a Step generated with capture=True")
     context = step.context[row]
     S = len(context)
     logits_V = step.logits_BxV[row].float().clone()

@@ -179,6 +179,11 @@ class ConvMLP(MLP):
         h = h + self.dw(g).reshape(B, Fd, N).transpose(1, 2)
         return self.down(self.act(h))
 
+    def decode(self, x_BxC: torch.Tensor) -> torch.Tensor:
+        # MLP.decode works on rows one at a time; this feed-forward mixes each token with its grid
+        # neighbours, so inheriting it would silently skip the convolution.
+        raise TypeError("ConvMLP mixes neighbouring tokens of the latent grid: call forward() on the whole grid")
+
 
 class DiTBlock(nn.Module):
     """Self-attention, cross-attention to the caption, feed-forward: gptlab's sub-layers, pre-norm,

@@ -85,6 +85,7 @@ class Task(Generic[M]):
     model: M
     tokenizer: Tokenizer
     best_metric: str | None = None  # the evaluate() key that --keep-best maximises
+    unit: str = "tok"  # what Batch.count counts, as the progress line names its rate ("tok/s", "img/s")
 
     def steps_per_epoch(self) -> int:
         raise NotImplementedError
@@ -496,7 +497,8 @@ class _Run:
             except ImportError:
                 self.log("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
         if self.t.progress:
-            self.bar = Progress(self.total if self.total < NO_LIMIT else None, self.step, self.t.time_budget)
+            self.bar = Progress(self.total if self.total < NO_LIMIT else None, self.step, self.t.time_budget,
+                                unit=self.task.unit)
 
     def _scalars(self, prefix: str, values: dict[str, Any]) -> None:
         if self.writer is not None:

@@ -3,7 +3,8 @@
 In a terminal: a tqdm bar. With a time budget the bar measures the budget (seconds), since the run
 stops when the budget is spent, not after the step count its epochs would give. When the output is
 not a terminal (a log file, CI), a carriage-return bar writes thousands of updates: one plain line
-every few seconds instead (step, loss, tokens/s, time left).
+every few seconds instead (step, loss, the rate in what the task counts: tokens/s, or images/s,
+pairs/s for tasks that count rows; time left).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ def _clock(seconds: float) -> str:
 
 class Progress:
     def __init__(self, total_steps: int | None, step: int, time_budget: float = 0.0,
-                 stream: TextIO | None = None, line_every: float = 5.0):
+                 stream: TextIO | None = None, line_every: float = 5.0, unit: str = "tok"):
         self.total, self.start, self.step, self.budget = total_steps, step, step, time_budget
+        self.unit = unit  # what the rate counts: tokens, or rows (images, pairs) for tasks without tokens
         self.stream = stream if stream is not None else sys.stderr
         self.line_every, self.last_line = line_every, 0.0
         self.loss: float | None = None
@@ -57,7 +59,7 @@ class Progress:
             else:
                 self.bar.update(step - self.bar.n)
                 if loss is not None:
-                    self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s or 0:,.0f}", refresh=False)
+                    self.bar.set_postfix({"loss": f"{loss:.3f}", f"{self.unit}/s": f"{tok_s or 0:,.0f}"}, refresh=False)
             return
         now = time.monotonic()
         if now - self.last_line >= self.line_every:
@@ -70,7 +72,7 @@ class Progress:
         if self.loss is not None:
             parts.append(f"loss {self.loss:.3f}")
         if self.tok_s is not None:
-            parts.append(f"{self.tok_s:,.0f} tok/s")
+            parts.append(f"{self.tok_s:,.0f} {self.unit}/s")
         if self.budget:
             parts.append(f"{_clock(self.elapsed)} of {_clock(self.budget)}")
         left = self.left()

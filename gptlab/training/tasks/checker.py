@@ -41,6 +41,7 @@ class CheckerConfig(LoopConfig):
 
 
 class ShapeCheckerTask(Task[ShapeChecker]):
+    unit = "crop"
     kind = KIND
     best_metric = "val_accuracy"
 

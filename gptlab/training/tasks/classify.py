@@ -68,6 +68,7 @@ def hide_words(ids_BxT: torch.Tensor, p: float, *, first_word: int, mask_id: int
 
 
 class Classification(Task[Classifier]):
+    unit = "row"
     kind = KIND_CLASSIFIER
 
     def __init__(self, t: ClassifyConfig, dcfg: DataConfig, mcfg: ModelConfig | None, data: Labelled,

@@ -122,6 +122,7 @@ def _rng(seed: int, step: int, stage: int) -> tuple[np.random.Generator, torch.G
 
 # -- stage 1 --------------------------------------------------------------------------------------
 class AutoencoderTask(Task[TextToImage]):
+    unit = "img"
     kind = KIND
 
     def __init__(self, t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples):
@@ -171,6 +172,7 @@ def image_config(t: ImageTrainConfig, model: TextToImage, stage: str) -> dict[st
 
 # -- stage 2 --------------------------------------------------------------------------------------
 class DiffusionTask(Task[TextToImage]):
+    unit = "img"
     kind = KIND
 
     def __init__(self, t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples):

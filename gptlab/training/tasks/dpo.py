@@ -59,6 +59,7 @@ def pair_rows(chunk: Seqs, pad_id: int) -> tuple[ResponseRows, ResponseRows]:
 
 
 class DPO(Task[GPT]):
+    unit = "pair"
     kind = KIND
     best_metric = None
 

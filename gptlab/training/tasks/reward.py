@@ -62,6 +62,7 @@ def pair_accuracy(model: RewardModel, seqs: list[tuple[tuple[list[int], int], tu
 
 
 class RewardTask(Task[RewardModel]):
+    unit = "pair"
     kind = KIND_REWARD
     best_metric = "val_accuracy"
 
