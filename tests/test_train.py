@@ -70,6 +70,17 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt_at, optimizer):
         assert torch.allclose(wf[k], wr[k], atol=1e-6), k
 
 
+def test_resume_with_another_optimizer_is_refused_in_one_line(tmp_path, interrupt_at):
+    # An AdamW state does not fit Muon's groups: before this check, a ValueError from torch. The
+    # image denoiser's default became Muon, so runs saved before that meet this on --resume.
+    interrupt_at(3)
+    train(tiny_cfg(tmp_path / "run", optimizer="adamw"), corpus())
+    interrupt_at(None)
+    from gptlab.errors import UserError
+    with pytest.raises(UserError, match="trained with --optimizer adamw, not muon"):
+        train(tiny_cfg(tmp_path / "run", resume=True, optimizer="muon"), corpus())
+
+
 def test_muon_adamw_is_torch_muon_on_the_blocks_and_torch_adamw_elsewhere():
     """`--optimizer muon`: the blocks' matrices take torch.optim.Muon's step (with Moonshot's
     learning-rate match), everything else torch's AdamW step; fp32 Newton-Schulz (used where a CPU

@@ -423,9 +423,16 @@ class _Run:
         src = resume_point(self.out, main=self.rt.dist.main)
         if src is None:
             raise UserError(f"--resume: {self.out} holds no checkpoint to resume; drop --resume to start a new run")
+        saved = read_config(src)
+        # The optimizer state only fits the optimizer that wrote it (Muon's groups are not AdamW's);
+        # a run saved before a default changed (the image denoiser's, to Muon) names its own here.
+        was = saved.get("train", {}).get("optimizer", "adamw")
+        if was != self.t.optimizer:
+            raise UserError(f"--resume: {src} was trained with --optimizer {was}, not {self.t.optimizer}: resume it "
+                            f"with --optimizer {was}, or start a new run with --overwrite")
         load_weights(self.model, src / WEIGHTS)
         meta, extra = load_train_state(src, self.opt)
-        model_step = read_config(src).get("step")
+        model_step = saved.get("step")
         if model_step != meta["step"]:  # only possible in a folder of the layout before checkpoint units
             raise UserError(f"--resume: {src} holds a model of step {model_step} but the training state of step "
                             f"{meta['step']} (written by a run killed mid-checkpoint): start a new run")
