@@ -19,6 +19,10 @@ from gptlab.settings import check, setting
 DEVICES_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
 
 
+# build_optimizer's names; one tuple, so a family that changes the default keeps the same choices.
+OPTIMIZERS = ("adamw", "adam", "muon")
+
+
 @dataclass
 class LoopConfig:
     """What the one training loop reads. Each family's config adds its data and model fields and
@@ -29,7 +33,7 @@ class LoopConfig:
     time_budget: float = setting(0.0, "stop after this many seconds of training (0 = no limit); the LR schedule is planned for the budget", min=0)
     batch_size: int = setting(32, "items (sequences, pairs, rows) per optimizer step, split over --grad-accum and processes", min=1)
     grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
-    optimizer: str = setting("adamw", "adamw; adam (the notebook's Keras Adam); or muon (Muon on the blocks' weight matrices, AdamW on the embeddings, output layer, biases and norms, at one learning rate)", choices=("adamw", "adam", "muon"))
+    optimizer: str = setting("adamw", "adamw; adam (the notebook's Keras Adam); or muon (Muon on the blocks' weight matrices, AdamW on the embeddings, output layer, biases and norms, at one learning rate)", choices=OPTIMIZERS)
     lr: float = setting(1e-3, "peak learning rate", min=0)
     min_lr: float = setting(1e-4, "learning rate at the end of the cosine schedule", min=0)
     weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)", min=0)

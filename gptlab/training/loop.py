@@ -167,7 +167,7 @@ def prepare_out(t: LoopConfig, kind: str, model: dict, make: str) -> Tokenizer |
     lock = _lock_out(out, create=False) if _rank() == 0 else None
     try:
         if t.resume:
-            return _check_resume(out, kind, model, make)
+            return _check_resume(out, kind, model, make, t.optimizer)
         if ((out / CONFIG).exists() or has_checkpoints(out)) and not t.overwrite:
             try:
                 saved = read_config(_model_folder(out), make=make)
@@ -307,7 +307,7 @@ def unlock_waiting(thread: threading.Thread | None = None) -> None:
 atexit.register(unlock_waiting)  # files and folders only: the kernel drops the locks themselves
 
 
-def _check_resume(out: Path, kind: str, model: dict, make: str) -> Tokenizer:
+def _check_resume(out: Path, kind: str, model: dict, make: str, optimizer: str) -> Tokenizer:
     if _rank() == 0:
         recover_checkpoints(out)
     _barrier()  # every process then sees the same checkpoints
@@ -324,6 +324,12 @@ def _check_resume(out: Path, kind: str, model: dict, make: str) -> Tokenizer:
     if saved.get("kind") != kind or diff:
         raise UserError(f"--resume: {out} holds a model of another config {diff or saved.get('kind')} "
                         "(saved, asked): resume with the saved settings, or use another --out")
+    # The optimizer state only fits the optimizer that wrote it (Muon's groups are not AdamW's);
+    # a run saved before a default changed (the image denoiser's, to Muon) names its own here.
+    was = saved.get("train", {}).get("optimizer", "adamw")
+    if was != optimizer:
+        raise UserError(f"--resume: {src} was trained with --optimizer {was}, not {optimizer}: resume it "
+                        f"with --optimizer {was}, or start a new run with --overwrite")
     return Tokenizer.load(src / TOKENIZER)
 
 
@@ -423,16 +429,9 @@ class _Run:
         src = resume_point(self.out, main=self.rt.dist.main)
         if src is None:
             raise UserError(f"--resume: {self.out} holds no checkpoint to resume; drop --resume to start a new run")
-        saved = read_config(src)
-        # The optimizer state only fits the optimizer that wrote it (Muon's groups are not AdamW's);
-        # a run saved before a default changed (the image denoiser's, to Muon) names its own here.
-        was = saved.get("train", {}).get("optimizer", "adamw")
-        if was != self.t.optimizer:
-            raise UserError(f"--resume: {src} was trained with --optimizer {was}, not {self.t.optimizer}: resume it "
-                            f"with --optimizer {was}, or start a new run with --overwrite")
         load_weights(self.model, src / WEIGHTS)
         meta, extra = load_train_state(src, self.opt)
-        model_step = saved.get("step")
+        model_step = read_config(src).get("step")
         if model_step != meta["step"]:  # only possible in a folder of the layout before checkpoint units
             raise UserError(f"--resume: {src} holds a model of step {model_step} but the training state of step "
                             f"{meta['step']} (written by a run killed mid-checkpoint): start a new run")

@@ -33,7 +33,7 @@ from gptlab.errors import UserError
 from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler
 from gptlab.model.diffusion import IMAGE_PRESETS, ImageConfig, TextToImage, text_config
 from gptlab.settings import setting
-from gptlab.training.config import FamilyLoopConfig, fit_vocab
+from gptlab.training.config import OPTIMIZERS, FamilyLoopConfig, fit_vocab
 from gptlab.training.env import Runtime
 from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
 from gptlab.training.state import has_checkpoints
@@ -71,7 +71,7 @@ class ImageTrainConfig(FamilyLoopConfig):
     # Measured (benchmarks/RESULTS_image.md, 30 minutes side by side on 1 thread each, the same
     # autoencoder): Muon at 1e-2 against AdamW at 1e-3, mini-GenEval 0.43 vs 0.17 at guidance 2, the
     # FID-style distance 89 vs 188, the validation loss 0.184 vs 0.221 in 8% fewer steps.
-    optimizer: str = setting("muon", "muon (Muon on the blocks' weight matrices, AdamW on the rest, at one learning rate), adamw or adam; the autoencoder always trains with AdamW", choices=("adamw", "adam", "muon"))
+    optimizer: str = setting("muon", "muon (Muon on the blocks' weight matrices, AdamW on the rest, at one learning rate), adamw or adam; the autoencoder always trains with AdamW", choices=OPTIMIZERS)
     lr: float = setting(1e-2, "denoiser peak learning rate", min=0)
     min_lr: float = setting(5e-5, "learning rate at the end of the cosine schedule", min=0)
     warmup_steps: int = setting(100, "linear warmup steps", min=0)
