@@ -143,6 +143,7 @@ def test_ddp_two_processes_equal_one(tmp_path, corpus_file):
                           "-m", "gptlab", "train", *common, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("trained 3 steps") == 1, two.stdout  # rank 0 reports, not every worker
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
