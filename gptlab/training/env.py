@@ -89,7 +89,8 @@ def init_distributed(device_name: str) -> Dist:
         dist.init_process_group(backend=backend)
         # Destroyed before the interpreter tears down: a gloo group left to its destructor at exit
         # can abort the process ("terminate called without an active exception", seen once in
-        # tests/test_align.py's two-process SFT after the run had finished and saved).
+        # tests/test_align.py's two-process SFT after the run had finished and saved). The CLI's
+        # workers also skip the interpreter's teardown after this runs (gptlab.cli._leave_worker).
         atexit.register(_destroy_group)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
