@@ -172,6 +172,59 @@ def test_caption_use_is_one_when_the_caption_cannot_reach_the_denoiser_and_round
     assert len(back) == 6 and all(b.shape == (32, 32, 3) and b.dtype == np.uint8 for b in back)
 
 
+def test_swapped_specs_keep_the_words_and_break_the_meaning():
+    from gptlab.data.shapes import caption_of, random_spec, render_spec
+    from gptlab.infer.geneval import SWAPS, swapped
+    spec = random_spec(np.random.default_rng([1, 2]), "colour_attr") | {"category": "position", "relation": "above"}
+    truth = render_spec(spec, seed=3).things
+    assert judge(spec, truth)
+    for how in SWAPS:
+        other = swapped(spec, how)
+        assert sorted(caption_of(other).replace("below", "above").split()) == sorted(caption_of(spec).split())
+        assert not judge(other, truth), how  # the real render of the spec does not follow its swap
+    assert spec["relation"] == "above"  # the original is left alone
+    with pytest.raises(ValueError):
+        swapped(spec, "sizes")
+
+
+def test_word_order_use_is_one_for_a_bag_of_words_where_the_swap_keeps_the_words():
+    from gptlab.infer.geneval import SWAPS, word_order_use
+    model, tok = _random_model()
+    use = word_order_use(model, tok, n=8, timesteps=(700,))
+    assert set(use) == set(SWAPS) and all(v != pytest.approx(1.0, abs=1e-5) for v in use.values())
+
+    def bag(ids, mask):  # every real token gets the mean of the caption's word vectors, no positions
+        w = mask[..., None].float()
+        mean = (model.text.tok_emb(ids) * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+        return mean.expand(-1, ids.shape[1], -1)
+
+    model.encode_text = bag  # type: ignore[method-assign]
+    use = word_order_use(model, tok, n=8, timesteps=(700,))
+    # Swapped colours or shapes are the same words: a bag cannot tell. A flipped relation is
+    # another word ("above" / "below"), which even a bag of words reads.
+    assert use["colours"] == pytest.approx(1.0, abs=1e-6) and use["shapes"] == pytest.approx(1.0, abs=1e-6)
+    assert use["relation"] != pytest.approx(1.0, abs=1e-5)
+
+
+def test_token_skip_keeps_every_word_when_the_caption_encoder_loses_it():
+    model, tok = _random_model(token_skip=True)
+    plain, _ = _random_model(token_skip=False)
+    ids, mask = encode_captions(tok, ["a red circle above a blue square", "a red circle below a blue square"], 16)
+    with torch.no_grad():
+        for m in (model, plain):  # an encoder whose output no longer depends on its input
+            m.text.ln_f.weight.zero_()
+            m.text.ln_f.bias.fill_(0.5)
+        a, b = model.encode_text(ids, mask), plain.encode_text(ids, mask)
+    assert torch.equal(b[0], b[1])
+    assert not torch.allclose(a[0, 3], a[1, 3])  # "above" and "below" still differ
+    assert torch.allclose(a[0, :3], a[1, :3])    # the other words are the same words
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("token_norm")}
+    d = model.cfg.to_dict()
+    del d["token_skip"]  # a config saved before the option existed loads without it
+    assert not ImageConfig.from_dict(d).token_skip
+    plain.load_state_dict(sd)
+
+
 def test_cross_attention_masks_caption_padding():
     model, tok = _random_model()
     ids, mask = encode_captions(tok, ["a red circle"], 16)

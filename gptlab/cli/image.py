@@ -184,7 +184,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from gptlab.data.shapes import CATEGORIES, eval_specs
     from gptlab.infer.diffuse import GenerateConfig
-    from gptlab.infer.geneval import frechet_distance, generate_for, image_features, real_renders, score
+    from gptlab.infer.geneval import frechet_distance, generate_for, image_features, real_renders, score, word_order_use
     from gptlab.training.tasks.checker import CheckerConfig, train_checker
 
     objs = read_options(args, lambda v: {"gen": GenerateConfig(), "eval": EvalOptions()}, "image eval")
@@ -207,9 +207,12 @@ def run_eval(args: argparse.Namespace) -> int:
     for r in rows:
         fd = f"{r['fd']:9.2f}" if "fd" in r else f"{'':9}"
         print(f"{r['name'][:34]:34}" + "".join(f"{r.get(c, float('nan')):12.3f}" for c in cols) + fd)
+    order = word_order_use(model, tok)
+    print("word order read (error under the caption with its meaning swapped / under the caption; 1.000 = "
+          "not read): " + ", ".join(f"{k} {v:.4f}" for k, v in order.items()))
     if ev.json_out:
         from gptlab.checkpoint import atomic_write_json
-        atomic_write_json(ev.json_out, {"settings": {**asdict(g), **asdict(ev)}, "rows": rows})
+        atomic_write_json(ev.json_out, {"settings": {**asdict(g), **asdict(ev)}, "rows": rows, "word_order": order})
         print(f"wrote {ev.json_out}", file=sys.stderr)
     return 0
 

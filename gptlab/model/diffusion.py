@@ -66,6 +66,7 @@ class ImageConfig(ModelConfig):
     # Off by default: at 2 CPU threads it doubles a compiled step's time (measured), which its
     # better loss per step does not repay in minutes; and older checkpoints have no such key.
     conv_mlp: bool = setting(False, "a depthwise 3x3 convolution over the token grid inside each feed-forward layer, so that neighbouring patches shape each other's outlines directly")
+    token_skip: bool = setting(False, "add each caption word's own normalised embedding (token + position) to the caption encoder's output, so that no word the denoiser cross-attends to can be lost inside the encoder")
 
     @property
     def latent_size(self) -> int:
@@ -303,13 +304,18 @@ class TextToImage(nn.Module):
         self.autoencoder = KLAutoencoder(cfg)
         self.text = Encoder(text_cfg)
         self.text_proj = nn.Linear(text_cfg.d_model, cfg.d_model) if text_cfg.d_model != cfg.d_model else nn.Identity()
+        self.token_norm = nn.LayerNorm(text_cfg.d_model) if cfg.token_skip else None
         self.denoiser = Denoiser(cfg)
         _init_denoiser(self.denoiser)
         self.register_buffer("latent_scale", torch.ones(()))
 
     def encode_text(self, ids_BxS: torch.Tensor, mask_BxS: torch.Tensor) -> torch.Tensor:
         """(B, S, C) caption vectors; mask True on real tokens (padding is hidden from every query)."""
-        return self.text_proj(self.text.encode(ids_BxS, mask_BxS)[0])
+        hidden_BxSxC = self.text.encode(ids_BxS, mask_BxS)[0]
+        if self.token_norm is not None:
+            pos_S = torch.arange(ids_BxS.shape[1], device=ids_BxS.device)
+            hidden_BxSxC = hidden_BxSxC + self.token_norm(self.text.tok_emb(ids_BxS) + self.text.pos_emb(pos_S))
+        return self.text_proj(hidden_BxSxC)
 
     def to_latent(self, x_Bx3xHxW: torch.Tensor) -> torch.Tensor:
         """Scaled posterior means: what the denoiser learns to generate."""
