@@ -312,6 +312,47 @@ def test_caption_dropout_rate_within_tolerance():
     assert torch.equal(task.batch(3).tensors["z_t"], task.batch(3).tensors["z_t"])  # a pure function of the step
 
 
+def test_hard_negatives_change_one_thing_a_bag_of_words_misses():
+    from gptlab.data.shapes import hard_negatives
+    assert hard_negatives("a red circle above a blue square") == ["a red circle below a blue square",
+                                                                  "a blue circle above a red square"]
+    assert hard_negatives("a circle left of a square") == ["a circle right of a square"]
+    assert hard_negatives("a yellow triangle and a purple cross") == ["a purple triangle and a yellow cross"]
+    assert hard_negatives("two red circles") == hard_negatives("a circle and a square") == []
+    assert hard_negatives("a red circle and a red square") == []  # swapping equal colours changes nothing
+
+
+def test_hard_negative_loss_is_one_pass_over_true_and_swapped_captions():
+    from gptlab.data.shapes import hard_negatives
+    from gptlab.errors import UserError
+    from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
+    model, tok = _random_model()  # in eval mode: no dropout, so separate passes can be compared
+    train = _examples(96)
+    t = ImageTrainConfig(out="", batch_size=16, caption_dropout=0.5, text_context=16, progress=False,
+                         contrast=0.5, contrast_share=0.25, contrast_margin=10.0)  # the scale of a random model's errors
+    task = DiffusionTask(t, model, tok, train, _examples(8, seed=5))
+    b = task.batch(2).tensors
+    assert b["neg_ids"].shape == (4, 16) and not b["dropped"][:4].any()
+    captions = {c for _, c in train}
+    for i in range(4):
+        true = tok.decode(b["ids"][i][b["mask"][i]].tolist()).replace("<|endoftext|>", "").strip()
+        neg = tok.decode(b["neg_ids"][i][b["neg_mask"][i]].tolist()).replace("<|endoftext|>", "").strip()
+        assert true in captions and neg in hard_negatives(true)
+    # The contrast term, from separate passes: weight x margin x softplus((true - negative) / margin).
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain = task.loss_sum(model, {k: v for k, v in b.items() if not k.startswith("neg_")})
+        both = task.loss_sum(model, b)
+        w = task.weight_T[b["t"][:4]]
+        pos, _ = model(b["z_t"][:4], b["t"][:4], b["ids"][:4], b["mask"][:4])
+        neg, _ = model(b["z_t"][:4], b["t"][:4], b["neg_ids"], b["neg_mask"])
+        err = [w * (p - b["target"][:4]).pow(2).flatten(1).mean(1) for p in (pos, neg)]
+        term = 0.5 * 10.0 * torch.nn.functional.softplus((err[0] - err[1]) / 10.0).sum()
+    assert float(both) == pytest.approx(float(plain + term), rel=1e-5) and float(term) > 0.05 * float(both)
+    with pytest.raises(UserError, match="contrast"):
+        DiffusionTask(t, model, tok, [(im, "a circle") for im, _ in train[:8]], [])
+
+
 def test_logit_normal_timesteps_favour_the_middle_and_validation_stays_uniform():
     from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
     model, tok = _random_model()

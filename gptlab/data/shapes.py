@@ -126,6 +126,26 @@ def caption_of(spec: dict[str, Any]) -> str:
     return f"{first} {spec['relation']} {second}" if spec.get("relation") else f"{first} and {second}"
 
 
+_FLIP = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def hard_negatives(caption: str) -> list[str]:
+    """Captions one edit away in meaning that a bag of words reads alike: the relation flipped
+    ("above" -> "below"), and the two objects' colours exchanged (the same words in another
+    order). Empty when the caption has neither (one object, or two without two colours)."""
+    out = []
+    for rel in sorted(_FLIP, key=len, reverse=True):  # "left of" before a bare word could match it
+        if f" {rel} " in caption:
+            out.append(caption.replace(f" {rel} ", f" {_FLIP[rel]} ", 1))
+            break
+    words = caption.split()
+    at = [i for i, w in enumerate(words) if w in COLOURS]
+    if len(at) == 2 and words[at[0]] != words[at[1]]:
+        words[at[0]], words[at[1]] = words[at[1]], words[at[0]]
+        out.append(" ".join(words))
+    return out
+
+
 def random_spec(rng: np.random.Generator, category: str) -> dict[str, Any]:
     """A caption's meaning in one of the CATEGORIES: objects (shape, colour or None, size or None,
     count) and, for position, the relation of the first object to the second."""

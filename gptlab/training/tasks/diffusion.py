@@ -27,7 +27,7 @@ import torch
 
 from gptlab.checkpoint import CONFIG, load_checkpoint, read_config
 from gptlab.data.images import load_folder
-from gptlab.data.shapes import ShapesCorpus
+from gptlab.data.shapes import ShapesCorpus, hard_negatives
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler
@@ -60,6 +60,9 @@ class ImageTrainConfig(FamilyLoopConfig):
     # 0.32 -> 0.42 and the FID-style distance lower at every guidance scale; the best score the same.
     timesteps: str = setting("logit_normal", "how training draws timesteps: uniform, or logit_normal (SD3's: sigmoid of a normal, so the middle of the schedule, where shapes and their places are drawn, gets most steps)", choices=("uniform", "logit_normal"))
     timestep_scale: float = setting(1.0, "standard deviation of the logit-normal timestep draw (larger: flatter)", above=0)
+    contrast: float = setting(0.0, "weight of a hard-negative caption loss (captions in the built-in grammar): for some rows of each batch the denoiser also predicts under the caption with its relation flipped or its colours swapped, and is pushed to do worse there than under the true one, which a model that reads its caption as a bag of words cannot (0 = off)", min=0)
+    contrast_share: float = setting(0.25, "share of each batch's rows, drawn from captions that have a hard negative, that also get the negative's prediction (with --contrast)", above=0, max=1)
+    contrast_margin: float = setting(0.01, "scale of the hard-negative loss, in weighted squared error: it is margin x softplus((true error - negative error) / margin), so its push fades once the negative's error is a few margins above the true one", above=0)
     kl_weight: float = setting(1e-4, "weight of the autoencoder's KL term", min=0)
     ae_loss: str = setting("mse", "the autoencoder's reconstruction error: mse, or l1 (which keeps pushing on small errors, so thin edges stay sharp)", choices=("mse", "l1"))
     ae_steps: int = setting(1500, "autoencoder (stage 1) steps", min=1)
@@ -109,7 +112,12 @@ def caption_tokenizer(t: ImageTrainConfig, train: Examples) -> Tokenizer:
 
 
 def _encode_all(tok: Tokenizer, rows: Examples, context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask = encode_captions(tok, [c for _, c in rows] or [""], context)
+    return _encode_texts(tok, [c for _, c in rows], context)
+
+
+def _encode_texts(tok: Tokenizer, texts: list[str], context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, context) ids and mask of captions, padded to the full context."""
+    ids, mask = encode_captions(tok, texts or [""], context)
     return _pad(ids, context, tok.pad_id), _pad(mask, context, False)
 
 
@@ -199,6 +207,21 @@ class DiffusionTask(Task[TextToImage]):
         # Latents scaled to unit variance, as Stable Diffusion's 0.18215 does for its autoencoder.
         model.latent_scale.fill_(1.0 / float(self.mean[:5000].std().clamp_min(1e-6)))
         self.val = self._fixed_val(val or train[:64])
+        if t.contrast > 0:
+            self._hard_negatives(train)
+
+    def _hard_negatives(self, train: Examples) -> None:
+        """(2, N, S) ids and masks of up to two hard negatives per training caption, their count
+        (N,), and the rows that have one."""
+        negs = [hard_negatives(c) for _, c in train]
+        self.neg_rows = torch.tensor([i for i, n in enumerate(negs) if n], dtype=torch.long)
+        if not len(self.neg_rows):
+            raise UserError("--contrast needs captions with a relation (above, below, left of, right of) or two "
+                            "colours to swap; none of these has one: leave --contrast at 0")
+        self.neg_count = torch.tensor([len(n) for n in negs])
+        pairs = [_encode_texts(self.tokenizer, [n[j] if len(n) > j else c for (_, c), n in zip(train, negs)],
+                               self.t.text_context) for j in (0, 1)]
+        self.neg_ids, self.neg_mask = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     @torch.no_grad()
     def _posterior(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +235,16 @@ class DiffusionTask(Task[TextToImage]):
         mean, logvar = self._posterior([im for im, _ in val])
         ids, mask = _encode_all(self.tokenizer, val, self.t.text_context)
         # Uniform timesteps whatever the training draw, so validation losses compare across it.
-        return self._noised(mean, logvar, ids, mask, *_rng(self.t.seed + 7, 0, 3), timesteps="uniform")
+        out = self._noised(mean, logvar, ids, mask, *_rng(self.t.seed + 7, 0, 3), timesteps="uniform")
+        # The word-order read: rows whose caption has a hard negative, at t >= 300 (below that the
+        # layout is already in the noised latent and no caption changes much).
+        negs = [hard_negatives(c) for _, c in val]
+        rows = [i for i, n in enumerate(negs) if n and int(out["t"][i]) >= 300]
+        if rows:
+            out["order_rows"] = torch.tensor(rows)
+            out["order_ids"], out["order_mask"] = _encode_texts(self.tokenizer, [negs[i][0] for i in rows],
+                                                                self.t.text_context)
+        return out
 
     def _noised(self, mean, logvar, ids, mask, rng: np.random.Generator, gen: torch.Generator,
                 timesteps: str | None = None) -> dict[str, torch.Tensor]:
@@ -234,17 +266,37 @@ class DiffusionTask(Task[TextToImage]):
     def batch(self, step: int) -> Batch:
         rng, gen = _rng(self.t.seed, step, 2)
         rows = torch.from_numpy(rng.integers(0, len(self.mean), self.t.batch_size))
+        k = 0
+        if self.t.contrast > 0:  # the first k rows have a hard negative and keep their caption
+            k = max(1, round(self.t.contrast_share * len(rows)))
+            rows[:k] = self.neg_rows[torch.from_numpy(rng.integers(0, len(self.neg_rows), k))]
         ids, mask = self.ids[rows].clone(), self.mask[rows].clone()
         drop = torch.from_numpy(rng.random(len(rows)) < self.t.caption_dropout)
+        drop[:k] = False
         ids[drop], mask[drop] = self.null_ids[0], self.null_mask[0]
         b = self._noised(self.mean[rows], self.logvar[rows], ids, mask, rng, gen)
         b["dropped"] = drop
+        if k:
+            which = torch.from_numpy(rng.integers(0, 2, k)) % self.neg_count[rows[:k]]
+            b["neg_ids"], b["neg_mask"] = self.neg_ids[which, rows[:k]], self.neg_mask[which, rows[:k]]
         return Batch(b, len(rows))
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        pred, _ = model(tensors["z_t"], tensors["t"], tensors["ids"], tensors["mask"])  # noise or velocity
-        mse_B = (pred.float() - tensors["target"]).pow(2).flatten(1).mean(1)
-        return (self.weight_T.to(mse_B.device)[tensors["t"]] * mse_B).sum()
+        z_t, t_B, ids, mask, target = (tensors[k] for k in ("z_t", "t", "ids", "mask", "target"))
+        B = len(t_B)
+        if "neg_ids" in tensors:  # the first k rows again under their hard negatives, in one pass
+            k = len(tensors["neg_ids"])
+            z_t, t_B, target = torch.cat([z_t, z_t[:k]]), torch.cat([t_B, t_B[:k]]), torch.cat([target, target[:k]])
+            ids, mask = torch.cat([ids, tensors["neg_ids"]]), torch.cat([mask, tensors["neg_mask"]])
+        pred, _ = model(z_t, t_B, ids, mask)  # noise or velocity
+        err_B = self.weight_T.to(t_B.device)[t_B] * (pred.float() - target).pow(2).flatten(1).mean(1)
+        loss = err_B[:B].sum()
+        if len(err_B) > B:
+            # A logistic loss on which caption fits the image better: the true one should.
+            m = self.t.contrast_margin
+            gap_K = err_B[:len(err_B) - B] - err_B[B:]
+            loss = loss + self.t.contrast * m * torch.nn.functional.softplus(gap_K / m).sum()
+        return loss
 
     @torch.no_grad()
     def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:
@@ -253,7 +305,18 @@ class DiffusionTask(Task[TextToImage]):
         v = {k: x.to(rt.device) for k, x in self.val.items()}
         with rt.autocast():
             pred, _ = model(v["z_t"], v["t"], v["ids"], v["mask"])
-        return {"val_loss": float((pred.float() - v["target"]).pow(2).mean())}
+        err_B = (pred.float() - v["target"]).pow(2).flatten(1).mean(1)
+        out = {"val_loss": float(err_B.mean())}
+        if "order_rows" in v:  # error under the hard negative / under the true caption: 1 = order not read
+            r = v["order_rows"]
+            with rt.autocast():
+                neg, _ = model(v["z_t"][r], v["t"][r], v["order_ids"], v["order_mask"])
+            out["val_order"] = float((neg.float() - v["target"][r]).pow(2).mean() / err_B[r].mean().clamp_min(1e-12))
+        return out
+
+    def format_metrics(self, metrics: dict[str, float]) -> str:
+        order = f", word order read {metrics['val_order']:.4f} (1 = not)" if "val_order" in metrics else ""
+        return f"val loss {metrics['val_loss']:.3f}{order}"
 
     def config(self) -> dict[str, Any]:
         return image_config(self.t, self.model, "diffusion")
