@@ -78,6 +78,13 @@ def test_captions_longer_than_the_context(tmp_path, capsys):
                     "tokens", "context", "--text-context")
 
 
+def test_contrast_on_captions_without_a_hard_negative(tmp_path, capsys):
+    data = _folder(tmp_path, {"a.png": _good, "b.png": _good}, caption="a red circle")
+    one_line_error(capsys, ["image", "train", "--data", data, "--out", str(tmp_path / "m"), "--contrast", "1", *TRAIN],
+                    "--contrast", "relation", "leave --contrast at 0")
+    assert not (tmp_path / "m" / "autoencoder").exists()  # refused before stage 1 trains
+
+
 def test_a_prompt_longer_than_the_context(model_dir, tmp_path, capsys):
     one_line_error(capsys, ["image", "generate", str(model_dir), "a red circle " * 4, "--out", str(tmp_path / "x.png")],
                     "context", "shorten")

@@ -121,6 +121,15 @@ def _encode_texts(tok: Tokenizer, texts: list[str], context: int) -> tuple[torch
     return _pad(ids, context, tok.pad_id), _pad(mask, context, False)
 
 
+def _negatives(train: Examples) -> list[list[str]]:
+    """Each training caption's hard negatives (--contrast), refused when no caption has one."""
+    negs = [hard_negatives(c) for _, c in train]
+    if not any(negs):
+        raise UserError("--contrast needs captions with a relation (above, below, left of, right of) or two "
+                        "colours to swap; none of these has one: leave --contrast at 0")
+    return negs
+
+
 def _pad(x: torch.Tensor, width: int, value: Any) -> torch.Tensor:
     out = torch.full((x.shape[0], width), value, dtype=x.dtype)
     out[:, :x.shape[1]] = x
@@ -213,11 +222,8 @@ class DiffusionTask(Task[TextToImage]):
     def _hard_negatives(self, train: Examples) -> None:
         """(2, N, S) ids and masks of up to two hard negatives per training caption, their count
         (N,), and the rows that have one."""
-        negs = [hard_negatives(c) for _, c in train]
+        negs = _negatives(train)
         self.neg_rows = torch.tensor([i for i, n in enumerate(negs) if n], dtype=torch.long)
-        if not len(self.neg_rows):
-            raise UserError("--contrast needs captions with a relation (above, below, left of, right of) or two "
-                            "colours to swap; none of these has one: leave --contrast at 0")
         self.neg_count = torch.tensor([len(n) for n in negs])
         pairs = [_encode_texts(self.tokenizer, [n[j] if len(n) > j else c for (_, c), n in zip(train, negs)],
                                self.t.text_context) for j in (0, 1)]
@@ -400,6 +406,8 @@ def train(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool 
     text_probe = text_config(mcfg, t.vocab_size, t.text_context, t.text_layers).to_dict()
     saved_tok = prepare_out(t2, KIND, text_probe, "gptlab image train")
     train_rows, val_rows = examples if examples is not None else load_examples(t, mcfg.image_size)
+    if t.contrast > 0:
+        _negatives(train_rows)  # refused before stage 1's minutes, not after
 
     ae_dir = Path(t.autoencoder) if t.autoencoder else (out / AUTOENCODER if out is not None else None)
     if t.autoencoder and not _stage1_done(Path(t.autoencoder)):
