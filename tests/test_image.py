@@ -559,9 +559,12 @@ def test_cli_train_generate_explain_eval(tmp_path, capsys):
     assert main(["image", "explain", str(out), "a red circle", "--steps", "2", "--json", str(tmp_path / "t.json")]) == 0
     assert main(["explain", "--trace", str(tmp_path / "t.json")]) == 0
     assert main(["image", "eval", str(out), "--per-category", "1", "--steps", "2", "--guidance", "1", "2",
-                 "--json-out", str(tmp_path / "e.json")]) == 0
-    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+                 "--json-out", str(tmp_path / "e.json"), "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    rows = report["rows"]
     assert rows[0]["overall"] >= 0.8 and [r.get("guidance") for r in rows[1:]] == [1.0, 2.0]
+    assert report["settings"]["threads"] == 1 and set(report["word_order"]) == {"relation", "colours", "shapes"}
+    assert "word order read" in capsys.readouterr().out
     assert Path(tmp_path / "in.png").is_file()
 
 

@@ -39,6 +39,7 @@ class EvalOptions:
     prompts: str = setting("caption", "what the model is asked: the caption, or (a baseline) its first noun only", choices=("caption", "first-noun"))
     eval_seed: int = setting(12345, "seed of the held-out prompt set", min=0)
     json_out: str = setting("", "write the scores here as JSON")
+    threads: int = setting(0, "CPU threads for torch (0 = torch's default: all cores), as training's --threads", min=0)
 
 
 def _train_sections() -> list[Section]:
@@ -189,6 +190,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     objs = read_options(args, lambda v: {"gen": GenerateConfig(), "eval": EvalOptions()}, "image eval")
     g, ev = objs["gen"], objs["eval"]
+    if ev.threads:
+        import torch
+        torch.set_num_threads(ev.threads)
     model, tok, _ = _load(args)
     specs = eval_specs(ev.per_category, ev.eval_seed)
     size = model.cfg.image_size
