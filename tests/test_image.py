@@ -332,23 +332,30 @@ def test_hard_negative_loss_is_one_pass_over_true_and_swapped_captions():
                          contrast=0.5, contrast_share=0.25, contrast_margin=10.0)  # the scale of a random model's errors
     task = DiffusionTask(t, model, tok, train, _examples(8, seed=5))
     b = task.batch(2).tensors
-    assert b["neg_ids"].shape == (4, 16) and not b["dropped"][:4].any()
+    assert b["neg_ids"].shape == (16, 16) and b["contrast"].tolist() == [True] * 4 + [False] * 12
+    assert not b["dropped"][:4].any()
     captions = {c for _, c in train}
+
+    def words(ids, mask):
+        return tok.decode(ids[mask].tolist()).replace("<|endoftext|>", "").strip()
     for i in range(4):
-        true = tok.decode(b["ids"][i][b["mask"][i]].tolist()).replace("<|endoftext|>", "").strip()
-        neg = tok.decode(b["neg_ids"][i][b["neg_mask"][i]].tolist()).replace("<|endoftext|>", "").strip()
-        assert true in captions and neg in hard_negatives(true)
+        true = words(b["ids"][i], b["mask"][i])
+        assert true in captions and words(b["neg_ids"][i], b["neg_mask"][i]) in hard_negatives(true)
     # The contrast term, from separate passes: weight x margin x softplus((true - negative) / margin).
-    torch.manual_seed(0)
     with torch.no_grad():
-        plain = task.loss_sum(model, {k: v for k, v in b.items() if not k.startswith("neg_")})
+        plain = task.loss_sum(model, {k: v for k, v in b.items() if k not in ("neg_ids", "neg_mask", "contrast")})
         both = task.loss_sum(model, b)
         w = task.weight_T[b["t"][:4]]
         pos, _ = model(b["z_t"][:4], b["t"][:4], b["ids"][:4], b["mask"][:4])
-        neg, _ = model(b["z_t"][:4], b["t"][:4], b["neg_ids"], b["neg_mask"])
+        neg, _ = model(b["z_t"][:4], b["t"][:4], b["neg_ids"][:4], b["neg_mask"][:4])
         err = [w * (p - b["target"][:4]).pow(2).flatten(1).mean(1) for p in (pos, neg)]
         term = 0.5 * 10.0 * torch.nn.functional.softplus((err[0] - err[1]) / 10.0).sum()
+        # The loop slices every tensor by rows for its micro-batches and processes (strided by the
+        # world size): the parts' sums add up to the whole's, each row keeping its own negative.
+        parts = [task.loss_sum(model, {k: v[slice(m * 8 + r, (m + 1) * 8, 2)] for k, v in b.items()})
+                 for m in (0, 1) for r in (0, 1)]
     assert float(both) == pytest.approx(float(plain + term), rel=1e-5) and float(term) > 0.05 * float(both)
+    assert float(sum(parts)) == pytest.approx(float(both), rel=1e-5)
     with pytest.raises(UserError, match="contrast"):
         DiffusionTask(t, model, tok, [(im, "a circle") for im, _ in train[:8]], [])
 

@@ -283,24 +283,27 @@ class DiffusionTask(Task[TextToImage]):
         b = self._noised(self.mean[rows], self.logvar[rows], ids, mask, rng, gen)
         b["dropped"] = drop
         if k:
-            which = torch.from_numpy(rng.integers(0, 2, k)) % self.neg_count[rows[:k]]
-            b["neg_ids"], b["neg_mask"] = self.neg_ids[which, rows[:k]], self.neg_mask[which, rows[:k]]
+            # Row-aligned like every other tensor, so that the loop's micro-batches and processes
+            # (which slice every tensor by rows) keep each row's negative with it.
+            which = torch.from_numpy(rng.integers(0, 2, len(rows))) % self.neg_count[rows].clamp_min(1)  # (none: unused)
+            b["neg_ids"], b["neg_mask"] = self.neg_ids[which, rows], self.neg_mask[which, rows]
+            b["contrast"] = torch.arange(len(rows)) < k
         return Batch(b, len(rows))
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         z_t, t_B, ids, mask, target = (tensors[k] for k in ("z_t", "t", "ids", "mask", "target"))
         B = len(t_B)
-        if "neg_ids" in tensors:  # the first k rows again under their hard negatives, in one pass
-            k = len(tensors["neg_ids"])
-            z_t, t_B, target = torch.cat([z_t, z_t[:k]]), torch.cat([t_B, t_B[:k]]), torch.cat([target, target[:k]])
-            ids, mask = torch.cat([ids, tensors["neg_ids"]]), torch.cat([mask, tensors["neg_mask"]])
+        at_K = tensors["contrast"].nonzero().squeeze(1) if "contrast" in tensors else None
+        if at_K is not None and len(at_K):  # the contrast rows again under their hard negatives, in one pass
+            z_t, t_B, target = torch.cat([z_t, z_t[at_K]]), torch.cat([t_B, t_B[at_K]]), torch.cat([target, target[at_K]])
+            ids, mask = torch.cat([ids, tensors["neg_ids"][at_K]]), torch.cat([mask, tensors["neg_mask"][at_K]])
         pred, _ = model(z_t, t_B, ids, mask)  # noise or velocity
         err_B = self.weight_T.to(t_B.device)[t_B] * (pred.float() - target).pow(2).flatten(1).mean(1)
         loss = err_B[:B].sum()
         if len(err_B) > B:
             # A logistic loss on which caption fits the image better: the true one should.
             m = self.t.contrast_margin
-            gap_K = err_B[:len(err_B) - B] - err_B[B:]
+            gap_K = err_B[:B][at_K] - err_B[B:]
             loss = loss + self.t.contrast * m * torch.nn.functional.softplus(gap_K / m).sum()
         return loss
 
