@@ -126,7 +126,7 @@ def caption_of(spec: dict[str, Any]) -> str:
     return f"{first} {spec['relation']} {second}" if spec.get("relation") else f"{first} and {second}"
 
 
-_FLIP = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+FLIPPED = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
 def hard_negatives(caption: str) -> list[str]:
@@ -134,9 +134,9 @@ def hard_negatives(caption: str) -> list[str]:
     ("above" -> "below"), and the two objects' colours exchanged (the same words in another
     order). Empty when the caption has neither (one object, or two without two colours)."""
     out = []
-    for rel in sorted(_FLIP, key=len, reverse=True):  # "left of" before a bare word could match it
+    for rel in sorted(FLIPPED, key=len, reverse=True):  # "left of" before a bare word could match it
         if f" {rel} " in caption:
-            out.append(caption.replace(f" {rel} ", f" {_FLIP[rel]} ", 1))
+            out.append(caption.replace(f" {rel} ", f" {FLIPPED[rel]} ", 1))
             break
     words = caption.split()
     at = [i for i, w in enumerate(words) if w in COLOURS]

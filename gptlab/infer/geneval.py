@@ -22,6 +22,7 @@ from gptlab.data.shapes import (
     CATEGORIES,
     COLOURS,
     CROP,
+    FLIPPED,
     SHAPES,
     Thing,
     caption_of,
@@ -168,7 +169,6 @@ def caption_use(model: TextToImage, tok: Tokenizer, images: list[np.ndarray], ca
     return err[1] / max(err[0], 1e-12)
 
 
-FLIPPED = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 SWAPS = ("relation", "colours", "shapes")
 
 
