@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--ae-width", type=int, default=0, help="channels of the autoencoder's convolutions (0: the preset's)")
     ap.add_argument("--ae-loss", default=ImageTrainConfig().ae_loss, choices=("mse", "l1"), help="the autoencoder's reconstruction error")
     ap.add_argument("--lr", type=float, default=ImageTrainConfig().lr, help="the denoiser's peak learning rate")
+    ap.add_argument("--text-pretrain", type=int, default=ImageTrainConfig().text_pretrain,
+                    help="steps of the caption encoder's parse pre-training, inside the budget (-1: auto, 0: off)")
     ap.add_argument("--snr-gamma", type=float, default=ImageTrainConfig().snr_gamma, help="Min-SNR-gamma loss weighting (0 = the plain DDPM loss)")
     # 13,044 denoiser steps in the 30 minutes against 8,879 without (RESULTS_image.md, 2026-12-03).
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -105,7 +107,8 @@ def main() -> None:
 
     # -- training: stage 1 sized to its share of the budget, stage 2 gets the rest ----------------
     t = ImageTrainConfig(out=str(out / "model"), preset=a.preset, examples=a.examples, overwrite=True,
-                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma, ae_loss=a.ae_loss, lr=a.lr)
+                         threads=a.threads, progress=False, snr_gamma=a.snr_gamma, ae_loss=a.ae_loss, lr=a.lr,
+                         text_pretrain=a.text_pretrain)
     mcfg = IMAGE_PRESETS[a.preset]()
     mcfg = replace(mcfg, downsample=mcfg.downsample if a.downsample < 0 else a.downsample, patch=a.patch or mcfg.patch,
                    ae_width=a.ae_width or mcfg.ae_width)

@@ -225,6 +225,131 @@ def test_token_skip_keeps_every_word_when_the_caption_encoder_loses_it():
     plain.load_state_dict(sd)
 
 
+def test_parse_inverts_the_grammar_and_its_labels_tell_what_a_bag_of_words_cannot():
+    from gptlab.data.shapes import PARSE_FIELDS, caption_of, parse_caption, word_labels
+    corpus = ShapesCorpus(2)
+    for i in range(400):
+        c = corpus[i].caption
+        spec = parse_caption(c)
+        assert spec is not None and caption_of(spec) == c
+        assert spec["relation"] == corpus[i].spec["relation"]
+        labels = word_labels(c)
+        assert labels is not None and len(labels) == len(c.split())
+    side, colour = list(PARSE_FIELDS).index("side"), list(PARSE_FIELDS).index("colour")
+    above, below = word_labels("a red circle above a blue square"), word_labels("a red circle below a blue square")
+    swapped = word_labels("a blue circle above a red square")
+    assert above[3] is None and above[2] is not None  # "above" itself is not an object's word
+    assert PARSE_FIELDS["side"][above[2][side]] == "top" and PARSE_FIELDS["side"][below[2][side]] == "bottom"
+    assert PARSE_FIELDS["colour"][above[2][colour]] == "red" and PARSE_FIELDS["colour"][swapped[2][colour]] == "blue"
+    left = word_labels("a circle left of a square")
+    assert left[2] is None and left[3] is None and PARSE_FIELDS["side"][left[5][side]] == "right"
+    assert PARSE_FIELDS["count"][word_labels("three crosses")[1][list(PARSE_FIELDS).index("count")]] == "3"
+    for bad in ("a red", "two circle", "a circle and two squares", "a circle beside a square", "the circle", ""):
+        assert parse_caption(bad) is None and word_labels(bad) is None, bad
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_parse_targets_label_every_token_of_a_word_and_refuse_other_captions(kind):
+    from gptlab.data.shapes import word_labels
+    from gptlab.errors import UserError
+    from gptlab.training.tasks.diffusion import parse_targets
+    tok = Tokenizer.train(ShapesCorpus(0).vocabulary() + ["xyzzy"], kind, vocab_size=300)
+    caption = "a large red circle left of a blue square"
+    ids, mask, labels = parse_targets(tok, [caption], 32)
+    per_word = word_labels(caption)
+    offsets = tok.hf.encode(caption, add_special_tokens=False).offsets
+    assert kind == "word" or len(offsets) > len(per_word)  # byte-level: words in pieces
+    for j, (a, b) in enumerate(offsets):
+        piece = caption[a:b]
+        w = caption[:a + len(piece) - len(piece.lstrip())].count(" ")  # the word the piece's first letter is in
+        want = per_word[w] if piece.strip() else None  # a lone space belongs to no word
+        assert labels[0, j].tolist() == (list(want) if want is not None else [-1] * 5), (j, piece)
+    assert (labels[0, len(offsets):] == -1).all()  # the end marker and padding
+    assert int(mask[0].sum()) == len(offsets) + 1
+    with pytest.raises(UserError, match="grammar"):
+        parse_targets(tok, [caption, "a xyzzy circle"], 32)
+
+
+def test_text_pretrain_parses_then_freezes_the_caption_encoder(tmp_path, monkeypatch):
+    from gptlab.errors import UserError
+    from gptlab.training.env import Runtime
+    from gptlab.training.tasks import diffusion
+    from gptlab.training.tasks.diffusion import (
+        AUTO_PRETRAIN,
+        CaptionParseTask,
+        DiffusionTask,
+        ImageTrainConfig,
+        text_pretrain_steps,
+        train,
+    )
+    pretrained = {}
+    real = diffusion.pretrain_text
+
+    def keep(*a, **kw):
+        r = real(*a, **kw)
+        pretrained.update({k: v.detach().clone() for k, v in r.model.text.state_dict().items()})
+        return r
+
+    monkeypatch.setattr(diffusion, "pretrain_text", keep)
+    _train(tmp_path / "m", n=1000, text_pretrain=300, text_pretrain_lr=3e-3)
+    model, tok, cfg = load_checkpoint(tmp_path / "m")
+    assert cfg["image"]["parse_labels"] > 0 and model.parse_head is not None
+    saved = model.text.state_dict()
+    assert pretrained and all(torch.equal(pretrained[k], saved[k]) for k in pretrained)  # frozen in stage 2
+    t = ImageTrainConfig(text_context=16, batch_size=8, text_pretrain=1)
+    held = [(None, c) for c in ("a red circle above a blue square", "a blue circle above a red square",
+                                "a green cross right of a yellow triangle", "three purple crosses")]
+    metrics = CaptionParseTask(t, model, tok, held, held).evaluate(model, Runtime.create("cpu", "fp32"))
+    assert metrics["parse_acc"] > 0.9, metrics  # it learned to parse captions it never saw
+    DiffusionTask(t, model, tok, _examples(16), _examples(4, seed=5))
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith(("text.", "parse_head.")))
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("denoiser."))
+    off = [(im, "a circle beside a square") for im, _ in _examples(8)]
+    auto = replace(t, text_pretrain=-1)
+    assert text_pretrain_steps(auto, _examples(50)) == AUTO_PRETRAIN and text_pretrain_steps(auto, off) == 0
+    assert text_pretrain_steps(replace(t, text_pretrain=0), _examples(5)) == 0
+    with pytest.raises(UserError, match="grammar"):
+        train(replace(t, out=str(tmp_path / "x"), progress=False, tensorboard=False), ImageConfig(**CFG),
+              examples=(off, off[:2]))
+    assert not (tmp_path / "x" / "autoencoder").exists()  # refused before stage 1's minutes
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys_and_decodes_as_it_prefills():
+    from gptlab.model.config import ModelConfig
+    from gptlab.model.layers import Attention, KVCache
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=8, context_length=8, d_model=16, n_layer=1, n_head=2, d_ff=32)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    for cross in (False, True):
+        normed, plain = Attention(cfg, cross=cross, qk_norm=True).eval(), Attention(cfg, cross=cross).eval()
+        plain.load_state_dict({k: v for k, v in normed.state_dict().items() if "_norm" not in k})
+        kw = {"context_BxSxC": ctx} if cross else {}
+        before_n, before_p = normed(x, **kw)[0], plain(x, **kw)[0]
+        with torch.no_grad():  # the query and key projections 30x larger: logits 900x without the norm
+            for m in (normed, plain):
+                w = (m.q.weight, m.q.bias, m.kv.weight[:16], m.kv.bias[:16]) if cross else (m.qkv.weight[:32], m.qkv.bias[:32])
+                for part in w:
+                    part.mul_(30.0)
+        assert torch.allclose(normed(x, **kw)[0], before_n, atol=1e-5)
+        assert not torch.allclose(plain(x, **kw)[0], before_p, atol=1e-2)
+    # Prefill then one-row decoding with a cache gives what one causal pass gives.
+    attn = Attention(cfg, qk_norm=True).eval()
+    with torch.no_grad():
+        full = attn(x, causal=True)[0]
+        cache = KVCache(1, 2, 2, 8, 8)
+        first = attn(x[:, :3], causal=True, cache=cache)[0]
+        cache.length = 3
+        rows = []
+        for i in range(3, 5):
+            rows.append(attn.decode(x[:, i], cache, 0))
+            cache.length += 1
+    assert torch.allclose(first, full[:, :3], atol=1e-5)
+    assert torch.allclose(torch.stack(rows, 1), full[:, 3:], atol=1e-5)
+    d = ImageConfig(**CFG).to_dict()
+    del d["qk_norm"]  # a config saved before the option existed loads without it
+    assert not ImageConfig.from_dict(d).qk_norm
+
+
 def test_cross_attention_masks_caption_padding():
     model, tok = _random_model()
     ids, mask = encode_captions(tok, ["a red circle"], 16)
@@ -470,12 +595,12 @@ def test_inpainting_keeps_the_unmasked_pixels_and_img2img_runs():
 
 
 # -- save/load, resume, explain -------------------------------------------------------------------
-def _train(out, **kw):
+def _train(out, n: int = 48, **kw):
     from gptlab.training.tasks.diffusion import ImageTrainConfig, train
     t = ImageTrainConfig(out=str(out), max_steps=6, ae_steps=4, batch_size=8, warmup_steps=2, eval_interval=0,
                          log_interval=1, progress=False, tensorboard=False, device="cpu", precision="fp32",
-                         seed=3, ema=0.9, text_context=16, threads=1, **kw)
-    return train(t, ImageConfig(**CFG), examples=(_examples(48), _examples(8, seed=5)))
+                         seed=3, ema=0.9, text_context=16, threads=1, **{"text_pretrain": 0, **kw})
+    return train(t, ImageConfig(**CFG), examples=(_examples(n), _examples(8, seed=5)))
 
 
 def test_save_load_round_trip(tmp_path):
@@ -531,6 +656,22 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt_at):
         assert torch.allclose(wf[k], wr[k], atol=1e-6), k
 
 
+def test_a_stop_in_the_caption_pre_training_resumes_to_the_uninterrupted_model(tmp_path, interrupt_at):
+    _train(tmp_path / "ae")
+    ae = str(tmp_path / "ae" / "autoencoder")
+    _train(tmp_path / "full", autoencoder=ae, text_pretrain=10)
+    interrupt_at(3)  # the first fit to reach step 3 is the pre-training's
+    part = _train(tmp_path / "part", autoencoder=ae, text_pretrain=10)
+    assert part.interrupted and not (tmp_path / "part" / "model.safetensors").exists()
+    interrupt_at(None)
+    rest = _train(tmp_path / "part", autoencoder=ae, text_pretrain=10, resume=True)
+    assert rest.step == 6 and not rest.interrupted
+    wf, wr = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert any(k.startswith("parse_head.") for k in wf)
+    for k in wf:
+        assert torch.allclose(wf[k], wr[k], atol=1e-6), k
+
+
 def test_explain_trace_has_a_map_per_word_and_a_filmstrip(tmp_path):
     from gptlab.explain.capture_image import explain_image
     from gptlab.explain.trace import ImageTrace, load_trace
@@ -582,7 +723,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
     argv = ["image", "train", "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--d-ff", "64", "--ae-width", "8",
             "--examples", "64", "--val-examples", "8", "--ae-steps", "2", "--max-steps", "3", "--batch-size", "8",
             "--precision", "fp32", "--no-progress", "--no-tensorboard", "--eval-interval", "0", "--device", "cpu",
-            "--threads", "1"]
+            "--threads", "1", "--text-pretrain", "20"]  # the caption pre-training is a stage too
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     weights = []
     for procs in (1, 2):

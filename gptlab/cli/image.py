@@ -49,7 +49,7 @@ def _train_sections() -> list[Section]:
             Section("model", ImageConfig, "model (flags not given come from --preset; defaults shown are the small preset's)",
                     IMAGE_PRESETS["small"](),
                     # What a DiT block does not read: it is pre-norm with its own (modulated) norms.
-                    skip=("vocab_size", "norm", "ln_eps", "tie_embeddings", "head_bias", "final_norm"))]
+                    skip=("vocab_size", "norm", "ln_eps", "tie_embeddings", "head_bias", "final_norm", "parse_labels"))]
 
 
 def _gen_section(title: str = "generation", skip: tuple[str, ...] = ()) -> Section:

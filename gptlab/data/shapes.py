@@ -146,6 +146,87 @@ def hard_negatives(caption: str) -> list[str]:
     return out
 
 
+# What each word of a caption says about the scene, for a caption encoder pretrained to read the
+# grammar (`gptlab image train --text-pretrain`): every word of an object's noun phrase is labelled
+# with that object's colour, shape, size, count and its side of the relation, so an encoder that
+# gets them right has put "the red circle, on top" into the vectors the denoiser attends to, which
+# a bag of words cannot (the same words, another order, other labels).
+ANY = "any"  # the caption leaves it open
+SIDES = {"above": ("top", "bottom"), "below": ("bottom", "top"), "left of": ("left", "right"),
+         "right of": ("right", "left")}
+PARSE_FIELDS: dict[str, tuple[str, ...]] = {
+    "colour": (*COLOURS, ANY), "shape": SHAPES, "size": (*SIZES, ANY), "count": ("1", *map(str, NUMBERS)),
+    "side": (ANY, "top", "bottom", "left", "right"),
+}
+_SINGULAR = {v: k for k, v in PLURALS.items()}
+_COUNTS = {"a": 1, **{w: n for n, w in NUMBERS.items()}}
+
+
+def _phrase(words: list[str], i: int) -> tuple[dict[str, Any], int] | None:
+    """The noun phrase at words[i:] ("a", "three", then a size, a colour, the noun): (object, next i)."""
+    if i >= len(words) or words[i] not in _COUNTS:
+        return None
+    count, i = _COUNTS[words[i]], i + 1
+    size = words[i] if i < len(words) and words[i] in SIZES else None
+    i += size is not None
+    colour = words[i] if i < len(words) and words[i] in COLOURS else None
+    i += colour is not None
+    if i >= len(words):
+        return None
+    noun = words[i]
+    shape = noun if count == 1 and noun in SHAPES else _SINGULAR.get(noun) if count > 1 else None
+    if shape is None:
+        return None
+    return {"shape": shape, "colour": colour, "size": size, "count": count}, i + 1
+
+
+def parse_caption(caption: str) -> dict[str, Any] | None:
+    """The spec a caption of the grammar was written from (objects and relation, no category), or
+    None when it is not in the grammar. `caption_of(parse_caption(c)) == c` for every such caption."""
+    words = caption.split()
+    first = _phrase(words, 0)
+    if first is None:
+        return None
+    obj1, i = first
+    if i == len(words):
+        return {"objects": [obj1], "relation": None}
+    if obj1["count"] != 1:
+        return None
+    rel = None
+    for r in RELATIONS:
+        if words[i:i + len(r.split())] == r.split():
+            rel, i = r, i + len(r.split())
+            break
+    else:
+        if words[i] != "and":
+            return None
+        i += 1
+    second = _phrase(words, i)
+    if second is None or second[1] != len(words) or second[0]["count"] != 1:
+        return None
+    return {"objects": [obj1, second[0]], "relation": rel}
+
+
+def word_labels(caption: str) -> list[tuple[int, ...] | None] | None:
+    """Per whitespace word of a caption of the grammar, its object's label index in each of
+    PARSE_FIELDS (in order), or None for a word outside the noun phrases ("and", "above", "left",
+    "of"); None when the caption is not in the grammar."""
+    spec = parse_caption(caption)
+    if spec is None:
+        return None
+    sides = SIDES[spec["relation"]] if spec["relation"] else (ANY, ANY)
+    out: list[tuple[int, ...] | None] = []
+    for k, o in enumerate(spec["objects"]):
+        values = {"colour": o["colour"] or ANY, "shape": o["shape"], "size": o["size"] or ANY,
+                  "count": str(o["count"]), "side": sides[k]}
+        label = tuple(PARSE_FIELDS[f].index(values[f]) for f in PARSE_FIELDS)
+        n_words = len(_noun(o["shape"], o["colour"], o["size"], o["count"]).split())
+        if k == 1:
+            out += [None] * len((spec["relation"] or "and").split())
+        out += [label] * n_words
+    return out
+
+
 def random_spec(rng: np.random.Generator, category: str) -> dict[str, Any]:
     """A caption's meaning in one of the CATEGORIES: objects (shape, colour or None, size or None,
     count) and, for position, the relation of the first object to the second."""

@@ -6,7 +6,8 @@
 - `Denoiser`: latent patches as tokens. Each block is gptlab's `Attention` (bidirectional
   self-attention), `Attention(cross=True)` to the caption's vectors, and `MLP`, each residual
   sub-layer modulated by the timestep through adaLN-Zero (shift, scale and a gate computed from
-  the timestep embedding; the gates start at zero, so every block starts as the identity).
+  the timestep embedding; the gates start at zero, so every block starts as the identity), and
+  QK-norm in both attentions (ImageConfig.qk_norm, on in every preset).
 - `TextToImage` holds the three, and the factor that scales latents to unit variance.
 
 The noise schedule is not here: the model predicts the noise `eps` of a noised latent at integer
@@ -67,6 +68,10 @@ class ImageConfig(ModelConfig):
     # better loss per step does not repay in minutes; and older checkpoints have no such key.
     conv_mlp: bool = setting(False, "a depthwise 3x3 convolution over the token grid inside each feed-forward layer, so that neighbouring patches shape each other's outlines directly")
     token_skip: bool = setting(False, "add each caption word's own normalised embedding (token + position) to the caption encoder's output, so that no word the denoiser cross-attends to can be lost inside the encoder")
+    # Off by default only so that checkpoints saved before it existed (no such key) still load.
+    qk_norm: bool = setting(False, "RMS-normalise each attention head's queries and keys (with a learned gain), as SD3's MMDiT does: the attention logits cannot grow with the weights")
+    # Set by `gptlab image train --text-pretrain`, not a flag of its own.
+    parse_labels: int = setting(0, "outputs of a linear head on the caption encoder that reads each word's labels of the scene (the caption encoder is first trained to parse its caption, then frozen); 0 = no head", min=0, max=1024)
 
     @property
     def latent_size(self) -> int:
@@ -89,7 +94,7 @@ class ImageConfig(ModelConfig):
 def image_tiny() -> ImageConfig:
     """For tests: builds and trains a step in well under a second."""
     return ImageConfig(context_length=16, d_model=32, n_layer=2, n_head=2, d_ff=64, image_size=16,
-                       latent_channels=4, downsample=2, ae_width=8, patch=1, pooled_text=True, prediction="v_prediction")
+                       latent_channels=4, downsample=2, ae_width=8, patch=1, pooled_text=True, prediction="v_prediction", qk_norm=True)
 
 
 def image_small() -> ImageConfig:
@@ -98,13 +103,13 @@ def image_small() -> ImageConfig:
     real renders 0.52 through it against 0.13 through an 8x8x4 latent (width 48), whose two
     halvings lose the thin arms and corners that tell a cross from a circle."""
     return ImageConfig(context_length=64, d_model=128, n_layer=4, n_head=4, d_ff=512, image_size=32,
-                       latent_channels=4, downsample=1, ae_width=32, patch=2, pooled_text=True, prediction="v_prediction")
+                       latent_channels=4, downsample=1, ae_width=32, patch=2, pooled_text=True, prediction="v_prediction", qk_norm=True)
 
 
 def image_base() -> ImageConfig:
     """64x64, for a GPU."""
     return ImageConfig(context_length=256, d_model=256, n_layer=8, n_head=8, d_ff=1024, image_size=64,
-                       latent_channels=4, downsample=2, ae_width=96, patch=1, pooled_text=True, prediction="v_prediction")
+                       latent_channels=4, downsample=2, ae_width=96, patch=1, pooled_text=True, prediction="v_prediction", qk_norm=True)
 
 
 IMAGE_PRESETS = {"tiny": image_tiny, "small": image_small, "base": image_base}
@@ -193,8 +198,8 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: ImageConfig):
         super().__init__()
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.d_model, elementwise_affine=False, eps=1e-6) for _ in range(3))
-        self.attn = Attention(cfg)
-        self.cross_attn = Attention(cfg, cross=True)
+        self.attn = Attention(cfg, qk_norm=cfg.qk_norm)
+        self.cross_attn = Attention(cfg, cross=True, qk_norm=cfg.qk_norm)
         self.mlp = ConvMLP(cfg) if cfg.conv_mlp else MLP(cfg)
         self.ada = nn.Linear(cfg.d_model, 9 * cfg.d_model)
 
@@ -305,17 +310,22 @@ class TextToImage(nn.Module):
         self.text = Encoder(text_cfg)
         self.text_proj = nn.Linear(text_cfg.d_model, cfg.d_model) if text_cfg.d_model != cfg.d_model else nn.Identity()
         self.token_norm = nn.LayerNorm(text_cfg.d_model) if cfg.token_skip else None
+        # (C -> labels) logits of each word's scene labels; only the caption pre-training uses it.
+        self.parse_head = nn.Linear(text_cfg.d_model, cfg.parse_labels) if cfg.parse_labels else None
         self.denoiser = Denoiser(cfg)
         _init_denoiser(self.denoiser)
         self.register_buffer("latent_scale", torch.ones(()))
 
-    def encode_text(self, ids_BxS: torch.Tensor, mask_BxS: torch.Tensor) -> torch.Tensor:
-        """(B, S, C) caption vectors; mask True on real tokens (padding is hidden from every query)."""
+    def _text_hidden(self, ids_BxS: torch.Tensor, mask_BxS: torch.Tensor) -> torch.Tensor:
         hidden_BxSxC = self.text.encode(ids_BxS, mask_BxS)[0]
         if self.token_norm is not None:
             pos_S = torch.arange(ids_BxS.shape[1], device=ids_BxS.device)
             hidden_BxSxC = hidden_BxSxC + self.token_norm(self.text.tok_emb(ids_BxS) + self.text.pos_emb(pos_S))
-        return self.text_proj(hidden_BxSxC)
+        return hidden_BxSxC
+
+    def encode_text(self, ids_BxS: torch.Tensor, mask_BxS: torch.Tensor) -> torch.Tensor:
+        """(B, S, C) caption vectors; mask True on real tokens (padding is hidden from every query)."""
+        return self.text_proj(self._text_hidden(ids_BxS, mask_BxS))
 
     def to_latent(self, x_Bx3xHxW: torch.Tensor) -> torch.Tensor:
         """Scaled posterior means: what the denoiser learns to generate."""
@@ -326,14 +336,20 @@ class TextToImage(nn.Module):
 
     def forward(self, z_BxZxhxw: torch.Tensor, t_B: torch.Tensor | None = None, ids_BxS: torch.Tensor | None = None,
                 mask_BxS: torch.Tensor | None = None, *, return_attn: bool = False, autoencode: bool = False,
-                noise: torch.Tensor | None = None) -> tuple[Any, ...]:
+                noise: torch.Tensor | None = None, parse: bool = False) -> tuple[Any, ...]:
         """The denoiser: (predicted noise (B, Z, h, w), per block cross-attention (B, L, N, S)
         when asked) for noised latents at timesteps t_B under captions ids_BxS (mask True on real
         tokens). With autoencode=True, the autoencoder's training pass on images (B, 3, H, W)
         instead: (reconstruction, squared error (B,), KL (B,)), the posterior sampled with `noise`.
-        One entry point, so that the training loop's wrappers (DDP, compile) see both stages."""
+        With parse=True, the caption pre-training's pass: (per-word label logits (B, S, labels),)
+        for captions ids_BxS (z is ignored). One entry point, so that the training loop's wrappers
+        (DDP, compile) see every stage."""
         if autoencode:
             return self.autoencoder(z_BxZxhxw, noise)
+        if parse:
+            if self.parse_head is None or ids_BxS is None or mask_BxS is None:
+                raise TypeError("parsing needs a model built with parse_labels and caption ids with their mask")
+            return (self.parse_head(self._text_hidden(ids_BxS, mask_BxS)),)
         if t_B is None or ids_BxS is None or mask_BxS is None:
             raise TypeError("the denoiser needs timesteps, caption ids and their mask")
         return self.denoiser(z_BxZxhxw, t_B, self.encode_text(ids_BxS, mask_BxS), mask_BxS, return_attn)

@@ -130,9 +130,14 @@ def build_mask(T: int, S: int, *, causal: bool, offset: int = 0,
 class Attention(nn.Module):
     """Multi-head attention. Self-attention by default; `cross=True` takes keys/values from a context."""
 
-    def __init__(self, cfg: ModelConfig, *, cross: bool = False):
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False, qk_norm: bool = False):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_size
+        # QK-norm (Dehghani et al. 2023; SD3's MMDiT): each head's query and key RMS-normalised, with
+        # a learned gain, so attention logits cannot grow with the weights (they did, to ~1,000, and
+        # a denoiser's loss jumped: benchmarks/RESULTS_image.md).
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         inner = self.n_head * self.head_dim
         self.cross = cross
         if cross:
@@ -147,6 +152,14 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout if cfg.attn_dropout < 0 else cfg.attn_dropout
         self.impl = cfg.attn_impl
 
+    @staticmethod
+    def _qk(x_BxHxTxD: torch.Tensor, norm: nn.RMSNorm | None) -> torch.Tensor:
+        if norm is None:
+            return x_BxHxTxD
+        # The gain in the input's dtype: under bf16 autocast a float32 gain keeps rms_norm off its
+        # fused kernel (torch warns, and the step is slower).
+        return F.rms_norm(x_BxHxTxD, x_BxHxTxD.shape[-1:], norm.weight.to(x_BxHxTxD.dtype), norm.eps)
+
     def _heads(self, x_BxTxI: torch.Tensor) -> torch.Tensor:
         B, T, _ = x_BxTxI.shape
         return x_BxTxI.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -157,16 +170,18 @@ class Attention(nn.Module):
         B, T, _ = x_BxTxC.shape
         offset = 0
         if self.cross:
-            q = self._heads(self.q(x_BxTxC))
+            q = self._qk(self._heads(self.q(x_BxTxC)), self.q_norm)
             if cache is not None and layer in cache.cross:
                 k, v = cache.cross[layer]
             else:
                 k, v = (self._heads(t) for t in self.kv(context_BxSxC).chunk(2, dim=-1))
+                k = self._qk(k, self.k_norm)  # cached normalised, as decode() stores its keys
                 if cache is not None:
                     cache.cross[layer] = (k, v)
             causal = False  # a decoder position may look at the whole source
         else:
             q, k, v = (self._heads(t) for t in self.qkv(x_BxTxC).chunk(3, dim=-1))
+            q, k = self._qk(q, self.q_norm), self._qk(k, self.k_norm)
             if cache is not None:
                 offset = cache.length
                 k, v = cache.update(layer, k, v)
@@ -209,6 +224,7 @@ class Attention(nn.Module):
         B = x_BxC.shape[0]
         # (B, H, 1, D) each: viewed with the query axis in place, no unsqueeze calls.
         q_BxHx1xD, k, v = self.qkv.forward(x_BxC).view(B, 3, self.n_head, 1, self.head_dim).unbind(1)
+        q_BxHx1xD, k = self._qk(q_BxHx1xD, self.q_norm), self._qk(k, self.k_norm)
         k_BxHxSxD, v_BxHxSxD = cache.update(layer, k, v)
         mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
         if B == 1:  # one call: batch 1 pays per operator call

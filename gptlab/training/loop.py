@@ -583,7 +583,8 @@ class _Run:
                 raise  # in the middle of a step or an evaluation: nothing consistent to save
             self.stop_requested = True
         if self.stop_requested:
-            self.log(f"interrupted at step {self.step}: saving a checkpoint to {self.out} (continue with --resume)")
+            self.log(f"interrupted at step {self.step}: " + (f"saving a checkpoint to {self.out} (continue with --resume)"
+                                                            if self.out is not None else "nothing is kept (no --out)"))
         return self.stop_requested
 
     def _abandon(self) -> None:

@@ -26,8 +26,11 @@ def build_optimizer(model: torch.nn.Module, t: Any, device: torch.device) -> tor
         hidden = [p for n, p in named if is_hidden_matrix(n, p)]
         rest = [p for n, p in named if not is_hidden_matrix(n, p)]
         groups = [{"params": hidden, "muon": True, "weight_decay": t.weight_decay}, *decay_groups(rest, t.weight_decay)]
-        # Newton-Schulz in bf16 where the hardware is fast at it (what --precision auto picks), else fp32.
-        ns_dtype = resolve_precision("auto", device) or torch.float32
+        # Newton-Schulz in the run's precision: bf16 where --precision auto picks it (the hardware
+        # is fast at it) or bf16 is asked for, fp32 when fp32 is asked for (then two processes'
+        # averaged gradients, equal to rounding, give equal updates; in bf16 a rounding flip moves
+        # an update by ~0.4%).
+        ns_dtype = resolve_precision(getattr(t, "precision", "auto"), device) or torch.float32
         return MuonAdamW([g for g in groups if g["params"]], ns_dtype=ns_dtype, **kwargs)
     else:
         cls, groups = torch.optim.AdamW, decay_groups([p for _, p in named], t.weight_decay)

@@ -3,7 +3,12 @@
 1. `AutoencoderTask`: the KL autoencoder learns to round-trip the training images through a small
    latent grid (reconstruction error + kl_weight x KL to N(0, 1)); everything else is frozen.
    Written to OUT/autoencoder.
-2. `DiffusionTask`: the autoencoder is frozen; the caption encoder and the denoiser learn to
+1b. `CaptionParseTask` (captions of the built-in grammar; --text-pretrain): the caption encoder
+   learns to label each word of an object with that object's colour, shape, size, count and side
+   of the relation, seconds on a CPU, in memory; it is then frozen. Trained jointly with the
+   denoiser instead, it collapsed to a bag of words and position and colour attribution stayed
+   at chance (benchmarks/RESULTS_image.md).
+2. `DiffusionTask`: the autoencoder is frozen; the caption encoder (unless pre-trained) and the denoiser learn to
    predict the noise added to a scaled latent at a random timestep (DDPM's epsilon objective), or
    its velocity (ImageConfig.prediction), weighted per timestep by Min-SNR-gamma,
    with a share of captions replaced by the empty one (caption dropout) so that the same model also
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ import torch
 
 from gptlab.checkpoint import CONFIG, load_checkpoint, read_config
 from gptlab.data.images import load_folder
-from gptlab.data.shapes import ShapesCorpus, hard_negatives
+from gptlab.data.shapes import PARSE_FIELDS, ShapesCorpus, hard_negatives, word_labels
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.infer.diffuse import encode_captions, from_pixels, make_scheduler
@@ -41,6 +47,7 @@ from gptlab.training.state import has_checkpoints
 KIND = "image"
 AUTOENCODER = "autoencoder"  # stage 1's folder inside OUT
 Examples = list[tuple[np.ndarray, str]]
+AUTO_PRETRAIN = 1000  # steps of --text-pretrain -1: every held-out caption parsed whole by then (measured)
 
 
 @dataclass
@@ -63,6 +70,10 @@ class ImageTrainConfig(FamilyLoopConfig):
     contrast: float = setting(0.0, "weight of a hard-negative caption loss (captions in the built-in grammar): for some rows of each batch the denoiser also predicts under the caption with its relation flipped or its colours swapped, and is pushed to do worse there than under the true one, which a model that reads its caption as a bag of words cannot (0 = off)", min=0)
     contrast_share: float = setting(0.25, "share of each batch's rows, drawn from captions that have a hard negative, that also get the negative's prediction (with --contrast)", above=0, max=1)
     contrast_margin: float = setting(0.01, "scale of the hard-negative loss, in weighted squared error: it is margin x softplus((true error - negative error) / margin), so its push fades once the negative's error is a few margins above the true one", above=0)
+    # Measured (benchmarks/RESULTS_image.md, 30 min side by side): mini-GenEval 0.45 -> 0.71 at
+    # guidance 2, position 0.04 -> 0.72, colour attribution 0.16 -> 0.68.
+    text_pretrain: int = setting(-1, f"steps of pre-training the caption encoder to parse its caption (captions in the built-in grammar: each word of an object is labelled with that object's colour, shape, size, count and side of the relation), after which it is frozen while the denoiser learns; 0 = the encoder learns jointly with the denoiser; -1 = auto: {AUTO_PRETRAIN} steps when every training caption is in the grammar, else 0", min=-1)
+    text_pretrain_lr: float = setting(1e-3, "peak learning rate of the caption pre-training (AdamW)", above=0)
     kl_weight: float = setting(1e-4, "weight of the autoencoder's KL term", min=0)
     ae_loss: str = setting("mse", "the autoencoder's reconstruction error: mse, or l1 (which keeps pushing on small errors, so thin edges stay sharp)", choices=("mse", "l1"))
     ae_steps: int = setting(1500, "autoencoder (stage 1) steps", min=1)
@@ -191,6 +202,121 @@ def image_config(t: ImageTrainConfig, model: TextToImage, stage: str) -> dict[st
             "data": {"source": t.data, "seed": t.data_seed, "text_context": t.text_context}}
 
 
+# -- stage 1b: the caption encoder learns to parse ----------------------------------------------
+PARSE_SIZES = [len(v) for v in PARSE_FIELDS.values()]  # the parse head's logits, field after field
+
+
+def parse_targets(tok: Tokenizer, captions: list[str], context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids (N, S), mask (N, S), labels (N, S, fields)) of captions of the built-in grammar: each
+    token gets the labels of the word it belongs to (shapes.word_labels), -1 where none (the end
+    marker, padding, "and", the relation's words). A caption outside the grammar is an error."""
+    ids, mask = _encode_texts(tok, captions, context)
+    labels = torch.full((*ids.shape, len(PARSE_FIELDS)), -1, dtype=torch.long)
+    bad = []
+    for n, c in enumerate(captions):
+        per_word = word_labels(c)
+        if per_word is None:
+            bad.append(c)
+            continue
+        word_of_char = np.full(len(c), -1)
+        at = 0
+        for w, word in enumerate(c.split()):
+            at = c.index(word, at)
+            word_of_char[at:at + len(word)] = w
+            at += len(word)
+        for j, (a, b) in enumerate(tok.hf.encode(c, add_special_tokens=False).offsets):
+            words = [int(w) for w in word_of_char[a:b] if w >= 0]  # a byte-level token may start at a space
+            if words and per_word[words[0]] is not None:
+                labels[n, j] = torch.tensor(per_word[words[0]])
+    if bad:
+        raise UserError(f"--text-pretrain reads captions of the built-in shapes grammar; {len(bad)} of these are not "
+                        f"(e.g. {bad[0][:60]!r}): train on --data shapes, or set --text-pretrain 0")
+    return ids, mask, labels
+
+
+class CaptionParseTask(Task[TextToImage]):
+    """The caption encoder (and a linear head) learns each word's scene labels: cross-entropy per
+    field, over the words of the noun phrases. A bag of words cannot score here: "a red circle above
+    a blue square" and "a blue circle above a red square" hold the same words with other labels."""
+    unit = "cap"
+    kind = KIND
+
+    def __init__(self, t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples):
+        self.t, self.model, self.tokenizer = t, model, tok
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("text.", "token_norm.", "parse_head.")))
+        captions = sorted({c for _, c in train})  # the stage learns captions, not images: each once
+        self.ids, self.mask, self.labels = parse_targets(tok, captions, t.text_context)
+        held = sorted({c for _, c in val} - set(captions)) or captions[:256]
+        self.val = parse_targets(tok, held, t.text_context)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.ids) // self.t.batch_size)
+
+    def batch(self, step: int) -> Batch:
+        rng, _ = _rng(self.t.seed, step, 4)
+        rows = torch.from_numpy(rng.integers(0, len(self.ids), self.t.batch_size))
+        return Batch({"ids": self.ids[rows], "mask": self.mask[rows], "labels": self.labels[rows]}, len(rows))
+
+    @staticmethod
+    def _per_field(logits_BxSxK: torch.Tensor) -> list[torch.Tensor]:
+        return list(logits_BxSxK.float().split(PARSE_SIZES, dim=-1))
+
+    def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        (logits,) = model(None, ids_BxS=tensors["ids"], mask_BxS=tensors["mask"], parse=True)
+        labels = tensors["labels"]
+        return torch.stack([torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels[..., f].flatten(), ignore_index=-1,
+                                                              reduction="sum")
+                            for f, lg in enumerate(self._per_field(logits))]).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: TextToImage, rt: Runtime) -> dict[str, float]:
+        """On held-out captions: the share of (word, field) labels right, and of captions whole."""
+        model.eval()
+        ids, mask, labels = (x.to(rt.device) for x in self.val)
+        with rt.autocast():
+            (logits,) = model(None, ids_BxS=ids, mask_BxS=mask, parse=True)
+        pred = torch.stack([lg.argmax(-1) for lg in self._per_field(logits)], dim=-1)  # (N, S, fields)
+        known = labels >= 0
+        right = (pred == labels) | ~known
+        return {"parse_acc": float((pred == labels)[known].float().mean()),
+                "caption_acc": float(right.flatten(1).all(1).float().mean())}
+
+    def format_metrics(self, metrics: dict[str, float]) -> str:
+        return f"labels right {metrics['parse_acc']:.4f}, captions parsed whole {metrics['caption_acc']:.4f}"
+
+    def config(self) -> dict[str, Any]:
+        return image_config(self.t, self.model, "captions")
+
+    def describe(self) -> str:
+        return f"gptlab image train, caption encoder pre-training: {len(self.ids):,} captions; "
+
+
+def text_pretrain_steps(t: ImageTrainConfig, train: Examples) -> int:
+    """t.text_pretrain resolved: -1 (auto) is AUTO_PRETRAIN steps when every training caption is in
+    the built-in grammar and 0 otherwise; a positive count for captions outside it is an error."""
+    if t.text_pretrain == 0:
+        return 0
+    bad = next((c for _, c in train if word_labels(c) is None), None)
+    if t.text_pretrain < 0:
+        return AUTO_PRETRAIN if bad is None else 0
+    if bad is not None:
+        raise UserError(f"--text-pretrain reads captions of the built-in shapes grammar; {bad[:60]!r} is not: "
+                        "train on --data shapes, or set --text-pretrain 0")
+    return t.text_pretrain
+
+
+def pretrain_text(t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples,
+                  rt: Runtime) -> TrainResult[TextToImage]:
+    """t.text_pretrain steps of CaptionParseTask, in memory (seconds to a minute: a resumed run
+    reads the frozen encoder back from its stage-2 checkpoint instead, and one stopped here starts
+    it again)."""
+    t1 = dataclasses.replace(t, out="", max_steps=t.text_pretrain, optimizer="adamw", lr=t.text_pretrain_lr,
+                             min_lr=t.text_pretrain_lr / 10, ema=0.0, epochs=0.0, time_budget=0.0, resume=False,
+                             compile=False, eval_interval=0, tensorboard=False, weight_decay=0.0)
+    return fit(CaptionParseTask(t1, model, tok, train, val), t1, rt)
+
+
 # -- stage 2 --------------------------------------------------------------------------------------
 class DiffusionTask(Task[TextToImage]):
     unit = "img"
@@ -198,8 +324,11 @@ class DiffusionTask(Task[TextToImage]):
 
     def __init__(self, t: ImageTrainConfig, model: TextToImage, tok: Tokenizer, train: Examples, val: Examples):
         self.t, self.model, self.tokenizer = t, model, tok
+        # The autoencoder is frozen; so is a caption encoder pre-trained to parse (--text-pretrain),
+        # which joint training would let drift back toward a bag of words.
+        frozen = ("autoencoder.", "parse_head.") + (("text.", "token_norm.") if t.text_pretrain > 0 else ())
         for name, p in model.named_parameters():
-            p.requires_grad_(not name.startswith("autoencoder."))
+            p.requires_grad_(not name.startswith(frozen))
         self.sched = make_scheduler("ddpm", model.cfg)
         a = self.sched.alphas_cumprod.float()
         snr_T = a / (1 - a)  # signal-to-noise ratio of each training timestep
@@ -366,6 +495,8 @@ def _reuse_autoencoder(path: Path, t: ImageTrainConfig, mcfg: ImageConfig) -> tu
 def model_config(t: ImageTrainConfig, model_cfg: ImageConfig | None = None) -> ImageConfig:
     """The model settings asked for (default: t's preset), checked: a bad shape is a one-line error."""
     mcfg = model_cfg if model_cfg is not None else IMAGE_PRESETS[t.preset]()
+    # The parse head is there exactly when the caption pre-training is (and sized by the grammar).
+    mcfg = dataclasses.replace(mcfg, parse_labels=sum(PARSE_SIZES) if t.text_pretrain > 0 else 0)
     try:
         mcfg.validate()
     except ValueError as e:
@@ -411,6 +542,9 @@ def train(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool 
     train_rows, val_rows = examples if examples is not None else load_examples(t, mcfg.image_size)
     if t.contrast > 0:
         _negatives(train_rows)  # refused before stage 1's minutes, not after
+    steps = text_pretrain_steps(t, train_rows)  # -1 (auto) resolved: every stage below sees the count
+    t, t2 = dataclasses.replace(t, text_pretrain=steps), dataclasses.replace(t2, text_pretrain=steps)
+    mcfg = model_config(t, model_cfg)
 
     ae_dir = Path(t.autoencoder) if t.autoencoder else (out / AUTOENCODER if out is not None else None)
     if t.autoencoder and not _stage1_done(Path(t.autoencoder)):
@@ -426,4 +560,14 @@ def train(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool 
             return stage1
         model, tok = stage1.model.cpu(), stage1.tokenizer
     _encode_all(tok, train_rows + val_rows, t.text_context)
+    if t2.text_pretrain and not (resume2 and out is not None and has_checkpoints(out)):
+        started = time.perf_counter()
+        pre = pretrain_text(t2, model.train(), tok, train_rows, val_rows, rt)
+        if pre.interrupted:
+            print("gptlab image train: stopped in the caption pre-training, which is not saved: --resume starts it "
+                  "again (the autoencoder is kept)", file=sys.stderr)
+            return pre
+        model = pre.model.cpu()
+        if t.time_budget:  # the pre-training's seconds come out of the denoiser's budget
+            t2 = dataclasses.replace(t2, time_budget=max(1.0, t.time_budget - (time.perf_counter() - started)))
     return fit(DiffusionTask(t2, model.train(), tok, train_rows, val_rows), t2, rt, on_eval=on_eval)
