@@ -656,15 +656,19 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt_at):
         assert torch.allclose(wf[k], wr[k], atol=1e-6), k
 
 
-def test_a_stop_in_the_caption_pre_training_resumes_to_the_uninterrupted_model(tmp_path, interrupt_at):
+@pytest.mark.parametrize("pretrain,stop", [(10, 3), (3, 5)])
+def test_a_stop_in_either_stage_after_the_caption_pre_training_resumes_to_the_uninterrupted_model(
+        tmp_path, interrupt_at, pretrain, stop):
     _train(tmp_path / "ae")
     ae = str(tmp_path / "ae" / "autoencoder")
-    _train(tmp_path / "full", autoencoder=ae, text_pretrain=10)
-    interrupt_at(3)  # the first fit to reach step 3 is the pre-training's
-    part = _train(tmp_path / "part", autoencoder=ae, text_pretrain=10)
-    assert part.interrupted and not (tmp_path / "part" / "model.safetensors").exists()
+    _train(tmp_path / "full", autoencoder=ae, text_pretrain=pretrain)
+    # The first fit to reach the step stops: the pre-training's (10 steps), or the denoiser's (the
+    # pre-training has 3): then the resumed run reads the frozen encoder back from the checkpoint.
+    interrupt_at(stop)
+    part = _train(tmp_path / "part", autoencoder=ae, text_pretrain=pretrain)
+    assert part.interrupted and (tmp_path / "part" / "checkpoints").exists() == (stop > pretrain)
     interrupt_at(None)
-    rest = _train(tmp_path / "part", autoencoder=ae, text_pretrain=10, resume=True)
+    rest = _train(tmp_path / "part", autoencoder=ae, text_pretrain=pretrain, resume=True)
     assert rest.step == 6 and not rest.interrupted
     wf, wr = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
     assert any(k.startswith("parse_head.") for k in wf)
