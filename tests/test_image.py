@@ -312,6 +312,10 @@ def test_text_pretrain_parses_then_freezes_the_caption_encoder(tmp_path, monkeyp
         train(replace(t, out=str(tmp_path / "x"), progress=False, tensorboard=False), ImageConfig(**CFG),
               examples=(off, off[:2]))
     assert not (tmp_path / "x" / "autoencoder").exists()  # refused before stage 1's minutes
+    with pytest.raises(UserError, match="grammar"):  # held-out captions outside it: refused as early
+        train(replace(t, out=str(tmp_path / "y"), progress=False, tensorboard=False), ImageConfig(**CFG),
+              examples=(_examples(8), off[:2]))
+    assert not (tmp_path / "y" / "autoencoder").exists()
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys_and_decodes_as_it_prefills():

@@ -30,7 +30,7 @@ def build_optimizer(model: torch.nn.Module, t: Any, device: torch.device) -> tor
         # is fast at it) or bf16 is asked for, fp32 when fp32 is asked for (then two processes'
         # averaged gradients, equal to rounding, give equal updates; in bf16 a rounding flip moves
         # an update by ~0.4%).
-        ns_dtype = resolve_precision(getattr(t, "precision", "auto"), device) or torch.float32
+        ns_dtype = resolve_precision(t.precision, device) or torch.float32
         return MuonAdamW([g for g in groups if g["params"]], ns_dtype=ns_dtype, **kwargs)
     else:
         cls, groups = torch.optim.AdamW, decay_groups([p for _, p in named], t.weight_decay)

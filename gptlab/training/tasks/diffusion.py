@@ -292,12 +292,12 @@ class CaptionParseTask(Task[TextToImage]):
         return f"gptlab image train, caption encoder pre-training: {len(self.ids):,} captions; "
 
 
-def text_pretrain_steps(t: ImageTrainConfig, train: Examples) -> int:
-    """t.text_pretrain resolved: -1 (auto) is AUTO_PRETRAIN steps when every training caption is in
+def text_pretrain_steps(t: ImageTrainConfig, rows: Examples) -> int:
+    """t.text_pretrain resolved: -1 (auto) is AUTO_PRETRAIN steps when every caption of `rows` is in
     the built-in grammar and 0 otherwise; a positive count for captions outside it is an error."""
     if t.text_pretrain == 0:
         return 0
-    bad = next((c for _, c in train if word_labels(c) is None), None)
+    bad = next((c for _, c in rows if word_labels(c) is None), None)
     if t.text_pretrain < 0:
         return AUTO_PRETRAIN if bad is None else 0
     if bad is not None:
@@ -542,7 +542,9 @@ def train(t: ImageTrainConfig, model_cfg: ImageConfig | None = None, save: bool 
     train_rows, val_rows = examples if examples is not None else load_examples(t, mcfg.image_size)
     if t.contrast > 0:
         _negatives(train_rows)  # refused before stage 1's minutes, not after
-    steps = text_pretrain_steps(t, train_rows)  # -1 (auto) resolved: every stage below sees the count
+    # -1 (auto) resolved: every stage below sees the count. The held-out captions too must parse:
+    # the pre-training scores itself on them.
+    steps = text_pretrain_steps(t, train_rows + val_rows)
     t, t2 = dataclasses.replace(t, text_pretrain=steps), dataclasses.replace(t2, text_pretrain=steps)
     mcfg = model_config(t, model_cfg)
 
