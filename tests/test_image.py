@@ -404,6 +404,21 @@ def test_min_snr_weights_the_clean_timesteps_down_and_leaves_the_noisy_ones():
     assert torch.equal(plain.weight_T, torch.ones_like(w))
 
 
+def test_the_validation_draw_does_not_depend_on_the_training_seed():
+    # Runs that differ only in --seed are compared by their validation loss: its noise and
+    # timesteps must be the same for both, while the training batches differ.
+    from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
+    model, tok = _random_model()
+    t = ImageTrainConfig(out="", batch_size=8, progress=False)
+    a = DiffusionTask(t, model, tok, _examples(16), _examples(4, seed=5))
+    b = DiffusionTask(replace(t, seed=3), model, tok, _examples(16), _examples(4, seed=5))
+    c = DiffusionTask(replace(t, data_seed=3), model, tok, _examples(16), _examples(4, seed=5))
+    for k in ("z_t", "t", "target"):
+        assert torch.equal(a.val[k], b.val[k]), k
+    assert not torch.equal(a.val["z_t"], c.val["z_t"])
+    assert not torch.equal(a.batch(0).tensors["z_t"], b.batch(0).tensors["z_t"])
+
+
 def test_v_prediction_trains_on_the_velocity_with_the_same_clean_image_weights_and_a_floor():
     from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
     model, tok = _random_model(prediction="v_prediction")

@@ -369,8 +369,9 @@ class DiffusionTask(Task[TextToImage]):
     def _fixed_val(self, val: Examples) -> dict[str, torch.Tensor]:
         mean, logvar = self._posterior([im for im, _ in val])
         ids, mask = _encode_all(self.tokenizer, val, self.t.text_context)
-        # Uniform timesteps whatever the training draw, so validation losses compare across it.
-        out = self._noised(mean, logvar, ids, mask, *_rng(self.t.seed + 7, 0, 3), timesteps="uniform")
+        # Uniform timesteps whatever the training draw, and noise seeded by the data, not by --seed,
+        # so validation losses compare across both (seed 0 and data seed 0 draw what they always did).
+        out = self._noised(mean, logvar, ids, mask, *_rng(self.t.data_seed + 7, 0, 3), timesteps="uniform")
         # The word-order read: rows whose caption has a hard negative, at t >= 300 (below that the
         # layout is already in the noised latent and no caption changes much).
         negs = [hard_negatives(c) for _, c in val]
