@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gptlab.data import Corpus, DataConfig, load_corpus, split_records  # noqa: E402
+from gptlab.data.normalize import normalize_text  # noqa: E402
+from gptlab.data.records import label_values, template_fields  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
 from gptlab.infer.quality import distinct_n, parse_template, template_valid  # noqa: E402
 from gptlab.training.batches import encode_records  # noqa: E402
@@ -42,15 +44,22 @@ class WineData:
     varieties: set[str]
 
 
-def load_wine(path: str = WINE_CSV, val_fraction: float = 0.05, seed: int = SEED, max_records: int = 0) -> WineData:
-    """Template rows of the real reviews, split by record with `seed` (gptlab's split_records)."""
+def load_wine(path: str = WINE_CSV, val_fraction: float = 0.05, seed: int = SEED, max_records: int = 0,
+              label_words: bool = True) -> WineData:
+    """Template rows of the real reviews, split by record with `seed` (gptlab's split_records), and
+    the word tokenizer both frameworks share: the 10,000 most frequent words of the training
+    records, and (`label_words`, as `gptlab train` does) every word of their countries, provinces
+    and varieties besides, so no name becomes [UNK]."""
     if not Path(path).is_file():
         sys.exit(f"no corpus at {path}: pass --data PATH to a Kaggle wine-reviews CSV")
     corpus = load_corpus(DataConfig(data=path, max_records=max_records))
     records = corpus.records
     tr, va = split_records(records, val_fraction, seed)
     train_recs, val_recs = [records[i] for i in tr], [records[i] for i in va]
-    tok = Tokenizer.train(train_recs, kind="word", vocab_size=10000, lowercase=True)
+    labels = label_values([corpus.fields[i] for i in tr], template_fields(DataConfig().template)) \
+        if label_words and corpus.fields else []
+    tok = Tokenizer.train(train_recs, kind="word", vocab_size=10000, lowercase=True,
+                          keep=[normalize_text(v) for v in labels])
     provinces: dict[str, set[str]] = {}
     varieties: set[str] = set()
     for r in records:

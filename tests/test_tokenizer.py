@@ -67,3 +67,19 @@ def test_save_load_and_bad_files(tmp_path):
         Tokenizer.load(tmp_path / "bad.json")
     with pytest.raises(UserError, match="vocab_size"):
         Tokenizer.train(FIXTURES, vocab_size=2)
+
+
+def test_kept_words_join_the_vocabulary_after_the_frequent_ones():
+    lines = [f"w{i} " * (100 - i) for i in range(100)]
+    plain = Tokenizer.train(lines, kind="word", vocab_size=20)
+    tok = Tokenizer.train(lines, kind="word", vocab_size=20, keep=["W99 w0", "Nowhere-Else"])
+    # w99 (rare), then nowhere, -, else (unseen); w0 is among the frequent words already.
+    assert tok.vocab_size == 24
+    assert [tok.id_to_token(i) for i in range(20, 24)] == ["w99", "nowhere", "-", "else"]
+    assert [tok.id_to_token(i) for i in range(20)] == [plain.id_to_token(i) for i in range(20)]
+    assert tok.encode("w0 w3 zz") == plain.encode("w0 w3 zz")  # a text without kept words: same ids
+    assert tok.unk_id not in tok.encode("w99 nowhere-else") and tok.unknown_words("w99 w98") == ["w98"]
+    assert tok.decode(tok.encode("Nowhere-Else w99")) == "nowhere - else w99"
+    # A byte-level BPE knows every text already.
+    bpe = Tokenizer.train(FIXTURES * 5, kind="bpe", vocab_size=300, keep=["Zweigelt"])
+    assert bpe.vocab_size == Tokenizer.train(FIXTURES * 5, kind="bpe", vocab_size=300).vocab_size

@@ -294,3 +294,37 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path, corpus_file):
 def test_gptlab_help_runs_as_module():
     rc, out, _ = run_cli(["--help"])
     assert rc == 0 and "train" in out
+
+
+def _rare_name_csv(path: Path) -> Path:
+    """A Kaggle-layout table in which one province ('mittelrhein') and one variety ('kerner') are
+    rarer than a small vocabulary's cap."""
+    rows = ["country,province,variety,description"]
+    lines = wine_lines(200)
+    for i, line in enumerate(lines):
+        _, c, p, v, desc = [s.strip() for s in line.split(" : ")]
+        if i in (5, 77):
+            c, p, v = "germany", "mittelrhein", "kerner"
+        rows.append(f'{c},{p},{v},"{desc.replace(",", ";")}"')
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("preset, kept", [("tiny", True), ("book", False)])
+def test_a_rare_name_keeps_its_word_where_the_recipe_keeps_label_words(tmp_path, preset, kept):
+    from gptlab.data import load_corpus
+    from gptlab.data.records import label_values, template_fields
+    from gptlab.training.tasks.causal_lm import CausalLM
+    cfg = RUN_PRESETS[preset]()
+    cfg.data.data, cfg.data.val_fraction = str(_rare_name_csv(tmp_path / "w.csv")), 0.0
+    cfg.model.vocab_size = 30  # far below the fixture's ~60 words: rare words become [UNK]
+    corpus = load_corpus(cfg.data)
+    # The label fields are the repeated ones: country, province, variety, not the description.
+    labels = label_values(corpus.fields, template_fields(cfg.data.template))
+    assert "mittelrhein" in labels and "kerner" in labels and "riesling" in labels
+    assert not any(" wine with " in v for v in labels)
+    tok = CausalLM(cfg, corpus).tokenizer
+    names = "wine review : germany : mittelrhein : kerner :"
+    assert (tok.unk_id not in tok.encode(names)) == kept
+    assert tok.unknown_words("a crisp zzz wine") == ["zzz"]  # description words are still capped
+    assert tok.vocab_size > 30 if kept else tok.vocab_size == 30

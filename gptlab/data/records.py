@@ -96,3 +96,16 @@ def cell_text(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value).strip()
+
+
+def label_values(rows: list[dict], names: list[str], max_share: float = 0.05) -> list[str]:
+    """The distinct values of the template's label fields in `rows`, sorted: the fields whose
+    values repeat (at most `max_share` of the rows distinct, and at least twice as many rows as
+    values), as a wine review's country, province and variety do and its description does not.
+    A word tokenizer keeps every word of them, so a rare name never becomes [UNK]."""
+    out: set[str] = set()
+    for name in names:
+        values = {cell_text(row.get(name)) for row in rows} - {""}
+        if values and len(values) <= max(1, max_share * len(rows)) and 2 * len(values) <= len(rows):
+            out |= values
+    return sorted(out)

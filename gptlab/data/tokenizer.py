@@ -43,6 +43,21 @@ def check_text(text: str, what: str = "the input") -> str:
     return text
 
 
+def _add_words(hf: HFTokenizer, texts: Iterable[str]) -> None:
+    """Give each word of `texts` that a trained word-level vocabulary lacks the next free id, in
+    order of first appearance (so the same texts give the same ids)."""
+    vocab = hf.get_vocab()
+    next_id = start = max(vocab.values()) + 1
+    for text in texts:
+        norm = hf.normalizer.normalize_str(text) if hf.normalizer is not None else text
+        for word, _span in hf.pre_tokenizer.pre_tokenize_str(norm):
+            if word not in vocab:
+                vocab[word] = next_id
+                next_id += 1
+    if next_id > start:
+        hf.model = models.WordLevel(vocab=vocab, unk_token=UNK)
+
+
 def _special_id(hf: HFTokenizer, tok: str) -> int:
     """The id of a special token every gptlab tokenizer has; a UserError for a foreign tokenizer."""
     i = hf.token_to_id(tok)
@@ -74,11 +89,17 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "word", vocab_size: int = 10000,
               lowercase: bool = True, extra_specials: tuple[str, ...] = (),
-              start_with_eot: bool = False) -> Tokenizer:
+              start_with_eot: bool = False, keep: Iterable[str] = ()) -> Tokenizer:
         """A tokenizer trained on `texts`; `start_with_eot` (for GPTs) makes every text begin with
         <|endoftext|>, GPT-2's convention, so the model learns how a text starts and an empty prompt
         samples a whole record. It is stored in tokenizer.json as the post-processor, so a
-        `transformers` tokenizer loaded from an exported folder adds the same start token."""
+        `transformers` tokenizer loaded from an exported folder adds the same start token.
+
+        keep: texts (a corpus's names: provinces, varieties) every word of which a word-level
+        vocabulary holds, after the `vocab_size` most frequent words: a rare name seen twice would
+        otherwise become [UNK], which no sample can turn back into the name. The words come after
+        the frequent ones, so the frequent words keep their ids and a text without the kept words
+        encodes exactly as without `keep`. A byte-level BPE has no unknown word and ignores it."""
         specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
         if vocab_size < len(specials) + 1:
             raise UserError(f"vocab_size {vocab_size} is too small: use at least {len(specials) + 1}")
@@ -103,6 +124,8 @@ class Tokenizer:
         else:
             raise UserError(f"unknown tokenizer {kind!r}: use 'word' or 'bpe'")
         hf.train_from_iterator(texts, trainer)
+        if kind == "word":
+            _add_words(hf, keep)
         if start_with_eot:
             hf.post_processor = processors.TemplateProcessing(
                 single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B", special_tokens=[(EOT, hf.token_to_id(EOT))])

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from gptlab.data import Corpus, load_corpus, split_records
+from gptlab.data.normalize import normalize_text
+from gptlab.data.records import label_values, template_fields
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT
@@ -46,7 +48,8 @@ class CausalLM(Task[GPT]):
         self.train_recs = [records[i] for i in train_idx]
         self.val_recs = [records[i] for i in val_idx]
         self.tokenizer = tokenizer or Tokenizer.train(self.train_recs, kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
-                                                      lowercase=cfg.data.normalize, start_with_eot=True)
+                                                      lowercase=cfg.data.normalize, start_with_eot=True,
+                                                      keep=self._label_values(train_idx))
         cfg.model.vocab_size = self.tokenizer.vocab_size
         self.ctx = ctx = cfg.model.context_length
         train_seqs = encode_records(self.tokenizer, self.train_recs, ctx, truncate=t.batching != "pack")
@@ -57,6 +60,14 @@ class CausalLM(Task[GPT]):
         torch.manual_seed(t.seed)
         self.model = GPT(cfg.model)
         self._epoch: tuple[int, list] | None = None
+
+    def _label_values(self, train_idx: list[int]) -> list[str]:
+        """The training records' names (country, province, variety) as the documents spell them."""
+        d = self.cfg.data
+        if not self.cfg.train.label_words or not self.corpus.fields:
+            return []
+        values = label_values([self.corpus.fields[i] for i in train_idx], template_fields(d.template))
+        return [normalize_text(v) for v in values] if d.normalize else values
 
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch
