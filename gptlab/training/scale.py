@@ -279,7 +279,7 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
     """Run (or finish) the sweep in base.train.out, then fit and plot. Returns the points and fits."""
     from tqdm import tqdm
 
-    from gptlab.data.tokenizer import Tokenizer
+    from gptlab.training.tasks.causal_lm import gpt_tokenizer
     check_scale_config(base, sc)
     out = Path(base.train.out)
     check_writable(out, "--out", folder=True)  # before the corpus is read and the runs are planned
@@ -288,8 +288,7 @@ def run_scale(base: RunConfig, sc: ScaleConfig, corpus: Corpus | None = None) ->
     if not val_idx:
         raise UserError("no validation records: scaling laws are measured on held-out text; raise --val-fraction")
     train_recs = [corpus.records[i] for i in train_idx]
-    tok = Tokenizer.train(train_recs, kind=base.train.tokenizer, vocab_size=base.model.vocab_size,
-                          lowercase=base.data.normalize, start_with_eot=True)
+    tok = gpt_tokenizer(base, corpus, train_idx)
     # The data sweep takes prefixes of one fixed random order of the training records: nested subsets.
     order = list(range(len(train_idx)))
     random.Random(base.data.seed).shuffle(order)

@@ -37,6 +37,19 @@ def heldout_nll(model: GPT, seqs: list, batch_size: int, pad_id: int, ctx: int, 
     return nll, n
 
 
+def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int]) -> Tokenizer:
+    """The tokenizer a GPT fits on a corpus's training records (`gptlab train`, `gptlab scale`):
+    texts start with <|endoftext|>, and a word vocabulary holds the label fields' words
+    (--label-words: the names, as the documents spell them) besides its cap."""
+    d, t = cfg.data, cfg.train
+    keep: list[str] = []
+    if t.label_words and corpus.fields:
+        keep = label_values([corpus.fields[i] for i in train_idx], template_fields(d.template))
+        keep = [normalize_text(v) for v in keep] if d.normalize else keep
+    return Tokenizer.train([corpus.records[i] for i in train_idx], kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
+                           lowercase=d.normalize, start_with_eot=True, keep=keep)
+
+
 class CausalLM(Task[GPT]):
     kind = KIND
 
@@ -47,9 +60,7 @@ class CausalLM(Task[GPT]):
         train_idx, val_idx = split_records(records, cfg.data.val_fraction, cfg.data.seed)
         self.train_recs = [records[i] for i in train_idx]
         self.val_recs = [records[i] for i in val_idx]
-        self.tokenizer = tokenizer or Tokenizer.train(self.train_recs, kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
-                                                      lowercase=cfg.data.normalize, start_with_eot=True,
-                                                      keep=self._label_values(train_idx))
+        self.tokenizer = tokenizer or gpt_tokenizer(cfg, corpus, train_idx)
         cfg.model.vocab_size = self.tokenizer.vocab_size
         self.ctx = ctx = cfg.model.context_length
         train_seqs = encode_records(self.tokenizer, self.train_recs, ctx, truncate=t.batching != "pack")
@@ -60,14 +71,6 @@ class CausalLM(Task[GPT]):
         torch.manual_seed(t.seed)
         self.model = GPT(cfg.model)
         self._epoch: tuple[int, list] | None = None
-
-    def _label_values(self, train_idx: list[int]) -> list[str]:
-        """The training records' names (country, province, variety) as the documents spell them."""
-        d = self.cfg.data
-        if not self.cfg.train.label_words or not self.corpus.fields:
-            return []
-        values = label_values([self.corpus.fields[i] for i in train_idx], template_fields(d.template))
-        return [normalize_text(v) for v in values] if d.normalize else values
 
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch
