@@ -59,7 +59,7 @@ def load_wine(path: str = WINE_CSV, val_fraction: float = 0.05, seed: int = SEED
     labels = label_values([corpus.fields[i] for i in tr], template_fields(DataConfig().template)) \
         if label_words and corpus.fields else []
     tok = Tokenizer.train(train_recs, kind="word", vocab_size=10000, lowercase=True,
-                          keep=[normalize_text(v) for v in labels])
+                          keep=[normalize_text(v) for v in labels], keep_at_most=1000)  # gpt_tokenizer's bound
     provinces: dict[str, set[str]] = {}
     varieties: set[str] = set()
     for r in records:

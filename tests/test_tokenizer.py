@@ -80,6 +80,8 @@ def test_kept_words_join_the_vocabulary_after_the_frequent_ones():
     assert tok.encode("w0 w3 zz") == plain.encode("w0 w3 zz")  # a text without kept words: same ids
     assert tok.unk_id not in tok.encode("w99 nowhere-else") and tok.unknown_words("w99 w98") == ["w98"]
     assert tok.decode(tok.encode("Nowhere-Else w99")) == "nowhere - else w99"
+    two = Tokenizer.train(lines, kind="word", vocab_size=20, keep=["W99 w0", "Nowhere-Else"], keep_at_most=2)
+    assert two.vocab_size == 22 and two.unknown_words("w99 nowhere - else") == ["-", "else"]
     # A byte-level BPE knows every text already.
     bpe = Tokenizer.train(FIXTURES * 5, kind="bpe", vocab_size=300, keep=["Zweigelt"])
     assert bpe.vocab_size == Tokenizer.train(FIXTURES * 5, kind="bpe", vocab_size=300).vocab_size

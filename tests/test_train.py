@@ -328,3 +328,13 @@ def test_a_rare_name_keeps_its_word_where_the_recipe_keeps_label_words(tmp_path,
     assert (tok.unk_id not in tok.encode(names)) == kept
     assert tok.unknown_words("a crisp zzz wine") == ["zzz"]  # description words are still capped
     assert tok.vocab_size > 30 if kept else tok.vocab_size == 30
+
+
+def test_a_column_of_many_names_adds_a_bounded_number_of_words():
+    from gptlab.training.tasks.causal_lm import gpt_tokenizer
+    cfg = RUN_PRESETS["tiny"]()
+    cfg.model.vocab_size, cfg.data.template = 30, "{name} : {text}"
+    rows = [{"name": f"n{i % 300}", "text": "a b c"} for i in range(6000)]  # 300 names, each 20 times
+    corpus = Corpus(records=[f"{r['name']} : {r['text']}" for r in rows], source="fixture", skipped=0, fields=rows)
+    tok = gpt_tokenizer(cfg, corpus, list(range(6000)))
+    assert tok.vocab_size == 30 + 100  # at least 100 may be added, not all 300

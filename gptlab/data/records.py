@@ -3,6 +3,7 @@ records into training and validation."""
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import string
@@ -99,13 +100,15 @@ def cell_text(value: Any) -> str:
 
 
 def label_values(rows: list[dict], names: list[str], max_share: float = 0.05) -> list[str]:
-    """The distinct values of the template's label fields in `rows`, sorted: the fields whose
-    values repeat (at most `max_share` of the rows distinct, and at least twice as many rows as
-    values), as a wine review's country, province and variety do and its description does not.
-    A word tokenizer keeps every word of them, so a rare name never becomes [UNK]."""
-    out: set[str] = set()
+    """The distinct values of the template's label fields in `rows`, the most frequent first (ties
+    alphabetical): the fields whose values repeat (at most `max_share` of the rows distinct, and
+    at least twice as many rows as values), as a wine review's country, province and variety do
+    and its description does not. A word tokenizer keeps their words, so a rare name never becomes
+    [UNK]."""
+    counts: collections.Counter[str] = collections.Counter()
     for name in names:
-        values = {cell_text(row.get(name)) for row in rows} - {""}
-        if values and len(values) <= max(1, max_share * len(rows)) and 2 * len(values) <= len(rows):
-            out |= values
-    return sorted(out)
+        field = collections.Counter(cell_text(row.get(name)) for row in rows)
+        field.pop("", None)
+        if field and len(field) <= max(1, max_share * len(rows)) and 2 * len(field) <= len(rows):
+            counts.update(field)
+    return sorted(counts, key=lambda v: (-counts[v], v))

@@ -43,15 +43,16 @@ def check_text(text: str, what: str = "the input") -> str:
     return text
 
 
-def _add_words(hf: HFTokenizer, texts: Iterable[str]) -> None:
+def _add_words(hf: HFTokenizer, texts: Iterable[str], at_most: int | None) -> None:
     """Give each word of `texts` that a trained word-level vocabulary lacks the next free id, in
-    order of first appearance (so the same texts give the same ids)."""
+    order of first appearance (so the same texts give the same ids), `at_most` of them."""
     vocab = hf.get_vocab()
     next_id = start = max(vocab.values()) + 1
+    limit = start + (at_most if at_most is not None else 1 << 62)
     for text in texts:
         norm = hf.normalizer.normalize_str(text) if hf.normalizer is not None else text
         for word, _span in hf.pre_tokenizer.pre_tokenize_str(norm):
-            if word not in vocab:
+            if word not in vocab and next_id < limit:
                 vocab[word] = next_id
                 next_id += 1
     if next_id > start:
@@ -89,7 +90,7 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "word", vocab_size: int = 10000,
               lowercase: bool = True, extra_specials: tuple[str, ...] = (),
-              start_with_eot: bool = False, keep: Iterable[str] = ()) -> Tokenizer:
+              start_with_eot: bool = False, keep: Iterable[str] = (), keep_at_most: int | None = None) -> Tokenizer:
         """A tokenizer trained on `texts`; `start_with_eot` (for GPTs) makes every text begin with
         <|endoftext|>, GPT-2's convention, so the model learns how a text starts and an empty prompt
         samples a whole record. It is stored in tokenizer.json as the post-processor, so a
@@ -99,7 +100,8 @@ class Tokenizer:
         vocabulary holds, after the `vocab_size` most frequent words: a rare name seen twice would
         otherwise become [UNK], which no sample can turn back into the name. The words come after
         the frequent ones, so the frequent words keep their ids and a text without the kept words
-        encodes exactly as without `keep`. A byte-level BPE has no unknown word and ignores it."""
+        encodes exactly as without `keep`; `keep_at_most` bounds how many (the first ones of `keep`
+        that are missing). A byte-level BPE has no unknown word and ignores both."""
         specials = list(SPECIALS) + [s for s in extra_specials if s not in SPECIALS]
         if vocab_size < len(specials) + 1:
             raise UserError(f"vocab_size {vocab_size} is too small: use at least {len(specials) + 1}")
@@ -125,7 +127,7 @@ class Tokenizer:
             raise UserError(f"unknown tokenizer {kind!r}: use 'word' or 'bpe'")
         hf.train_from_iterator(texts, trainer)
         if kind == "word":
-            _add_words(hf, keep)
+            _add_words(hf, keep, keep_at_most)
         if start_with_eot:
             hf.post_processor = processors.TemplateProcessing(
                 single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B", special_tokens=[(EOT, hf.token_to_id(EOT))])

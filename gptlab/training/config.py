@@ -109,7 +109,7 @@ class TrainConfig(LoopConfig):
     out: str = setting("runs/gpt", "output folder for the model, checkpoints and TensorBoard logs")
     preset: str = setting("small", "starting point for every other setting: fast (the best held-out loss for the time on a CPU; give --time-budget), book (the course notebook's model and recipe, exactly), small, tiny (seconds) or gpt2 (GPT-2 small's shape)", choices=tuple(MODEL_PRESETS))
     tokenizer: str = setting("word", "word (the notebook's, with a vocabulary cap) or bpe (byte-level)", choices=("word", "bpe"))
-    label_words: bool = setting(True, "the word tokenizer also keeps every word of the label fields (template fields with few distinct values: the wine reviews' country, province, variety) beyond the vocabulary cap, so no rare name becomes [UNK]")
+    label_words: bool = setting(True, "the word tokenizer also keeps every word of the label fields (template fields with few distinct values: the wine reviews' country, province, variety) beyond the vocabulary cap (up to a tenth of it more), so no rare name becomes [UNK]")
     epochs: float = setting(5.0, "passes over the training records (ignored when --max-steps is set)", min=0)
     batching: str = setting("bucket", "pad (the notebook: every record padded to the context), bucket (records of similar length together: little padding) or pack (records concatenated: no padding)", choices=("pad", "bucket", "pack"))
     eval_batches: int = setting(20, "validation batches per evaluation (0 = the whole split)", min=0)

@@ -40,14 +40,17 @@ def heldout_nll(model: GPT, seqs: list, batch_size: int, pad_id: int, ctx: int, 
 def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int]) -> Tokenizer:
     """The tokenizer a GPT fits on a corpus's training records (`gptlab train`, `gptlab scale`):
     texts start with <|endoftext|>, and a word vocabulary holds the label fields' words
-    (--label-words: the names, as the documents spell them) besides its cap."""
+    (--label-words: the names, as the documents spell them) besides its cap: up to a tenth of the
+    cap more, at least 100 (the most frequent names' first: a column of many thousand names cannot
+    swell it)."""
     d, t = cfg.data, cfg.train
     keep: list[str] = []
     if t.label_words and corpus.fields:
         keep = label_values([corpus.fields[i] for i in train_idx], template_fields(d.template))
         keep = [normalize_text(v) for v in keep] if d.normalize else keep
     return Tokenizer.train([corpus.records[i] for i in train_idx], kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
-                           lowercase=d.normalize, start_with_eot=True, keep=keep)
+                           lowercase=d.normalize, start_with_eot=True, keep=keep,
+                           keep_at_most=max(100, cfg.model.vocab_size // 10))
 
 
 class CausalLM(Task[GPT]):
