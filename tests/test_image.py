@@ -417,6 +417,14 @@ def test_the_validation_draw_does_not_depend_on_the_training_seed():
         assert torch.equal(a.val[k], b.val[k]), k
     assert not torch.equal(a.val["z_t"], c.val["z_t"])
     assert not torch.equal(a.batch(0).tensors["z_t"], b.batch(0).tensors["z_t"])
+    # The default seeds draw what runs with the default --seed drew when it chose the draw
+    # (seed + 7), so the validation losses recorded before compare with new ones.
+    from gptlab.training.tasks.diffusion import _encode_all, _rng
+    val = _examples(4, seed=5)
+    old = a._noised(*a._posterior([im for im, _ in val]), *_encode_all(tok, val, t.text_context),
+                    *_rng(t.seed + 7, 0, 3), timesteps="uniform")
+    assert t.seed == 1337 and t.data_seed == 0
+    assert all(torch.equal(a.val[k], old[k]) for k in ("z_t", "t", "target"))
 
 
 def test_v_prediction_trains_on_the_velocity_with_the_same_clean_image_weights_and_a_floor():
