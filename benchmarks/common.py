@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gptlab.data import Corpus, DataConfig, load_corpus, split_records  # noqa: E402
-from gptlab.data.normalize import normalize_text  # noqa: E402
-from gptlab.data.records import label_values, template_fields  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
 from gptlab.infer.quality import distinct_n, parse_template, template_valid  # noqa: E402
 from gptlab.training.batches import encode_records  # noqa: E402
+from gptlab.training.config import RunConfig  # noqa: E402
+from gptlab.training.tasks.causal_lm import gpt_tokenizer  # noqa: E402
 
 WINE_CSV = str(REPO.parent / "shared" / "data" / "wine-reviews.csv")  # ../shared beside the repo
 CTX = 80
@@ -52,14 +52,13 @@ def load_wine(path: str = WINE_CSV, val_fraction: float = 0.05, seed: int = SEED
     and varieties besides, so no name becomes [UNK]."""
     if not Path(path).is_file():
         sys.exit(f"no corpus at {path}: pass --data PATH to a Kaggle wine-reviews CSV")
-    corpus = load_corpus(DataConfig(data=path, max_records=max_records))
+    cfg = RunConfig(data=DataConfig(data=path, max_records=max_records))  # word tokenizer, 10,000-word cap
+    cfg.train.label_words = label_words
+    corpus = load_corpus(cfg.data)
     records = corpus.records
     tr, va = split_records(records, val_fraction, seed)
     train_recs, val_recs = [records[i] for i in tr], [records[i] for i in va]
-    labels = label_values([corpus.fields[i] for i in tr], template_fields(DataConfig().template)) \
-        if label_words and corpus.fields else []
-    tok = Tokenizer.train(train_recs, kind="word", vocab_size=10000, lowercase=True,
-                          keep=[normalize_text(v) for v in labels], keep_at_most=1000)  # gpt_tokenizer's bound
+    tok = gpt_tokenizer(cfg, corpus, tr, start_with_eot=False)
     provinces: dict[str, set[str]] = {}
     varieties: set[str] = set()
     for r in records:

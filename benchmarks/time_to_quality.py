@@ -14,10 +14,9 @@ rerunning it. The shared vocabulary holds the training records' 10,000 most freq
 5-epoch 2.845 was measured on the 10,000 alone (--no-label-words). The extra words only split
 [UNK] into names: no target gets easier (merged back into [UNK], a model's probability of a target
 could only rise), and the context gains a name where it had [UNK] in 0.6% of the records, so the
-two losses compare. Training time excludes
-evaluation for both. Quality figures at the end: template validity of 200 samples at T=1, the
-probability of German provinces after `wine review : germany :`, and distinct-2 of the samples
-against as many real reviews.
+two losses compare. Training time excludes evaluation for both. Quality figures at the end:
+template validity of 200 samples at T=1, the probability of German provinces after `wine review :
+germany :`, and distinct-2 of the samples against as many real reviews.
 """
 
 from __future__ import annotations

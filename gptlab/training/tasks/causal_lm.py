@@ -37,9 +37,10 @@ def heldout_nll(model: GPT, seqs: list, batch_size: int, pad_id: int, ctx: int, 
     return nll, n
 
 
-def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int]) -> Tokenizer:
-    """The tokenizer a GPT fits on a corpus's training records (`gptlab train`, `gptlab scale`):
-    texts start with <|endoftext|>, and a word vocabulary holds the label fields' words
+def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int], start_with_eot: bool = True) -> Tokenizer:
+    """The tokenizer a GPT fits on a corpus's training records (`gptlab train`, `gptlab scale`, the
+    benchmarks): texts start with <|endoftext|> (unless `start_with_eot` is False, as for the Keras
+    notebook's model, which has no start token), and a word vocabulary holds the label fields' words
     (--label-words: the names, as the documents spell them) besides its cap: up to a tenth of the
     cap more, at least 100 (the most frequent names' first: a column of many thousand names cannot
     swell it)."""
@@ -49,7 +50,7 @@ def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int]) -> Token
         keep = label_values([corpus.fields[i] for i in train_idx], template_fields(d.template))
         keep = [normalize_text(v) for v in keep] if d.normalize else keep
     return Tokenizer.train([corpus.records[i] for i in train_idx], kind=t.tokenizer, vocab_size=cfg.model.vocab_size,
-                           lowercase=d.normalize, start_with_eot=True, keep=keep,
+                           lowercase=d.normalize, start_with_eot=start_with_eot, keep=keep,
                            keep_at_most=max(100, cfg.model.vocab_size // 10))
 
 
