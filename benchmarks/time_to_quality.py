@@ -236,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--quality-samples", type=int, default=200,
                    help="gptlab samples for the template share (the target's figure is over the first 200)")
     args = p.parse_args(argv)
+    if args.out and Path(args.out).exists() and (not Path(args.out).is_dir() or any(Path(args.out).iterdir())):
+        sys.exit(f"--out {args.out} is not an empty folder: name a new one (the run would replace what is there)")
     if args.quick:
         args.max_records = args.max_records or 6000
         args.keras_epochs = 1.0 if args.keras_epochs == 5.0 else args.keras_epochs
