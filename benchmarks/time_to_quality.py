@@ -52,7 +52,7 @@ from common import (  # noqa: E402
     set_threads,
 )
 
-from gptlab.errors import run_script  # noqa: E402
+from gptlab.errors import UserError, run_script  # noqa: E402
 
 
 def run_keras(data, epochs: float, seed: int) -> dict:
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
                    help="gptlab samples for the template share (the target's figure is over the first 200)")
     args = p.parse_args(argv)
     if args.out and Path(args.out).exists() and (not Path(args.out).is_dir() or any(Path(args.out).iterdir())):
-        sys.exit(f"--out {args.out} is not an empty folder: name a new one (the run would replace what is there)")
+        raise UserError(f"--out {args.out} is not an empty folder: name a new one (the run would replace what is there)")
     if args.quick:
         args.max_records = args.max_records or 6000
         args.keras_epochs = 1.0 if args.keras_epochs == 5.0 else args.keras_epochs

@@ -468,3 +468,16 @@ def test_benchmarks_refuse_bad_flags_without_a_traceback(tmp_path: Path, script:
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith(f"{script}: error: ")
     assert not (tmp_path / "out").exists(), "nothing written before the check"
+
+
+def test_time_to_quality_refuses_an_out_folder_that_holds_something(tmp_path: Path) -> None:
+    # It trains with overwrite: a user's folder would be replaced, so it is refused before any work.
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.safetensors").write_text("keep me")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_quality.py"
+    p = subprocess.run([sys.executable, str(bench), "--skip-keras", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "not an empty folder" in p.stderr
+    assert [f.name for f in out.iterdir()] == ["model.safetensors"]
