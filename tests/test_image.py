@@ -512,21 +512,27 @@ def test_hard_negative_loss_is_one_pass_over_true_and_swapped_captions():
         DiffusionTask(t, model, tok, [(im, "a circle") for im, _ in train[:8]], [])
 
 
-def test_logit_normal_timesteps_favour_the_middle_and_validation_stays_uniform():
+def test_logit_normal_timesteps_favour_the_middle_or_a_shifted_mean_and_validation_stays_uniform():
     from gptlab.training.tasks.diffusion import DiffusionTask, ImageTrainConfig
     model, tok = _random_model()
     t = ImageTrainConfig(out="", batch_size=64, progress=False)
-    assert t.timesteps == "logit_normal"  # the default
-    uniform = DiffusionTask(replace(t, timesteps="uniform"), model, tok, _examples(64), _examples(8, seed=5))
-    middle = DiffusionTask(t, model, tok, _examples(64), _examples(8, seed=5))
+    assert t.timesteps == "logit_normal" and t.timestep_mean == 0.5  # the defaults
 
-    def mid_share(task) -> float:
+    def task(**kw) -> DiffusionTask:
+        return DiffusionTask(replace(t, **kw), model, tok, _examples(64), _examples(8, seed=5))
+
+    def shares(task) -> tuple[float, float]:
+        """(share of training timesteps in [250, 750), share >= 500) over 3,200 draws: sd <= 0.009."""
         ts = torch.cat([task.batch(s).tensors["t"] for s in range(50)])
         assert int(ts.min()) >= 0 and int(ts.max()) < model.cfg.train_timesteps
-        return float(((ts >= 250) & (ts < 750)).float().mean())
-    # P(|N(0, 1)| < logit(0.75) = 1.0986) = 0.728 against 0.5; 3,200 draws: sd <= 0.009
-    assert abs(mid_share(middle) - 0.728) < 0.04 and abs(mid_share(uniform) - 0.5) < 0.04
-    assert torch.equal(middle.val["t"], uniform.val["t"])  # held-out losses compare across the draw
+        return float(((ts >= 250) & (ts < 750)).float().mean()), float((ts >= 500).float().mean())
+    uniform, middle, shifted = task(timesteps="uniform"), task(timestep_mean=0.0), task()
+    # Uniform: 0.5 and 0.5. Mean 0: P(|N(0, 1)| < logit(0.75) = 1.0986) = 0.728, and 0.5 above the
+    # middle. Mean 0.5: P(-1.0986 < N(0.5, 1) < 1.0986) = 0.670, and P(N(0.5, 1) > 0) = 0.691.
+    for got, want in zip(shares(uniform) + shares(middle) + shares(shifted), (0.5, 0.5, 0.728, 0.5, 0.670, 0.691)):
+        assert abs(got - want) < 0.04
+    # Held-out losses compare across draws: validation is uniform and seeded by the data.
+    assert torch.equal(middle.val["t"], uniform.val["t"]) and torch.equal(shifted.val["t"], uniform.val["t"])
 
 
 def test_the_conv_mlp_mixes_only_neighbours_and_old_configs_load_without_it():

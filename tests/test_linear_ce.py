@@ -19,9 +19,11 @@ def grads_of(loss, tensors):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("ignore", [False, True])
 @pytest.mark.parametrize("whole", [True, False])  # False: weight gradient per chunk, as on a GPU
-def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole, monkeypatch):
+@pytest.mark.parametrize("sub_rows", [32, 5])  # 5: each chunk of 16 rows in passes of 5, 5, 5, 1
+def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole, sub_rows, monkeypatch):
     if not whole:
         monkeypatch.setattr(linear_ce, "_MAX_WORKSPACE", 0)
+    monkeypatch.setattr(linear_ce, "_SUB_ROWS", sub_rows)
     torch.manual_seed(0)
     head = nn.Linear(24, 97, bias=bias)
     h = torch.randn(70, 24, requires_grad=True)
@@ -37,7 +39,9 @@ def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole,
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_bf16_autocast_matches_plain_within_bf16_rounding():
+@pytest.mark.parametrize("sub_rows", [32, 5])
+def test_bf16_autocast_matches_plain_within_bf16_rounding(sub_rows, monkeypatch):
+    monkeypatch.setattr(linear_ce, "_SUB_ROWS", sub_rows)
     torch.manual_seed(1)
     head = nn.Linear(32, 200)
     h = torch.randn(50, 32, requires_grad=True)
