@@ -79,6 +79,33 @@ def test_int8_output_layer_keeps_the_distribution_and_cache_still_equals_recompu
     assert run_engine(int8.model, [prompt], cfg, use_cache=False)[0] == quant[0]
 
 
+def test_loaded_gpt_stores_linear_weights_transposed_and_samples_the_same(tmp_path):
+    """`load` on a CPU keeps each linear weight's values and keys but stores it column-major (the
+    fast layout for one row, model/layout.py); a tied output layer keeps the embedding's layout.
+    The same seed samples the same tokens, logits equal to rounding, and saving writes it back."""
+    from gptlab.api import with_dtype
+    from gptlab.checkpoint import load_checkpoint
+    for tie in (False, True):
+        lm = tiny_model(seed=1, tie_embeddings=tie)
+        save_model(tmp_path / f"m{tie}", lm.model, lm.tokenizer, lm.config)
+        plain = load_checkpoint(tmp_path / f"m{tie}", "cpu")[0].eval()
+        fast = with_dtype(load_checkpoint(tmp_path / f"m{tie}", "cpu")[0].eval(), None)
+        qkv = fast.blocks[0].attn.qkv.weight
+        assert qkv.shape == plain.blocks[0].attn.qkv.weight.shape and qkv.stride() == (1, qkv.shape[0])
+        assert fast.lm_head.weight.is_contiguous() == tie  # tied: the embedding's rows stay rows
+        for k, v in plain.state_dict().items():
+            assert torch.equal(fast.state_dict()[k], v), k
+        prompt = lm.encode("wine review : germany : mosel")
+        cfg = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=5)
+        a, b = run_engine(plain, [prompt], cfg), run_engine(fast, [prompt], cfg)
+        assert a[0] == b[0]
+        for x, y in zip(a[1][0], b[1][0]):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+        save_model(tmp_path / f"again{tie}", fast, lm.tokenizer, lm.config)
+        again = load_checkpoint(tmp_path / f"again{tie}", "cpu")[0]
+        assert all(torch.equal(again.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
 def test_int8_linear_matches_linear_and_refuses_widths_the_kernel_gets_wrong():
     from gptlab.model.quant import Int8Linear
     torch.manual_seed(0)

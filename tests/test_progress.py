@@ -21,7 +21,10 @@ def test_plain_lines_when_not_a_terminal():
     assert lines[1].startswith("step 20/1,000, loss 3.250")
 
 
-def test_lines_are_spaced_in_time():
+def test_lines_are_spaced_in_time(monkeypatch):
+    # A machine booted 10 s ago: the monotonic clock starts at boot, and the first line still comes.
+    clock = iter(range(10, 10_000))
+    monkeypatch.setattr("gptlab.training.progress.time.monotonic", lambda: float(next(clock)))
     out = io.StringIO()
     p = Progress(1000, 0, stream=out, line_every=3600)
     for s in range(1, 200):

@@ -25,7 +25,9 @@ class Progress:
         self.total, self.start, self.step, self.budget = total_steps, step, step, time_budget
         self.unit = unit  # what the rate counts: tokens, or rows (images, pairs) for tasks without tokens
         self.stream = stream if stream is not None else sys.stderr
-        self.line_every, self.last_line = line_every, 0.0
+        # -inf, not 0: time.monotonic() counts from boot on Linux, so on a machine up for less than
+        # line_every seconds a 0 here held back the first line.
+        self.line_every, self.last_line = line_every, float("-inf")
         self.loss: float | None = None
         self.tok_s: float | None = None
         self.elapsed = 0.0
