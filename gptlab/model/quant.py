@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
         if linear.in_features % INT8_WIDTH_MULTIPLE:
             raise ValueError(f"it needs an input width (the model's d_model) divisible by {INT8_WIDTH_MULTIPLE} "
                              f"(got {linear.in_features})")
-        w_VxC = linear.weight.detach().float()
+        w_VxC = linear.weight.detach().float().contiguous()  # the kernel reads rows (a loaded model's may be column-major)
         # The kernel takes the scales in the input's dtype (bf16); rounding them is part of the ~1%.
         scale_V = (w_VxC.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.bfloat16).tiny)
         self.register_buffer("weight_int8", torch.round(w_VxC / scale_V[:, None]).clamp(-127, 127).to(torch.int8))
