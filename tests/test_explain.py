@@ -148,7 +148,7 @@ def test_histograms_made_together_are_each_row_counted_alone():
 def test_steps_captured_together_are_the_steps_captured_one_by_one(lm):
     """explain() turns all its steps into TraceSteps at the end (a few calls over (N, V) and one
     output-layer call for every lens row); that must give each step what capturing it alone gives."""
-    from gptlab.explain.capture import ResidualTap, capture_step, logit_lens, token_labels
+    from gptlab.explain.capture import capture_step, logit_lens, token_labels
     from gptlab.infer.generate import TextTracker, encode_prompts, text_steps
     from gptlab.infer.sampling import SamplingConfig, make_generator
     cfg = SamplingConfig(temperature=1.3, top_k=5, max_new_tokens=6, seed=4)
@@ -156,12 +156,12 @@ def test_steps_captured_together_are_the_steps_captured_one_by_one(lm):
     ids = encode_prompts(lm.tokenizer, [PROMPT])
     label = token_labels(lm.tokenizer)
     alone = []
-    with ResidualTap(lm.model) as tap:
-        for step in text_steps(lm.model, lm.tokenizer, ids, [TextTracker(lm.tokenizer, ids[0], [])], cfg,
-                               make_generator(4, "cpu"), capture=True):
-            start = len(ids[0]) + step.index - len(step.context[0])
-            lens = logit_lens(lm.model, tap.take(), int(step.tokens_B[0]), label, final_logits_V=step.logits_BxV[0])
-            alone.append(capture_step(step, 0, label, start, 20, lens=lens))
+    for step in text_steps(lm.model, lm.tokenizer, ids, [TextTracker(lm.tokenizer, ids[0], [])], cfg,
+                           make_generator(4, "cpu"), capture=True):
+        start = len(ids[0]) + step.index - len(step.context[0])
+        streams = [r[0] for r in step.streams]
+        lens = logit_lens(lm.model, streams, int(step.tokens_B[0]), label, final_logits_V=step.logits_BxV[0])
+        alone.append(capture_step(step, 0, label, start, 20, lens=lens))
     assert len(alone) == len(batched.steps) == 6
     for a, b in zip(alone, batched.steps):
         assert (a.tokens, a.start, a.attention, a.chosen, a.candidates, a.dist) == (b.tokens, b.start, b.attention, b.chosen, b.candidates, b.dist)
@@ -187,12 +187,12 @@ def test_logit_lens_ends_with_the_model_own_prediction(lm, trace):
 
 def test_the_lens_of_the_last_stream_is_what_the_output_layer_makes_of_it(lm):
     """explain() lets the model's own logits stand for the last residual stream's lens (one output
-    layer row fewer); that is only right if the tap's last stream really gives those logits."""
-    from gptlab.explain.capture import ResidualTap, logit_lens
+    layer row fewer); that is only right if the model's last stream really gives those logits."""
+    from gptlab.explain.capture import logit_lens
     ids_1xT = torch.tensor([lm.tokenizer.encode(PROMPT)])
-    with ResidualTap(lm.model) as tap, torch.inference_mode():
-        logits_V = lm.model(ids_1xT, last_only=True).logits[0, -1]
-    residuals = tap.take()
+    with torch.inference_mode():
+        out = lm.model(ids_1xT, last_only=True, return_streams=True)
+    logits_V, residuals = out.logits[0, -1], [r[0] for r in out.streams]
     assert len(residuals) == lm.model.cfg.n_layer + 1
     computed = logit_lens(lm.model, residuals, 3, str)
     given = logit_lens(lm.model, residuals, 3, str, final_logits_V=logits_V)

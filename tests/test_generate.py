@@ -42,6 +42,25 @@ def test_kv_cache_equals_full_recompute(lm, temperature):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("prompts", [["wine review : germany"], ["wine review", "wine review : germany : mosel"]])
+def test_captured_attention_and_streams_of_the_cache_equal_recompute(lm, prompts):
+    """capture=True takes each step's attention row and residual streams from the one-token decode
+    path after the prompt (explanations ride the fast path); they must be what a full forward pass
+    over the window shows, on a left-padded batch too."""
+    ids = [lm.encode(p) for p in prompts]
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=6, seed=2)
+    kw = dict(pad_id=lm.tokenizer.pad_id, capture=True)
+    cached = list(generate_steps(lm.model, ids, cfg, **kw))
+    full = list(generate_steps(lm.model, ids, cfg, use_cache=False, **kw))
+    assert [s.tokens_B.tolist() for s in cached] == [s.tokens_B.tolist() for s in full]
+    for a, b in zip(cached, full):
+        assert len(a.attn) == lm.model.cfg.n_layer and len(a.streams) == lm.model.cfg.n_layer + 1
+        for x, y in zip(a.streams, b.streams):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+        for x, y in zip(a.attn, b.attn):  # (B, H, S) each
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
 def test_bf16_inference_stays_close_to_fp32_and_cache_still_equals_recompute(lm, tmp_path):
     """`load(..., dtype="bf16")` halves the bytes read per token; its logits carry bf16 rounding only."""
     from gptlab.api import load

@@ -199,10 +199,13 @@ async def asgi_post(app, path: str, body: dict, client_left: asyncio.Event | Non
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
-@pytest.mark.parametrize("path", ["/v1/completions", "/v1/explain"])
-def test_disconnect_stops_a_non_streamed_generation_within_one_step(models_dir, path):
+@pytest.mark.parametrize("path,engine", [("/v1/completions", "on"), ("/v1/completions", "off"), ("/v1/explain", "on")])
+def test_disconnect_stops_a_non_streamed_generation_within_one_step(models_dir, path, engine):
+    """The engine checks its requests between steps; the per-request path (explanations, and
+    completions with --engine off) through the hook on the model's token embedding, which the
+    one-token decoding steps call."""
     watch = GateWatch()
-    app = create_app(models_dir, ServeSettings(workers=1, queue=0, max_tokens=64), on_gate_event=watch)
+    app = create_app(models_dir, ServeSettings(workers=1, queue=0, max_tokens=64, engine=engine), on_gate_event=watch)
     lm = app.state.registry.get("wine")   # loaded first: its deadline/cancel hook runs before the one below
     body = {"model": "wine", "prompt": PROMPT, "max_tokens": 64, "steps": 32, "seed": 1, "temperature": 0}
     if path == "/v1/explain":

@@ -3,9 +3,9 @@ self-attention per layer, and the decoder's cross-attention for seq2seq) and tur
 into a Trace of plain lists (gptlab.explain.trace), with top-k candidates and entropy where the
 model predicts tokens or labels.
 
-- GPT: `explain` generates and records each step: the predicting position's attention row, taken
-  from the same cached forward pass that produced the logits, the sampler's logits and the residual
-  streams that `ResidualTap`'s forward hooks keep during that pass (the model itself is unchanged).
+- GPT: `explain` generates and records each step: the predicting position's attention row and
+  residual streams, taken from the same cached pass that produced the logits (the engine's
+  `capture=True`: after the prompt, the lean one-token `GPT.decode`), and the sampler's logits.
   The vocabulary-sized work (candidates, entropies, the sampler's distribution, `capture_steps`;
   the logit lens, `logit_lenses`) runs once for all the steps at the end, so explaining costs little
   more than generating.
@@ -17,7 +17,6 @@ model predicts tokens or labels.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -201,39 +200,6 @@ def logit_lenses(model: GPT, residuals: list[list[torch.Tensor]], chosen: list[i
     return [[entry(n, layer) for layer in range(L)] for n in range(N)]
 
 
-class ResidualTap:
-    """Forward hooks on a GPT's blocks that keep the last position's residual stream of each call:
-    the embeddings (the first block's input), then every block's output. The model stays as it is;
-    `with ResidualTap(model) as tap:` removes the hooks on exit. `take()` returns and clears them.
-    Only calls from the thread that opened the tap count: a server may run the same model for
-    others on another thread meanwhile."""
-
-    def __init__(self, model: GPT):
-        self.model = model
-        self.residuals: list[torch.Tensor] = []
-        self.handles: list = []
-        self.thread = threading.get_ident()
-
-    def _keep(self, x_BxTxC: torch.Tensor) -> None:
-        if threading.get_ident() == self.thread:
-            self.residuals.append(x_BxTxC[0, -1].detach())
-
-    def __enter__(self) -> ResidualTap:
-        blocks = list(self.model.blocks)
-        self.handles.append(blocks[0].register_forward_pre_hook(lambda _m, args: self._keep(args[0])))
-        for b in blocks:
-            self.handles.append(b.register_forward_hook(lambda _m, _args, out: self._keep(out[0])))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-
-    def take(self) -> list[torch.Tensor]:
-        out, self.residuals = self.residuals, []
-        return out
-
-
 @dataclass
 class PendingStep:
     """One generated step's tensors, kept until `capture_steps` turns a whole explanation's steps into
@@ -331,15 +297,14 @@ def explain(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: SamplingConfig, 
     seen = set(ids[0][-model.cfg.context_length:])
     pending: list[PendingStep] = []
     streams: list[list[torch.Tensor]] = []  # per step, its residual streams but the last
-    with ResidualTap(model) as tap:
-        for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator, capture=True):
-            assert step.context is not None  # capture=True records it
-            start = n_prompt + step.index - len(step.context[0])
-            # Copies: a view of the prompt step's last row would keep its whole (1, T, C) tensor.
-            streams.append([r.clone() for r in tap.take()[:-1]])
-            z_V = sampler_logits(step.logits_BxV[0], seen, cfg.repetition_penalty)
-            pending.append(pending_step(step, 0, label, start, sampler_z_V=z_V))
-            seen.add(pending[-1].chosen)
+    for step in text_steps(model, tokenizer, ids, [tracker], cfg, generator, capture=True):
+        assert step.context is not None and step.streams is not None  # capture=True records them
+        start = n_prompt + step.index - len(step.context[0])
+        # Copies: a view of the prompt step's last row would keep its whole (1, T, C) tensor.
+        streams.append([r[0].clone() for r in step.streams[:-1]])
+        z_V = sampler_logits(step.logits_BxV[0], seen, cfg.repetition_penalty)
+        pending.append(pending_step(step, 0, label, start, sampler_z_V=z_V))
+        seen.add(pending[-1].chosen)
     # The tensor work of every step at once: at one text a step, a dozen calls per step over the
     # vocabulary cost more than generating the step did, and the logit lens's rows go through the
     # output layer in one call (`logit_lenses`). The model's own logits stand for the last stream's

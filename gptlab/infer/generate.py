@@ -45,6 +45,8 @@ class Step:
     finish: list[str | None]            # "stop" or "length" for rows that finished at this step
     attn: list[torch.Tensor] | None = None  # per layer (B, H, S): attention of the predicting position (capture=True)
     context: list[list[int]] | None = None  # per row, the ids it attended over: the last len() of the S keys (capture=True)
+    # (capture=True) the predicting position's residual streams (B, C): the embeddings, then each block's output
+    streams: list[torch.Tensor] | None = None
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -104,21 +106,27 @@ def _start(model: GPT, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, 
 
 
 def _next_logits(model: GPT, st: _Decoding, i: int, L_max: int, pad_id: int, capture: bool,
-                 device: torch.device) -> tuple[torch.Tensor, Any]:
-    """(logits_BxV of each row's next token, the attention of this step when capturing)."""
+                 device: torch.device) -> tuple[torch.Tensor, Any, Any]:
+    """(logits_BxV of each row's next token, and when capturing, this step's attention per layer
+    (B, H, T, S) and residual streams (B, C))."""
     if i < st.cache_steps:
         step_mask_BxS = None if st.key_mask_BxS is None else st.key_mask_BxS[:, :L_max + i]
-        if i > 0 and not capture and not model.training:  # one token per row: the lean decoding path
+        if i > 0 and not model.training:  # one token per row: the lean decoding path
             # Past step 0 the generate loop has set both to the newest token and its position.
             ids_Bx1, pos_Bx1 = cast("torch.Tensor", st.ids_BxT), cast("torch.Tensor", st.pos_BxT)
-            return model.decode(ids_Bx1[:, 0], pos_Bx1[:, 0], st.cache, step_mask_BxS).float(), None
+            attn: list[torch.Tensor] | None = [] if capture else None
+            streams: list[torch.Tensor] | None = [] if capture else None
+            logits_BxV = model.decode(ids_Bx1[:, 0], pos_Bx1[:, 0], st.cache, step_mask_BxS,
+                                      attn_out=attn, streams_out=streams)
+            return logits_BxV.float(), attn, streams
         out = model(st.ids_BxT, pos_BxT=st.pos_BxT, cache=st.cache, last_only=True, return_attn=capture,
-                    key_mask_BxS=step_mask_BxS)
-        return out.logits[:, -1].float(), out.attn
+                    return_streams=capture, key_mask_BxS=step_mask_BxS)
+        return out.logits[:, -1].float(), out.attn, out.streams
     C = model.cfg.context_length
     window_ids, window_pos, window_mask = _left_pad([h[-C:] for h in st.hist], pad_id, device)
-    out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True, return_attn=capture)
-    return out.logits[:, -1].float(), out.attn
+    out = model(window_ids, pos_BxT=window_pos, key_mask_BxS=window_mask, last_only=True, return_attn=capture,
+                return_streams=capture)
+    return out.logits[:, -1].float(), out.attn, out.streams
 
 
 def _finish_rows(st: _Decoding, tokens_B: torch.Tensor, done: list[bool], i: int, last: bool,
@@ -165,7 +173,7 @@ def generate_steps(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingCo
     for i in range(cfg.max_new_tokens):
         with torch.inference_mode():
             context = [h[-C:] for h in hist] if capture else None
-            logits_BxV, attn = _next_logits(model, st, i, L_max, pad_id, capture, device)
+            logits_BxV, attn, streams = _next_logits(model, st, i, L_max, pad_id, capture, device)
             tokens_B, probs_BxV = sample(logits_BxV, cfg, generator, st.seen_BxV)
             if any(done):
                 tokens_B = tokens_B.masked_fill(torch.tensor(done, device=device), pad_id)
@@ -176,7 +184,7 @@ def generate_steps(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingCo
                 st.ids_BxT, st.pos_BxT = tokens_B[:, None], cast("torch.Tensor", st.next_pos_BxN)[:, i + 1:i + 2]
         active = [not d for d in done]
         finish = _finish_rows(st, tokens_B, done, i, i == cfg.max_new_tokens - 1, eot_id, stop_fn)
-        yield Step(i, tokens_B, logits_BxV, probs_BxV, active, finish, attn, context)
+        yield Step(i, tokens_B, logits_BxV, probs_BxV, active, finish, attn, context, streams if capture else None)
         if all(done):
             return
 

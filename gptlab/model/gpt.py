@@ -24,6 +24,8 @@ class ModelOutput:
     n_tokens: int | torch.Tensor = 0        # target tokens counted in nll_sum (a 0-d tensor off the CPU: no host sync)
     attn: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T, S), when asked
     hidden: torch.Tensor | None = None      # (B, T, C) after the final norm, when asked
+    # The last position's residual streams (B, C), when asked: the embeddings, then each block's output.
+    streams: list[torch.Tensor] = field(default_factory=list)
 
 
 def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor,
@@ -74,9 +76,12 @@ class GPT(nn.Module):
                        device=device or p.device, dtype=dtype or p.dtype)
 
     def decode(self, idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache,
-               key_mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
+               key_mask_BxS: torch.Tensor | None = None, *, attn_out: list[torch.Tensor] | None = None,
+               streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Logits (B, V) for one new token per row after the cache: the same as
         `forward(idx_B[:, None], pos_BxT=pos_B[:, None], cache=cache, last_only=True).logits[:, 0]`.
+        attn_out / streams_out: lists that get, as forward's `attn` and `streams` hold them, each
+        layer's attention (B, H, 1, S) and the residual streams (B, C): an explanation's capture.
 
         Sampling one text at a time, a step's arithmetic is tiny and its cost is the operators'
         calls; this path works on (B, C) rows and skips forward's general cases (targets,
@@ -88,16 +93,21 @@ class GPT(nn.Module):
         # hook on it still sees (or holds) every decoding step; hooks on the other modules see forward()
         # only, as the blocks' own do.
         x_BxC = self.tok_emb(idx_B) + self.pos_emb.forward(pos_B)
+        if streams_out is not None:
+            streams_out.append(x_BxC)
         # A ModuleList yields plain Modules to the type checker; these are the Blocks built in __init__.
         for i, block in enumerate(cast("Iterable[Block]", self.blocks)):
-            x_BxC = block.decode(x_BxC, cache, i, key_mask_BxS)
+            x_BxC = block.decode(x_BxC, cache, i, key_mask_BxS, attn_out)
+            if streams_out is not None:
+                streams_out.append(x_BxC)
         cache.length += 1
         return self.lm_head.forward(self.ln_f.forward(x_BxC))
 
     def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,
                 pos_BxT: torch.Tensor | None = None, key_mask_BxS: torch.Tensor | None = None,
                 cache: KVCache | None = None, return_attn: bool = False, last_only: bool = False,
-                return_logits: bool | None = None, return_hidden: bool = False) -> ModelOutput:
+                return_logits: bool | None = None, return_hidden: bool = False,
+                return_streams: bool = False) -> ModelOutput:
         """Run the model.
 
         targets_BxT: next-token ids, IGNORE_INDEX where no loss is wanted (padding). With targets,
@@ -106,6 +116,8 @@ class GPT(nn.Module):
         pos_BxT: position ids (default: 0.., or after the cache); left-padded batches pass their own.
         key_mask_BxS: True for real tokens among all keys (cached + new), for left-padded batches.
         last_only: compute logits for the last position only (generation).
+        return_streams: keep the last position's residual stream before the blocks and after each
+        (an explanation's logit lens reads them).
         """
         B, T = idx_BxT.shape
         offset = cache.length if cache is not None else 0
@@ -115,10 +127,14 @@ class GPT(nn.Module):
             pos_BxT = torch.arange(offset, offset + T, device=idx_BxT.device)[None]
         x = self.tok_emb(idx_BxT) + self.pos_emb(pos_BxT)
         out = ModelOutput()
+        if return_streams:
+            out.streams.append(x[:, -1])
         for i, block in enumerate(self.blocks):
             x, attn, _ = block(x, key_mask_BxS=key_mask_BxS, cache=cache, layer=i, return_attn=return_attn)
             if return_attn:
                 out.attn.append(attn)
+            if return_streams:
+                out.streams.append(x[:, -1])
         if cache is not None:
             cache.length += T
         h_BxTxC = self.ln_f(x)

@@ -217,17 +217,18 @@ class Attention(nn.Module):
         return self.out(y_BxTxI), attn_BxHxTxS
 
     def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
-               key_mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
+               key_mask_BxS: torch.Tensor | None = None, attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Self-attention of one new position per row over the cache, on (B, C) rows: forward() for
         T=1 with fewer operator calls. A decoding step at batch 1 pays per call, not per flop (see
-        GPT.decode). key_mask_BxS: as in forward, over all S = cached + 1 keys."""
+        GPT.decode). key_mask_BxS: as in forward, over all S = cached + 1 keys. attn_out: a list
+        that gets this layer's attention weights (B, H, 1, S) appended (an explanation's capture)."""
         B = x_BxC.shape[0]
         # (B, H, 1, D) each: viewed with the query axis in place, no unsqueeze calls.
         q_BxHx1xD, k, v = self.qkv.forward(x_BxC).view(B, 3, self.n_head, 1, self.head_dim).unbind(1)
         q_BxHx1xD, k = self._qk(q_BxHx1xD, self.q_norm), self._qk(k, self.k_norm)
         k_BxHxSxD, v_BxHxSxD = cache.update(layer, k, v)
         mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
-        if B == 1:  # one call: batch 1 pays per operator call
+        if B == 1 and attn_out is None:  # one call: batch 1 pays per operator call
             y_BxHx1xD = F.scaled_dot_product_attention(q_BxHx1xD, k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
         else:
             # Written out for a batch: on CPU, SDPA's result for a row depends on which thread computes
@@ -236,7 +237,10 @@ class Attention(nn.Module):
             s_BxHx1xS = (q_BxHx1xD * self.head_dim ** -0.5) @ k_BxHxSxD.transpose(-1, -2)
             if mask is not None:
                 s_BxHx1xS = s_BxHx1xS.masked_fill(~mask, float("-inf"))
-            y_BxHx1xD = s_BxHx1xS.float().softmax(-1).to(v_BxHxSxD.dtype) @ v_BxHxSxD
+            p_BxHx1xS = s_BxHx1xS.float().softmax(-1).to(v_BxHxSxD.dtype)
+            if attn_out is not None:
+                attn_out.append(p_BxHx1xS)
+            y_BxHx1xD = p_BxHx1xS @ v_BxHxSxD
         return self.out.forward(y_BxHx1xD.reshape(B, self.n_head * self.head_dim))
 
 
@@ -312,15 +316,15 @@ class Block(nn.Module):
         return x, self_attn, cross_attn
 
     def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
-               key_mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
+               key_mask_BxS: torch.Tensor | None = None, attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """forward() in eval mode for one new position per row, on (B, C) rows (GPT.decode);
-        self-attention only. Written out, without the dropout modules and closures of forward()
+        self-attention only (attn_out: as Attention.decode). Written out, without the dropout modules and closures of forward()
         (2-3% faster at batch 1 in a same-process A/B, within this machine's noise)."""
         if self.cross_attn is not None or self.training:
             raise TypeError("Block.decode is for inference with decoder-only blocks: use forward() to train "
                             "or to decode with cross-attention")
         if self.pre_norm:
-            x_BxC = x_BxC + self.attn.decode(self.ln_attn.forward(x_BxC), cache, layer, key_mask_BxS)
+            x_BxC = x_BxC + self.attn.decode(self.ln_attn.forward(x_BxC), cache, layer, key_mask_BxS, attn_out)
             return x_BxC + self.mlp.decode(self.ln_mlp.forward(x_BxC))
-        x_BxC = self.ln_attn.forward(x_BxC + self.attn.decode(x_BxC, cache, layer, key_mask_BxS))
+        x_BxC = self.ln_attn.forward(x_BxC + self.attn.decode(x_BxC, cache, layer, key_mask_BxS, attn_out))
         return self.ln_mlp.forward(x_BxC + self.mlp.decode(x_BxC))

@@ -77,10 +77,15 @@ _HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models that hav
 
 
 def install_deadline_hook(model: torch.nn.Module) -> None:
-    """Make every forward pass of `model` check the calling thread's job (no-op outside a job)."""
-    if model not in _HOOKED:
-        model.register_forward_pre_hook(_forward_pre_hook)
-        _HOOKED.add(model)
+    """Make every forward pass of `model` check the calling thread's job (no-op outside a job).
+
+    A GPT's one-token steps (`GPT.decode`: plain generation and explanations after the prompt) do
+    not go through the model's own call but through its token embedding's, which gets the hook too.
+    """
+    for module in (model, getattr(model, "tok_emb", None)):
+        if isinstance(module, torch.nn.Module) and module not in _HOOKED:
+            module.register_forward_pre_hook(_forward_pre_hook)
+            _HOOKED.add(module)
 
 
 class Gate:
