@@ -20,7 +20,7 @@ time goes (microseconds per new token, same run): the output layer alone (its ma
 product once per token: reading its weights is the floor of any fp32 step), the cached forward
 passes, and the whole generation loop. Last, the cost of an explanation (`LoadedModel.explain`:
 attention and top candidates captured at every step) against plain generation
-(`LoadedModel.generate`) of the same tokens.
+(`LoadedModel.generate`) of the same tokens, with the fp32 weights as `gptlab.load` holds them.
 
     python benchmarks/generate_speed.py [--repeats 7] [--batches 1 32] [--dtypes fp32 bf16 int8] [--threads N] [--clock wall|cpu]
     python benchmarks/generate_speed.py --compare-threads 1 2   # batch 1, fp32, wall clock: only this comparison
@@ -221,7 +221,8 @@ def main() -> None:
             print(f"  {d:>5}: {head:6.0f} / {fwd:6.0f} / {whole:6.0f}  (output layer {head / whole:.0%} of a step; "
                   f"{1e6 / whole:,.0f} tokens/s)", flush=True)
 
-    lm = LoadedModel(model, word_tokenizer(VOCAB), {"kind": "gpt", "model": model.cfg.to_dict()})
+    # fp32 as `gptlab.load` holds it (on a CPU: linear weights column-major, model/layout.py).
+    lm = LoadedModel(as_dtype(model, "fp32"), word_tokenizer(VOCAB), {"kind": "gpt", "model": model.cfg.to_dict()})
     prompt = " ".join(f"w{i}" for i in range(PROMPT_LEN))
     plain = median_time(lambda: lm.generate(prompt, max_new_tokens=args.new_tokens, seed=0), args.repeats)
     explained = median_time(lambda: lm.explain(prompt, steps=args.new_tokens, seed=0), args.repeats)

@@ -130,25 +130,32 @@ def distribution_data(z_V: torch.Tensor, full_vocab_max: int = FULL_VOCAB_MAX, n
 def distributions_data(z_NxV: torch.Tensor, full_vocab_max: int = FULL_VOCAB_MAX, n_top: int = N_DIST_TOP) -> list[dict]:
     """`distribution_data` of N rows at once: a few calls over (N, V) instead of a dozen per row
     (an explanation's steps are what makes it slower than plain generation)."""
-    z_NxV = z_NxV.double()
     if z_NxV.shape[-1] <= full_vocab_max:
-        return [{"logits": row} for row in round_list(z_NxV, LOGIT_DECIMALS)]
+        return [{"logits": row} for row in round_list(z_NxV.double(), LOGIT_DECIMALS)]
     N = len(z_NxV)
+    # The ranking, the tail's mask and its extremes on the logits as given (float32: half the bytes
+    # of a float64 pass over (N, V)); the bins in float64.
     top = z_NxV.topk(min(n_top, z_NxV.shape[-1]), dim=-1)
-    finite_NxV = torch.isfinite(z_NxV)
-    tail_NxV = finite_NxV.clone()
+    tail_NxV = torch.isfinite(z_NxV)
     tail_NxV.scatter_(1, top.indices, False)
-    # The lowest tail logit of each row: its histogram starts at the bin below it.
-    low_N = torch.where(tail_NxV, z_NxV, torch.inf).amin(dim=-1)
     has_tail_N = tail_NxV.any(dim=-1)
+    # The lowest tail logit of each row: its histogram starts at the bin below it.
+    low_N = torch.where(tail_NxV, z_NxV, torch.inf).amin(dim=-1).double()
+    high_N = torch.where(tail_NxV, z_NxV, -torch.inf).amax(dim=-1).double()
     lo_N = torch.where(has_tail_N, (low_N / TAIL_BIN).floor() * TAIL_BIN, 0.0)
-    bin_NxV = ((z_NxV - lo_N[:, None]) / TAIL_BIN).floor().nan_to_num(0.0).clamp(min=0).long()
-    # A row's histogram ends at its own highest bin, as a bincount of that row alone would.
-    ends_N = torch.where(tail_NxV, bin_NxV, -1).amax(dim=-1) + 1
+
+    def bins(z: torch.Tensor) -> torch.Tensor:  # each logit's bin; the clamp catches lo's rounding (and -inf)
+        # In place: at (N, V) every new buffer is fresh memory from the system, and touching its
+        # pages costs more than the arithmetic.
+        return z.to(torch.float64, copy=True).sub_(lo_N[:, None]).div_(TAIL_BIN).floor_().clamp_(min=0).long()
+    bin_NxV = bins(z_NxV)  # entries outside the tail (the top, -inf) are counted in no bin below
+    # A row's histogram ends at its own highest bin, as a bincount of that row alone would (the bin
+    # is monotonic in the logit, so the highest bin is the highest logit's).
+    ends_N = torch.where(has_tail_N, bins(high_N[:, None])[:, 0] + 1, 0)
     width = int(ends_N.max())
     # Every row's counts in one bincount: row n's bins are n * (width + 1) + 0 ... width, the last
     # one collecting what is not in its tail (cheaper than selecting the tail out).
-    flat = torch.where(tail_NxV, bin_NxV, width) + torch.arange(N)[:, None] * (width + 1)
+    flat = bin_NxV.masked_fill_(~tail_NxV, width).add_(torch.arange(N)[:, None] * (width + 1))
     counts_NxW = torch.bincount(flat.flatten(), minlength=N * (width + 1)).view(N, width + 1)[:, :width]
     ids, logits = top.indices.tolist(), round_list(top.values, LOGIT_DECIMALS)
     counts, ends, los = counts_NxW.tolist(), ends_N.tolist(), lo_N.tolist()
@@ -258,14 +265,17 @@ def capture_steps(pending: list[PendingStep], label: Callable[[int], str], n_log
     z_NxV = torch.stack([p.z_V for p in pending])
     N, V = logits_NxV.shape
     lse_N = logits_NxV.logsumexp(dim=-1)
-    logp_NxV = logits_NxV - lse_N[:, None]
     chosen_Nx1 = torch.tensor([p.chosen for p in pending])[:, None]
     ids_NxK = torch.cat([z_NxV.topk(min(n_logits, V), dim=-1).indices, chosen_Nx1], dim=1)
     K = ids_NxK.shape[1]
+    logits_NxK = logits_NxV.gather(1, ids_NxK)
+    # In place from here (the raw logits become log-probs): at (N, V) each new buffer is fresh
+    # memory, and touching its pages costs about as much as the arithmetic.
+    logp_NxV = logits_NxV.sub_(lse_N[:, None])
     numbers = _round_sig(torch.cat([
-        logits_NxV.gather(1, ids_NxK).flatten(), logp_NxV.gather(1, ids_NxK).exp().flatten(),
+        logits_NxK.flatten(), logp_NxV.gather(1, ids_NxK).exp().flatten(),
         probs_NxV.gather(1, ids_NxK).flatten(),
-        -(logp_NxV.exp() * logp_NxV).sum(dim=-1) / math.log(2),  # entropy, from the log-probs at hand
+        -logp_NxV.exp().mul_(logp_NxV).sum(dim=-1) / math.log(2),  # entropy, from the log-probs at hand
         entropy_bits(probs_NxV), lse_N]))
     logits, ps, p_samples = (numbers[i * N * K:(i + 1) * N * K] for i in range(3))
     entropy, entropy_sample, lses = (numbers[3 * N * K + i * N:3 * N * K + (i + 1) * N] for i in range(3))

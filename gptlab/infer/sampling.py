@@ -167,8 +167,8 @@ def entropy_bits(probs_V: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in bits over the last dimension (0 log 0 = 0)."""
     # 0 * log(tiny) = 0 gives 0 log 0 = 0 (faster than xlogy on a CPU); "0.0 -" rather than a
     # unary minus, so a certain outcome shows 0.000, not -0.000.
-    logp_V = probs_V.clamp_min(torch.finfo(probs_V.dtype).tiny).log()
-    return 0.0 - (probs_V * logp_V).sum(dim=-1) / math.log(2)
+    logp_V = probs_V.clamp_min(torch.finfo(probs_V.dtype).tiny).log_()
+    return 0.0 - logp_V.mul_(probs_V).sum(dim=-1) / math.log(2)
 
 
 # -- the temperature table (the course's slide, and `gptlab temperature`) -------------------------
