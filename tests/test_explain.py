@@ -124,21 +124,25 @@ def test_a_large_vocabulary_keeps_the_top_and_a_histogram_of_the_rest(lm):
     assert tail_mass > 0.1 and math.isclose(tail_mass, true_tail, rel_tol=1e-3)
 
 
-def test_histograms_made_together_are_each_row_counted_alone():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_histograms_made_together_are_each_row_counted_alone(dtype):
     """distributions_data bins N rows in one call; each row must read as a bincount of its own tail
-    (the logits outside its top), ending at its own highest bin, with non-finite logits left out."""
+    (the logits outside its top), ending at its own highest bin, with non-finite logits left out.
+    float32 is what explanations pass (bins in float64 either way); row 5 sits on bin edges."""
     from gptlab.explain.capture import TAIL_BIN, distributions_data
     g = torch.Generator().manual_seed(0)
-    z_NxV = torch.randn(5, 300, generator=g, dtype=torch.float64) * torch.tensor([[0.5], [3.0], [8.0], [1.0], [2.0]])
+    z_NxV = torch.randn(6, 300, generator=g, dtype=torch.float64) * torch.tensor([[0.5], [3.0], [8.0], [1.0], [2.0], [4.0]])
     z_NxV[3, 7] = -math.inf  # a banned token
     z_NxV[4, :] = 1.25       # one value everywhere: a one-bin histogram
+    z_NxV[5] = torch.round(z_NxV[5] / TAIL_BIN) * TAIL_BIN
+    z_NxV = z_NxV.to(dtype)
     rows = distributions_data(z_NxV, full_vocab_max=100, n_top=10)
     for z_V, d in zip(z_NxV, rows):
         top = z_V.topk(10)
         assert d["ids"] == top.indices.tolist()
         rest = torch.ones_like(z_V, dtype=torch.bool)
         rest[top.indices] = False
-        tail = z_V[rest & torch.isfinite(z_V)]
+        tail = z_V[rest & torch.isfinite(z_V)].double()
         lo = math.floor(float(tail.min()) / TAIL_BIN) * TAIL_BIN
         assert d["tail"]["lo"] == round(lo, 6)
         assert d["tail"]["counts"] == torch.bincount(((tail - lo) / TAIL_BIN).floor().long()).tolist()
