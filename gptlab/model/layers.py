@@ -231,7 +231,7 @@ class Attention(nn.Module):
         if B == 1 and attn_out is None:  # one call: batch 1 pays per operator call
             y_BxHx1xD = F.scaled_dot_product_attention(q_BxHx1xD, k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
         else:
-            # Written out for a batch: on CPU, SDPA's result for a row depends on which thread computes
+            # Written out for a batch (and when the weights are asked for): on CPU, SDPA's result for a row depends on which thread computes
             # it (with 2 threads, rows 4-7 of 8 differ from rows 0-3 by an ulp), so a request's tokens
             # would depend on its slot in the serving engine. Matmul + softmax per row do not.
             s_BxHx1xS = (q_BxHx1xD * self.head_dim ** -0.5) @ k_BxHxSxD.transpose(-1, -2)
