@@ -49,14 +49,27 @@ def test_kv_cache_matches_full_recompute():
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("make", [book, tiny])
-def test_decode_step_equals_forward_with_cache_and_full_recompute(make):
-    """GPT.decode (the lean one-token path) == forward with the cache == no cache, on a
-    left-padded batch (key mask + positions), for post-LN/ReLU (book) and pre-LN/GELU (tiny)."""
+def _plain(cfg):
+    cfg.bias, cfg.final_norm, cfg.tie_embeddings = False, False, False
+    return cfg
+
+
+@pytest.mark.parametrize("make,int8,rows", [(book, False, 2), (tiny, False, 2), (tiny, False, 1), (book, True, 1),
+                                            (lambda vocab_size: _plain(tiny(vocab_size)), False, 2)])
+def test_decode_step_equals_forward_with_cache_and_full_recompute(make, int8, rows):
+    """GPT.decoder() (the lean one-token path, its tensors bound once) == forward with the cache ==
+    no cache, on a left-padded batch (key mask + positions) and one row (the fused attention
+    call), for post-LN/ReLU (book), pre-LN/GELU (tiny), no biases and no final norm, and the int8
+    output layer (its own function)."""
+    from gptlab.model.layout import column_major_linears
+    from gptlab.model.quant import quantize_output_layer
     torch.manual_seed(0)
     cfg = make(vocab_size=40)
     cfg.context_length = 24
     m = GPT(cfg).eval()
+    if int8:
+        column_major_linears(quantize_output_layer(m))  # as gptlab.load(dtype="int8") holds it
+    step = m.decoder()
     idx = torch.randint(3, 40, (2, 16))
     idx[0, :3] = 0                                   # row 0 is left-padded by 3
     key_mask = torch.ones(2, 16, dtype=torch.bool)
@@ -67,9 +80,15 @@ def test_decode_step_equals_forward_with_cache_and_full_recompute(make):
     fwd_cache, dec_cache = m.new_cache(2), m.new_cache(2)
     m(idx[:, :6], pos_BxT=pos[:, :6], key_mask_BxS=key_mask[:, :6], cache=fwd_cache)
     m(idx[:, :6], pos_BxT=pos[:, :6], key_mask_BxS=key_mask[:, :6], cache=dec_cache)
+    if rows == 1:  # the unpadded row alone
+        idx, pos, key_mask, full = idx[1:], pos[1:], None, full[1:]
+        fwd_cache, dec_cache = m.new_cache(1), m.new_cache(1)
+        m(idx[:, :6], cache=fwd_cache)
+        m(idx[:, :6], cache=dec_cache)
     for t in range(6, 16):
-        a = m(idx[:, t:t + 1], pos_BxT=pos[:, t:t + 1], key_mask_BxS=key_mask[:, :t + 1], cache=fwd_cache).logits[:, 0]
-        b = m.decode(idx[:, t], pos[:, t], dec_cache, key_mask[:, :t + 1])
+        mask = None if key_mask is None else key_mask[:, :t + 1]
+        a = m(idx[:, t:t + 1], pos_BxT=pos[:, t:t + 1], key_mask_BxS=mask, cache=fwd_cache).logits[:, 0]
+        b = (m.decode if t == 6 else step)(idx[:, t], pos[:, t], dec_cache, mask)
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
         torch.testing.assert_close(b, full[:, t], atol=1e-5, rtol=0)
     assert dec_cache.length == 16

@@ -81,6 +81,7 @@ class _Decoding:
     key_mask_BxS: torch.Tensor | None = None
     next_pos_BxN: torch.Tensor | None = None
     seen_BxV: torch.Tensor | None = None  # tokens already in each row (repetition penalty)
+    decode: Any = None                    # model.decoder(), built once: the one-token steps after the prompt
 
 
 def _start(model: GPT, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, use_cache: bool,
@@ -93,6 +94,8 @@ def _start(model: GPT, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, 
         for b, h in enumerate(hist):
             st.seen_BxV[b, torch.tensor(h, device=device)] = True
     if st.cache_steps > 0:
+        if not model.training:  # the lean path is for inference (dropout stays a forward() matter)
+            st.decode = model.decoder()
         st.cache = model.new_cache(B, max_len=min(C, L_max + cfg.max_new_tokens - 1))
         st.ids_BxT, st.pos_BxT, st.key_mask_BxS = _left_pad(hist, pad_id, device)
         # Positions and key mask for every later step, sliced per step below (cheaper than
@@ -111,13 +114,13 @@ def _next_logits(model: GPT, st: _Decoding, i: int, L_max: int, pad_id: int, cap
     (B, H, T, S) and residual streams (B, C))."""
     if i < st.cache_steps:
         step_mask_BxS = None if st.key_mask_BxS is None else st.key_mask_BxS[:, :L_max + i]
-        if i > 0 and not model.training:  # one token per row: the lean decoding path
+        if i > 0 and st.decode is not None:  # one token per row: the lean decoding path
             # Past step 0 the generate loop has set both to the newest token and its position.
             ids_Bx1, pos_Bx1 = cast("torch.Tensor", st.ids_BxT), cast("torch.Tensor", st.pos_BxT)
             attn: list[torch.Tensor] | None = [] if capture else None
             streams: list[torch.Tensor] | None = [] if capture else None
-            logits_BxV = model.decode(ids_Bx1[:, 0], pos_Bx1[:, 0], st.cache, step_mask_BxS,
-                                      attn_out=attn, streams_out=streams)
+            logits_BxV = st.decode(ids_Bx1[:, 0], pos_Bx1[:, 0], st.cache, step_mask_BxS,
+                                   attn_out=attn, streams_out=streams)
             return logits_BxV.float(), attn, streams
         out = model(st.ids_BxT, pos_BxT=st.pos_BxT, cache=st.cache, last_only=True, return_attn=capture,
                     return_streams=capture, key_mask_BxS=step_mask_BxS)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gptlab.model.config import ModelConfig
-from gptlab.model.layers import Block, KVCache, init_weights
+from gptlab.model.layers import Block, KVCache, init_weights, linear_fn, norm_fn
 from gptlab.model.linear_ce import linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -82,26 +83,42 @@ class GPT(nn.Module):
         `forward(idx_B[:, None], pos_BxT=pos_B[:, None], cache=cache, last_only=True).logits[:, 0]`.
         attn_out / streams_out: lists that get, as forward's `attn` and `streams` hold them, each
         layer's attention (B, H, 1, S) and the residual streams (B, C): an explanation's capture.
+        key_mask_BxS: True for real tokens among all cache.length + 1 keys (left-padded batches).
+
+        One call builds its functions first: a loop of steps takes `decoder()` once and calls that.
+        """
+        return self.decoder()(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
+
+    def decoder(self) -> Callable[..., torch.Tensor]:
+        """`decode` as a function with every module's tensors looked up now (layers.linear_fn):
+        build it when a generation starts and call it once per step.
 
         Sampling one text at a time, a step's arithmetic is tiny and its cost is the operators'
-        calls; this path works on (B, C) rows and skips forward's general cases (targets,
-        attention capture, the output object): 6-9% less time per token at batch 1 (benchmarks/RESULTS.md).
-        key_mask_BxS: True for real tokens among all cache.length + 1 keys (left-padded batches).
+        calls and Python's lookups; this path works on (B, C) rows and skips forward's general cases
+        (targets, the output object): 1.17x per step of the course's model over the modules' own
+        decode methods, which were 6-9% faster than forward (benchmarks/RESULTS.md). The token
+        embedding alone goes through __call__, so a forward hook on it sees (or holds) every
+        decoding step (the server's deadline check does); hooks on the other modules see forward()
+        only.
         """
-        # Modules' forward() directly: their __call__ costs a few microseconds each, a tenth of a step at
-        # batch 1 over a dozen modules. The token embedding alone goes through __call__, so a forward
-        # hook on it still sees (or holds) every decoding step; hooks on the other modules see forward()
-        # only, as the blocks' own do.
-        x_BxC = self.tok_emb(idx_B) + self.pos_emb.forward(pos_B)
-        if streams_out is not None:
-            streams_out.append(x_BxC)
+        tok_emb, pos_W = self.tok_emb, self.pos_emb.weight
         # A ModuleList yields plain Modules to the type checker; these are the Blocks built in __init__.
-        for i, block in enumerate(cast("Iterable[Block]", self.blocks)):
-            x_BxC = block.decode(x_BxC, cache, i, key_mask_BxS, attn_out)
+        blocks = [block.decoder(i) for i, block in enumerate(cast("Iterable[Block]", self.blocks))]
+        ln_f, head = norm_fn(self.ln_f), linear_fn(self.lm_head)
+
+        def decode(idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache,
+                   key_mask_BxS: torch.Tensor | None = None, *, attn_out: list[torch.Tensor] | None = None,
+                   streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+            x_BxC = tok_emb(idx_B) + F.embedding(pos_B, pos_W)
             if streams_out is not None:
                 streams_out.append(x_BxC)
-        cache.length += 1
-        return self.lm_head.forward(self.ln_f.forward(x_BxC))
+            for block in blocks:
+                x_BxC = block(x_BxC, cache, key_mask_BxS, attn_out)
+                if streams_out is not None:
+                    streams_out.append(x_BxC)
+            cache.length += 1
+            return head(x_BxC if ln_f is None else ln_f(x_BxC))
+        return decode
 
     def forward(self, idx_BxT: torch.Tensor, targets_BxT: torch.Tensor | None = None, *,
                 pos_BxT: torch.Tensor | None = None, key_mask_BxS: torch.Tensor | None = None,

@@ -12,12 +12,39 @@ D head width, C model width.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab.model.config import ModelConfig
+
+
+# -- decoding one token per row: functions over a module's tensors, looked up once ----------------
+# Sampling one text at a time, a step's arithmetic is tiny and its cost is the calls: an attribute of
+# an nn.Module (a submodule, a weight) is a dictionary lookup through Module.__getattr__, dozens per
+# step. `decoder()` methods look everything up once, when a generation starts, and return plain
+# functions (GPT.decoder; 275 -> 234 us per step of the course's model, benchmarks/RESULTS.md). They
+# are built per generation, so a model changed between generations is never decoded stale.
+def linear_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module.forward` as a function of x alone: nn.Linear's weight and bias bound now; a module
+    with its own `as_function` (the int8 output layer) gives that; anything else its forward."""
+    if type(module) is nn.Linear:
+        w, b = module.weight, module.bias
+        return lambda x: F.linear(x, w, b)
+    as_function = getattr(module, "as_function", None)
+    return as_function() if callable(as_function) else module.forward
+
+
+def norm_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A LayerNorm as a function with its tensors bound; None for nn.Identity (nothing to call)."""
+    if isinstance(module, nn.Identity):
+        return None
+    if type(module) is nn.LayerNorm:
+        shape, w, b, eps = module.normalized_shape, module.weight, module.bias, module.eps
+        return lambda x: F.layer_norm(x, shape, w, b, eps)
+    return module.forward
 
 
 class KVCache:
@@ -219,29 +246,45 @@ class Attention(nn.Module):
     def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
                key_mask_BxS: torch.Tensor | None = None, attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Self-attention of one new position per row over the cache, on (B, C) rows: forward() for
-        T=1 with fewer operator calls. A decoding step at batch 1 pays per call, not per flop (see
-        GPT.decode). key_mask_BxS: as in forward, over all S = cached + 1 keys. attn_out: a list
-        that gets this layer's attention weights (B, H, 1, S) appended (an explanation's capture)."""
-        B = x_BxC.shape[0]
-        # (B, H, 1, D) each: viewed with the query axis in place, no unsqueeze calls.
-        q_BxHx1xD, k, v = self.qkv.forward(x_BxC).view(B, 3, self.n_head, 1, self.head_dim).unbind(1)
-        q_BxHx1xD, k = self._qk(q_BxHx1xD, self.q_norm), self._qk(k, self.k_norm)
-        k_BxHxSxD, v_BxHxSxD = cache.update(layer, k, v)
-        mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
-        if B == 1 and attn_out is None:  # one call: batch 1 pays per operator call
-            y_BxHx1xD = F.scaled_dot_product_attention(q_BxHx1xD, k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
-        else:
-            # Written out for a batch (and when the weights are asked for): on CPU, SDPA's result for a row depends on which thread computes
-            # it (with 2 threads, rows 4-7 of 8 differ from rows 0-3 by an ulp), so a request's tokens
-            # would depend on its slot in the serving engine. Matmul + softmax per row do not.
-            s_BxHx1xS = (q_BxHx1xD * self.head_dim ** -0.5) @ k_BxHxSxD.transpose(-1, -2)
-            if mask is not None:
-                s_BxHx1xS = s_BxHx1xS.masked_fill(~mask, float("-inf"))
-            p_BxHx1xS = s_BxHx1xS.float().softmax(-1).to(v_BxHxSxD.dtype)
-            if attn_out is not None:
-                attn_out.append(p_BxHx1xS)
-            y_BxHx1xD = p_BxHx1xS @ v_BxHxSxD
-        return self.out.forward(y_BxHx1xD.reshape(B, self.n_head * self.head_dim))
+        T=1 with fewer operator calls (see `decoder`). key_mask_BxS: as in forward, over all S =
+        cached + 1 keys. attn_out: a list that gets this layer's attention weights (B, H, 1, S)
+        appended (an explanation's capture)."""
+        return self.decoder(layer)(x_BxC, cache, key_mask_BxS, attn_out)
+
+    def decoder(self, layer: int) -> Callable[..., torch.Tensor]:
+        """decode() for `layer` of the cache as a function with this module's tensors bound (the
+        comment above `linear_fn`); self-attention only."""
+        if self.cross:
+            raise TypeError("decode is for self-attention: cross-attention decodes through forward()")
+        qkv, out = linear_fn(self.qkv), linear_fn(self.out)
+        H, D, q_norm, k_norm, qk = self.n_head, self.head_dim, self.q_norm, self.k_norm, self._qk
+        scale = D ** -0.5
+
+        def attend(x_BxC: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None,
+                   attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+            B = x_BxC.shape[0]
+            # (B, H, 1, D) each: viewed with the query axis in place, no unsqueeze calls.
+            q_BxHx1xD, k, v = qkv(x_BxC).view(B, 3, H, 1, D).unbind(1)
+            if q_norm is not None:
+                q_BxHx1xD, k = qk(q_BxHx1xD, q_norm), qk(k, k_norm)
+            k_BxHxSxD, v_BxHxSxD = cache.update(layer, k, v)
+            mask = None if key_mask_BxS is None else key_mask_BxS[:, None, None, :].bool()
+            if B == 1 and attn_out is None:  # one call: batch 1 pays per operator call
+                y_BxHx1xD = F.scaled_dot_product_attention(q_BxHx1xD, k_BxHxSxD, v_BxHxSxD, attn_mask=mask)
+            else:
+                # Written out for a batch (and when the weights are asked for): on CPU, SDPA's result
+                # for a row depends on which thread computes it (with 2 threads, rows 4-7 of 8 differ
+                # from rows 0-3 by an ulp), so a request's tokens would depend on its slot in the
+                # serving engine. Matmul + softmax per row do not.
+                s_BxHx1xS = (q_BxHx1xD * scale) @ k_BxHxSxD.transpose(-1, -2)
+                if mask is not None:
+                    s_BxHx1xS = s_BxHx1xS.masked_fill(~mask, float("-inf"))
+                p_BxHx1xS = s_BxHx1xS.float().softmax(-1).to(v_BxHxSxD.dtype)
+                if attn_out is not None:
+                    attn_out.append(p_BxHx1xS)
+                y_BxHx1xD = p_BxHx1xS @ v_BxHxSxD
+            return out(y_BxHx1xD.reshape(B, H * D))
+        return attend
 
 
 def init_weights(model: nn.Module, depth: int) -> None:
@@ -271,8 +314,13 @@ class MLP(nn.Module):
         return self.down(self.act(self.up(x_BxTxC)))
 
     def decode(self, x_BxC: torch.Tensor) -> torch.Tensor:
-        """forward() without its modules' __call__ (see GPT.decode)."""
-        return self.down.forward(self.act.forward(self.up.forward(x_BxC)))
+        """forward() without its modules' __call__ (see `decoder`)."""
+        return self.decoder()(x_BxC)
+
+    def decoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """forward() as a function with this module's tensors bound (the comment above `linear_fn`)."""
+        up, act, down = linear_fn(self.up), self.act.forward, linear_fn(self.down)
+        return lambda x: down(act(up(x)))
 
 
 class Block(nn.Module):
@@ -318,13 +366,26 @@ class Block(nn.Module):
     def decode(self, x_BxC: torch.Tensor, cache: KVCache, layer: int,
                key_mask_BxS: torch.Tensor | None = None, attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """forward() in eval mode for one new position per row, on (B, C) rows (GPT.decode);
-        self-attention only (attn_out: as Attention.decode). Written out, without the dropout modules and closures of forward()
-        (2-3% faster at batch 1 in a same-process A/B, within this machine's noise)."""
+        self-attention only (attn_out: as Attention.decode)."""
+        return self.decoder(layer)(x_BxC, cache, key_mask_BxS, attn_out)
+
+    def decoder(self, layer: int) -> Callable[..., torch.Tensor]:
+        """decode() for `layer` of the cache as a function with this block's tensors bound: the
+        residual sub-layers written out, without the dropout modules and closures of forward()."""
         if self.cross_attn is not None or self.training:
             raise TypeError("Block.decode is for inference with decoder-only blocks: use forward() to train "
                             "or to decode with cross-attention")
-        if self.pre_norm:
-            x_BxC = x_BxC + self.attn.decode(self.ln_attn.forward(x_BxC), cache, layer, key_mask_BxS, attn_out)
-            return x_BxC + self.mlp.decode(self.ln_mlp.forward(x_BxC))
-        x_BxC = self.ln_attn.forward(x_BxC + self.attn.decode(x_BxC, cache, layer, key_mask_BxS, attn_out))
-        return self.ln_mlp.forward(x_BxC + self.mlp.decode(x_BxC))
+        attend, mlp = self.attn.decoder(layer), self.mlp.decoder()
+        ln_attn, ln_mlp = norm_fn(self.ln_attn), norm_fn(self.ln_mlp)
+        assert ln_attn is not None and ln_mlp is not None  # LayerNorms, never Identity
+
+        def pre(x_BxC: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None,
+                attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+            x_BxC = x_BxC + attend(ln_attn(x_BxC), cache, key_mask_BxS, attn_out)
+            return x_BxC + mlp(ln_mlp(x_BxC))
+
+        def post(x_BxC: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None,
+                 attn_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+            x_BxC = ln_attn(x_BxC + attend(x_BxC, cache, key_mask_BxS, attn_out))
+            return ln_mlp(x_BxC + mlp(x_BxC))
+        return pre if self.pre_norm else post

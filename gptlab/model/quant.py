@@ -20,6 +20,7 @@ tests check the next-token distributions against fp32.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -55,16 +56,24 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x_NxC: torch.Tensor) -> torch.Tensor:
-        lead = x_NxC.shape[:-1]
-        y_NxV = _int8_mm()(
-            x_NxC.reshape(-1, self.in_features).to(torch.bfloat16), self.weight_int8, self.scale)
-        # The bf16 product plus a bias in x's dtype (fp32 or bf16) is already x's dtype by type
-        # promotion, with the same bits as a cast first: one call fewer per token.
-        if self.bias is None or self.bias.dtype != x_NxC.dtype or x_NxC.dtype not in (torch.float32, torch.bfloat16):
-            y_NxV = y_NxV.to(x_NxC.dtype)
-        if self.bias is not None:
-            y_NxV = y_NxV + self.bias
-        return y_NxV if len(lead) == 1 else y_NxV.view(*lead, self.out_features)
+        return self.as_function()(x_NxC)
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """forward() with the tensors bound (GPT.decoder builds it once per generation)."""
+        mm, w_int8, scale, bias = _int8_mm(), self.weight_int8, self.scale, self.bias
+        C, V = self.in_features, self.out_features
+
+        def linear(x_NxC: torch.Tensor) -> torch.Tensor:
+            lead = x_NxC.shape[:-1]
+            y_NxV = mm(x_NxC.reshape(-1, C).to(torch.bfloat16), w_int8, scale)
+            # The bf16 product plus a bias in x's dtype (fp32 or bf16) is already x's dtype by type
+            # promotion, with the same bits as a cast first: one call fewer per token.
+            if bias is None or bias.dtype != x_NxC.dtype or x_NxC.dtype not in (torch.float32, torch.bfloat16):
+                y_NxV = y_NxV.to(x_NxC.dtype)
+            if bias is not None:
+                y_NxV = y_NxV + bias
+            return y_NxV if len(lead) == 1 else y_NxV.view(*lead, V)
+        return linear
 
 
 def quantize_output_layer(model: nn.Module) -> nn.Module:
