@@ -129,6 +129,8 @@ class Engine:
         if slots < 1 or queue < 0:
             raise ValueError(f"slots must be >= 1 and queue >= 0 (got {slots}, {queue})")
         self.model = model
+        # The one-token step with the model's tensors bound once: the engine's model does not change.
+        self.decode = model.decoder()
         self.slots = slots
         self.capacity = slots + queue
         self.eot_id = eot_id
@@ -353,7 +355,7 @@ class Engine:
             self.cache.pos_B.copy_(torch.tensor(self._pos))
             # Free slots attend to their position 0 only, so no row is all-masked.
             mask_BxS = self._keys_1xS <= self.cache.pos_B[:, None]
-            logits_BxV = self.model.decode(ids_B, self.cache.pos_B, self.cache, mask_BxS).float()
+            logits_BxV = self.decode(ids_B, self.cache.pos_B, self.cache, mask_BxS).float()
             self.steps += 1
             for live in decoding:
                 live.pos += 1
