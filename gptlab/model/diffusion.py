@@ -20,6 +20,7 @@ H x W pixels, h x w latent grid, L heads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,9 +186,10 @@ class ConvMLP(MLP):
         h = h + self.dw(g).reshape(B, Fd, N).transpose(1, 2)
         return self.down(self.act(h))
 
-    def decode(self, x_BxC: torch.Tensor) -> torch.Tensor:
-        # MLP.decode works on rows one at a time; this feed-forward mixes each token with its grid
-        # neighbours, so inheriting it would silently skip the convolution.
+    def decoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        # MLP's decoder (behind MLP.decode and Block.decoder) works on rows one at a time; this
+        # feed-forward mixes each token with its grid neighbours, so inheriting it would silently
+        # skip the convolution.
         raise TypeError("ConvMLP mixes neighbouring tokens of the latent grid: call forward() on the whole grid")
 
 

@@ -17,7 +17,6 @@ left alone, since looking up one token's row would then read 256 scattered float
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 
@@ -25,8 +24,7 @@ def column_major_linears(model: nn.Module) -> nn.Module:
     """Store every `nn.Linear` weight of `model` transposed in memory (column-major), in place;
     returns the model. Weights shared with an `nn.Embedding` keep their layout."""
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear) and id(module.weight) not in embedded and module.weight.dim() == 2:
-                module.weight.data = module.weight.data.t().contiguous().t()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module.weight) not in embedded:
+            module.weight.data = module.weight.data.t().contiguous().t()
     return model
