@@ -34,7 +34,7 @@ SEED = 42
 
 @dataclass
 class WineData:
-    corpus: Corpus                 # all template rows (gptlab's trainer re-splits it identically)
+    corpus: Corpus                 # all template rows and their fields (gptlab's trainer re-splits it identically)
     train_recs: list[str]
     val_recs: list[str]
     tok: Tokenizer
@@ -67,7 +67,7 @@ def load_wine(path: str = WINE_CSV, val_fraction: float = 0.05, seed: int = SEED
             c, p, v, _ = parsed
             provinces.setdefault(c, set()).add(p)
             varieties.add(v)
-    return WineData(Corpus(records, corpus.source, corpus.skipped), train_recs, val_recs, tok,
+    return WineData(Corpus(records, corpus.source, corpus.skipped, corpus.fields), train_recs, val_recs, tok,
                     encode_records(tok, train_recs, CTX), encode_records(tok, val_recs, CTX), provinces, varieties)
 
 

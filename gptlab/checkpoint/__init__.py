@@ -117,10 +117,12 @@ def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor
 
 
 def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors with tied duplicates dropped (safetensors refuses shared storage)."""
+    """The model's tensors with tied duplicates dropped (safetensors refuses shared storage), a
+    reparametrized tensor as the model computes it (`gptlab.model.label_head`)."""
+    from gptlab.model.label_head import computed_state_dict
     seen: dict[int, str] = {}
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in computed_state_dict(model).items():
         key = t.data_ptr()
         if key in seen and t.numel() > 0:
             continue

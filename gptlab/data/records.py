@@ -99,16 +99,24 @@ def cell_text(value: Any) -> str:
     return str(value).strip()
 
 
-def label_values(rows: list[dict], names: list[str], max_share: float = 0.05) -> list[str]:
-    """The distinct values of the template's label fields in `rows`, the most frequent first (ties
-    alphabetical): the fields whose values repeat (at most `max_share` of the rows distinct, and
-    at least twice as many rows as values), as a wine review's country, province and variety do
-    and its description does not. A word tokenizer keeps their words, so a rare name never becomes
-    [UNK]."""
-    counts: collections.Counter[str] = collections.Counter()
+def label_fields(rows: list[dict], names: list[str], max_share: float = 0.05) -> dict[str, collections.Counter[str]]:
+    """The template's label fields in `rows` with their values' counts: the fields whose values
+    repeat (at most `max_share` of the rows distinct, and at least twice as many rows as values),
+    as a wine review's country, province and variety do and its description does not."""
+    out: dict[str, collections.Counter[str]] = {}
     for name in names:
         field = collections.Counter(cell_text(row.get(name)) for row in rows)
         field.pop("", None)
         if field and len(field) <= max(1, max_share * len(rows)) and 2 * len(field) <= len(rows):
-            counts.update(field)
+            out[name] = field
+    return out
+
+
+def label_values(rows: list[dict], names: list[str], max_share: float = 0.05) -> list[str]:
+    """The distinct values of the template's label fields in `rows` (`label_fields`), the most
+    frequent first (ties alphabetical). A word tokenizer keeps their words, so a rare name never
+    becomes [UNK]."""
+    counts: collections.Counter[str] = collections.Counter()
+    for field in label_fields(rows, names, max_share).values():
+        counts.update(field)
     return sorted(counts, key=lambda v: (-counts[v], v))

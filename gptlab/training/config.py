@@ -110,6 +110,7 @@ class TrainConfig(LoopConfig):
     preset: str = setting("small", "starting point for every other setting: fast (the best held-out loss for the time on a CPU; give --time-budget), book (the course notebook's model and recipe, exactly), small, tiny (seconds) or gpt2 (GPT-2 small's shape)", choices=tuple(MODEL_PRESETS))
     tokenizer: str = setting("word", "word (the notebook's, with a vocabulary cap) or bpe (byte-level)", choices=("word", "bpe"))
     label_words: bool = setting(True, "the word tokenizer also keeps every word of the label fields (template fields with few distinct values: the wine reviews' country, province, variety) beyond the vocabulary cap (up to a tenth of it more), so no rare name becomes [UNK]")
+    label_directions: bool = setting(True, "while training, the output layer's rows of each label field's words (country, province, variety) share one learned direction besides their own, so a rare name moves with the frequent ones and fewer samples stray from the template at T=1; folded into a plain output layer when saved (word tokenizer, untied output layer)")
     epochs: float = setting(5.0, "passes over the training records (ignored when --max-steps is set)", min=0)
     batching: str = setting("bucket", "pad (the notebook: every record padded to the context), bucket (records of similar length together: little padding) or pack (records concatenated: no padding)", choices=("pad", "bucket", "pack"))
     eval_batches: int = setting(20, "validation batches per evaluation (0 = the whole split)", min=0)
@@ -140,7 +141,8 @@ def preset_book() -> RunConfig:
         model=MODEL_PRESETS["book"](),
         train=TrainConfig(preset="book", optimizer="adam", lr=1e-3, min_lr=1e-3, weight_decay=0.0,
                           beta1=0.9, beta2=0.999, adam_eps=1e-7, warmup_steps=0, schedule="constant",
-                          grad_clip=0.0, batching="pad", epochs=5.0, batch_size=32, label_words=False),
+                          grad_clip=0.0, batching="pad", epochs=5.0, batch_size=32, label_words=False,
+                          label_directions=False),
     )
 
 

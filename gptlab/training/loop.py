@@ -42,10 +42,11 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from gptlab import __version__
-from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_weights, read_config, save_model
+from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_weights, read_config, read_header, save_model
 from gptlab.checkpoint.unit import units
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
+from gptlab.model.label_head import fold, raw_state
 from gptlab.settings import check_writable
 from gptlab.training.config import LoopConfig
 from gptlab.training.env import Runtime
@@ -53,6 +54,7 @@ from gptlab.training.optim import WeightAverage, build_optimizer, lr_at, warmup_
 from gptlab.training.progress import Progress
 from gptlab.training.state import (
     CHECKPOINTS,
+    STATE_TENSORS,
     has_checkpoints,
     load_train_state,
     publish,
@@ -430,7 +432,16 @@ class _Run:
         if src is None:
             raise UserError(f"--resume: {self.out} holds no checkpoint to resume; drop --resume to start a new run")
         load_weights(self.model, src / WEIGHTS)
+        # A reparametrized layer is saved as it computes (a plain layer); its own tensors come
+        # from the training state, and a run must resume with the same reparametrizations (before
+        # the optimizer state, whose groups would not fit).
+        raw = raw_state(self.model)
+        if set(raw) != {k[6:] for k in read_header(src / STATE_TENSORS) if k.startswith("x.raw.")}:
+            raise UserError(f"--resume: {src} was trained {'without' if raw else 'with'} --label-directions: resume "
+                            f"with {'--no-label-directions' if raw else '--label-directions'}, as the run began")
         meta, extra = load_train_state(src, self.opt)
+        if raw:
+            self.model.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("raw.")}, strict=False)
         model_step = read_config(src).get("step")
         if model_step != meta["step"]:  # only possible in a folder of the layout before checkpoint units
             raise UserError(f"--resume: {src} holds a model of step {model_step} but the training state of step "
@@ -477,6 +488,7 @@ class _Run:
         """What the loop itself adds to the optimizer state: history, token count, EMA, best weights."""
         extra: dict[str, Any] = {"history": self.history[-1000:], "tokens": self.tokens_seen}
         tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"raw.{k}": v for k, v in raw_state(self.model).items()})
         if self.average is not None:
             tensors.update({f"ema.{i}": s for i, s in enumerate(self.average.shadow)})
         if self.best is not None:
@@ -725,6 +737,7 @@ class _Run:
             metrics.update(self.task.final_metrics(self.model, self.rt))
         self.checkpoint(metrics, final=not interrupted)
         self.phase = "done"
+        fold(self.model)  # the model handed back is the one saved: plain layers
         if self.writer is not None:
             self.writer.close()
         if self.rt.dist.world > 1:

@@ -10,10 +10,11 @@ import torch
 
 from gptlab.data import Corpus, load_corpus, split_records
 from gptlab.data.normalize import normalize_text
-from gptlab.data.records import label_values, template_fields
+from gptlab.data.records import label_fields, label_values, template_fields
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT
+from gptlab.model.label_head import share_directions
 from gptlab.training.batches import BatchPlan, encode_records, eval_batches
 from gptlab.training.config import RunConfig
 from gptlab.training.env import Runtime
@@ -54,6 +55,27 @@ def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int], start_wi
                            keep_at_most=max(100, cfg.model.vocab_size // 10))
 
 
+def label_groups(cfg: RunConfig, corpus: Corpus, train_idx: list[int], tok: Tokenizer) -> torch.Tensor | None:
+    """(V, G) 0/1, two groups for each label field of the training records (`label_fields`): the
+    ids of its values' first words (where a name starts: `cabernet`), and of their other words
+    (`sauvignon`), as the records spell them; None when there is no label field. Measured on real
+    reviews (benchmarks/RESULTS.md): one group per field, or per field and country, kept about as
+    much of the template; the split by position kept the most."""
+    if not corpus.fields:
+        return None
+    fields = label_fields([corpus.fields[i] for i in train_idx], template_fields(cfg.data.template))
+    if not fields:
+        return None
+    groups_VxG = torch.zeros(tok.vocab_size, 2 * len(fields))
+    for g, values in enumerate(fields.values()):
+        for v in values:
+            ids = tok.encode(normalize_text(v) if cfg.data.normalize else v)
+            for j, i in enumerate(ids):
+                if i != tok.unk_id:
+                    groups_VxG[i, 2 * g + (j > 0)] = 1.0
+    return groups_VxG
+
+
 class CausalLM(Task[GPT]):
     kind = KIND
 
@@ -74,6 +96,10 @@ class CausalLM(Task[GPT]):
             raise UserError(f"the corpus yields no training sequence for context {ctx}: give more text or a smaller --context-length")
         torch.manual_seed(t.seed)
         self.model = GPT(cfg.model)
+        if t.label_directions and self.tokenizer.kind == "word" and not cfg.model.tie_embeddings:
+            groups_VxG = label_groups(cfg, corpus, train_idx, self.tokenizer)
+            if groups_VxG is not None:
+                share_directions(self.model.lm_head, groups_VxG)
         self._epoch: tuple[int, list] | None = None
 
     def steps_per_epoch(self) -> int:
