@@ -13,7 +13,7 @@ from gptlab.data import Corpus
 from gptlab.errors import UserError
 from gptlab.infer.quality import parse_template
 from gptlab.model import GPT, tiny
-from gptlab.model.label_head import computed_state_dict, fold, raw_state, share_directions
+from gptlab.model.label_head import computed_state_dict, fold, raw_state, saved_params, share_directions
 from gptlab.training.config import RUN_PRESETS
 from gptlab.training.tasks.causal_lm import CausalLM, train
 
@@ -43,16 +43,20 @@ def test_each_label_field_is_a_group_of_its_words_and_no_description_word_is_in_
     head = task.model.lm_head
     groups_VxG = head.parametrizations.weight[0].groups_VxG
     tok = task.tokenizer
-    # country, province, variety (the description is no label): each name's first word, then the others
-    assert groups_VxG.shape == (tok.vocab_size, 6)
-    members = [{tok.id_to_token(i) for i in torch.nonzero(groups_VxG[:, g]).flatten().tolist()} for g in range(6)]
-    assert members == [{"germany", "france", "us"}, set(),
-                       {"mosel", "pfalz", "baden", "bordeaux", "alsace", "california", "oregon"}, set(),
-                       {"riesling", "pinot"}, {"noir"}]
+    # country, province, variety (the description is no label): each name's first word, then the
+    # others; then per country, the provinces and the varieties seen with it.
+    assert groups_VxG.shape == (tok.vocab_size, 12)
+    members = [{tok.id_to_token(i) for i in torch.nonzero(groups_VxG[:, g]).flatten().tolist()} for g in range(12)]
+    assert members[:6] == [{"germany", "france", "us"}, set(),
+                           {"mosel", "pfalz", "baden", "bordeaux", "alsace", "california", "oregon"}, set(),
+                           {"riesling", "pinot"}, {"noir"}]
+    assert sorted(map(sorted, members[6:9])) == [["alsace", "bordeaux"], ["baden", "mosel", "pfalz"], ["california", "oregon"]]
+    assert members[9:] == [{"riesling", "pinot", "noir"}] * 3
     # Starting at zero, the directions change nothing: the run begins from the plain model's weights.
     torch.manual_seed(cfg("").train.seed)
     plain = GPT(task.cfg.model)
     assert torch.equal(head.weight, plain.lm_head.weight)
+    assert saved_params(task.model) == plain.num_params()  # what a run prints: the saved model's count
 
 
 @pytest.mark.parametrize("tied", [False, True])

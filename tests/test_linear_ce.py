@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from gptlab.model import IGNORE_INDEX, linear_ce, token_nll
 
 
-def reference(h, head, t):
-    return F.cross_entropy(head(h).float(), t, reduction="sum", ignore_index=IGNORE_INDEX)
+def reference(h, head, t, w=None):
+    nll = F.cross_entropy(head(h).float(), t, reduction="none", ignore_index=IGNORE_INDEX)
+    return (nll if w is None else nll * w).sum()
 
 
 def grads_of(loss, tensors):
@@ -20,7 +21,8 @@ def grads_of(loss, tensors):
 @pytest.mark.parametrize("ignore", [False, True])
 @pytest.mark.parametrize("whole", [True, False])  # False: weight gradient per chunk, as on a GPU
 @pytest.mark.parametrize("sub_rows", [32, 5])  # 5: each chunk of 16 rows in passes of 5, 5, 5, 1
-def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole, sub_rows, monkeypatch):
+@pytest.mark.parametrize("weighted", [False, True])  # each row's loss counted w times (--label-weight)
+def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole, sub_rows, weighted, monkeypatch):
     if not whole:
         monkeypatch.setattr(linear_ce, "_MAX_WORKSPACE", 0)
     monkeypatch.setattr(linear_ce, "_SUB_ROWS", sub_rows)
@@ -30,10 +32,11 @@ def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole,
     t = torch.randint(0, 97, (70,))
     if ignore:
         t[::5] = IGNORE_INDEX
+    w = torch.rand(70) * 3 if weighted else None
     params = [h, head.weight] + ([head.bias] if bias else [])
-    ref = reference(h, head, t)
+    ref = reference(h, head, t, w)
     # With ignore_index the rows stay in and are masked (the GPU path); without, all rows count.
-    fused = token_nll(h, head, t, chunk=16, ignore_index=IGNORE_INDEX if ignore else None)
+    fused = token_nll(h, head, t, chunk=16, ignore_index=IGNORE_INDEX if ignore else None, weights_N=w)
     assert torch.allclose(fused, ref, rtol=1e-5)
     for a, b in zip(grads_of(fused, params), grads_of(ref, params)):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

@@ -160,3 +160,19 @@ def test_ragged_left_padding_with_positions_matches_unpadded():
     pos = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.arange(8)[None]], 1)
     out = m(x, pos_BxT=pos, key_mask_BxS=key_mask).logits[:, 3:]
     assert torch.allclose(out, m(a).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_a_fraction_p_scales_the_rest_and_its_gradient_is_the_mask(dtype):
+    from gptlab.model.layers import Dropout, dropout
+    torch.manual_seed(0)
+    x = torch.ones(200, 500, dtype=dtype, requires_grad=True)
+    y = dropout(x, 0.2, True)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.2) < 0.005  # 100k draws: sd 0.0013
+    assert torch.allclose(y[y != 0].float(), torch.tensor(1.25))
+    (y.float() * 3).sum().backward()
+    assert torch.equal(x.grad != 0, y != 0) and torch.allclose(x.grad[y != 0].float(), torch.tensor(3.75))
+    m = Dropout(0.2)
+    assert torch.equal(m.eval()(x), x) and dropout(x, 0.0, True) is x
+    assert y.dtype == dtype

@@ -67,6 +67,23 @@ def template_fields(template: str) -> list[str]:
         raise UserError(f"--template {template!r} names no field; use e.g. '{{title}} : {{body}}'")
     return names
 
+def header_template(template: str, names: list[str]) -> str | None:
+    """The template up to the end of its last field named in `names`, with the text that follows
+    that field up to the next field (`wine review : {country} : {province} : {variety} :` of
+    `... : {variety} : {description}`); None when no field is named."""
+    parts = list(string.Formatter().parse(template))
+    last = max((k for k, (_, name, _, _) in enumerate(parts) if name in names), default=None)
+    if last is None:
+        return None
+    esc = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731 - parse() unescaped them
+    out = "".join(esc(lit) + ("" if name is None else "{" + name + "}") for lit, name, _, _ in parts[:last + 1])
+    for lit, name, _, _ in parts[last + 1:]:
+        out += esc(lit)  # parse() splits a literal at each escaped brace
+        if name is not None:
+            break
+    return out
+
+
 def apply_template(
     rows: Iterable[dict], template: str, names: list[str], cfg: DataConfig
 ) -> tuple[list[str], list[dict], int]:

@@ -30,7 +30,7 @@ class ModelOutput:
 
 
 def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor,
-              chunk: int = 0, ignore_index: int | None = None) -> torch.Tensor:
+              chunk: int = 0, ignore_index: int | None = None, weights_N: torch.Tensor | None = None) -> torch.Tensor:
     """Summed cross-entropy (fp32) of the output layer over N rows: `F.cross_entropy(head(h).float(),
     t, reduction="sum")` up to float rounding, fused and computed in row chunks (see linear_ce).
 
@@ -38,7 +38,7 @@ def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor
     to avoid a host sync on a GPU (on the CPU, select the rows first: it saves their compute).
     The (N, V) logits never exist whole: 82k rows x 10k vocab would be 3.3 GB in fp32.
     """
-    return linear_cross_entropy(hidden_NxC, head.weight, head.bias, targets_N, chunk, ignore_index)
+    return linear_cross_entropy(hidden_NxC, head.weight, head.bias, targets_N, chunk, ignore_index, weights_N)
 
 
 class GPT(nn.Module):
@@ -124,7 +124,7 @@ class GPT(nn.Module):
                 pos_BxT: torch.Tensor | None = None, key_mask_BxS: torch.Tensor | None = None,
                 cache: KVCache | None = None, return_attn: bool = False, last_only: bool = False,
                 return_logits: bool | None = None, return_hidden: bool = False,
-                return_streams: bool = False) -> ModelOutput:
+                return_streams: bool = False, weights_BxT: torch.Tensor | None = None) -> ModelOutput:
         """Run the model.
 
         targets_BxT: next-token ids, IGNORE_INDEX where no loss is wanted (padding). With targets,
@@ -135,6 +135,8 @@ class GPT(nn.Module):
         last_only: compute logits for the last position only (generation).
         return_streams: keep the last position's residual stream before the blocks and after each
         (an explanation's logit lens reads them).
+        weights_BxT: with targets, each target's cross-entropy counts that many times in nll_sum
+        (n_tokens still counts targets).
         """
         B, T = idx_BxT.shape
         offset = cache.length if cache is not None else 0
@@ -162,7 +164,8 @@ class GPT(nn.Module):
             if h_BxTxC.device.type == "cpu":
                 # Drop padding rows before the output layer: no compute on them.
                 out.n_tokens = int(keep_BxT.sum())
-                out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT])
+                out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT],
+                                        weights_N=None if weights_BxT is None else weights_BxT[keep_BxT])
                 out.loss = out.nll_sum / max(out.n_tokens, 1)
             else:
                 # On an accelerator, counting or selecting rows would wait for the device (a host
@@ -170,7 +173,8 @@ class GPT(nn.Module):
                 n_tokens = keep_BxT.sum()
                 out.n_tokens = n_tokens
                 out.nll_sum = token_nll(h_BxTxC.flatten(0, 1), self.lm_head, targets_BxT.flatten(),
-                                        ignore_index=IGNORE_INDEX)
+                                        ignore_index=IGNORE_INDEX,
+                                        weights_N=None if weights_BxT is None else weights_BxT.flatten())
                 out.loss = out.nll_sum / n_tokens.clamp(min=1)
             if not return_logits:
                 return out

@@ -65,6 +65,13 @@ def computed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
+def saved_params(model: nn.Module) -> int:
+    """The parameters the saved model holds: a parametrization's own (U) are left out, its
+    original (W) counts once as the tensor it computes."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if ".parametrizations." not in f".{name}" or name.endswith(".original"))
+
+
 def raw_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parametrizations' own tensors (W and U), which a resumed run needs besides the saved model."""
     return {k: v for k, v in model.state_dict().items() if ".parametrizations." in f".{k}"}

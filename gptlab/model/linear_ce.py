@@ -100,7 +100,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     # One function on purpose (~55 lines): every chunk shares the workspaces, the fp32 scratch and
     # the gradient accumulators; split up further, each piece would take a dozen of them as arguments.
     def forward(ctx, hidden_NxC, weight_VxC, bias_V, targets_N, chunk: int, dtype: torch.dtype,
-                masked: bool, ignore_index: int):
+                masked: bool, ignore_index: int, weights_N: torch.Tensor | None = None):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_grad = need_h or need_w or need_b
         N, V = hidden_NxC.shape[0], weight_VxC.shape[0]
@@ -120,9 +120,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         for i in range(0, N, chunk):
             n = min(chunk, N - i)
             h_nxC, t_n = h_NxC[i:i + n], targets_N[i:i + n]
-            valid_n = t_n != ignore_index if masked else None
-            if valid_n is not None:
+            valid_n: torch.Tensor | None = None
+            if masked:
+                valid_n = t_n != ignore_index
                 t_n = torch.where(valid_n, t_n, torch.zeros_like(t_n))
+            if weights_N is not None:
+                w_n = weights_N[i:i + n].float()
+                valid_n = w_n if valid_n is None else w_n * valid_n
             if cpu:
                 # Logits straight into a reused buffer (the gradient buffer when there is one).
                 y_nxV = g_NxV[i:i + n] if g_NxV is not None else _workspace.get("logits", (n, V), dtype)
@@ -165,18 +169,22 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_total if need else None for need in ctx.has]
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden_NxC: torch.Tensor, weight_VxC: torch.Tensor, bias_V: torch.Tensor | None,
-                         targets_N: torch.Tensor, chunk: int = 0, ignore_index: int | None = None) -> torch.Tensor:
-    """Summed cross-entropy of `hidden @ weight.T + bias` against targets, fp32, autocast-aware."""
+                         targets_N: torch.Tensor, chunk: int = 0, ignore_index: int | None = None,
+                         weights_N: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T + bias` against targets, fp32, autocast-aware;
+    `weights_N`: each row's cross-entropy counts that many times (default 1)."""
     if _compiling():
         # Under torch.compile the plain expression is traced instead; the compiler fuses its own
         # softmax and loss kernels (the hand-fused Function above is opaque to it).
         logits = F.linear(hidden_NxC, weight_VxC, bias_V).float()
-        return F.cross_entropy(logits, targets_N, reduction="sum",
-                               ignore_index=-100 if ignore_index is None else ignore_index)
+        ii = -100 if ignore_index is None else ignore_index
+        if weights_N is None:
+            return F.cross_entropy(logits, targets_N, reduction="sum", ignore_index=ii)
+        return (F.cross_entropy(logits, targets_N, reduction="none", ignore_index=ii) * weights_N).sum()
     dev = hidden_NxC.device.type
     dtype = autocast_dtype(dev) or hidden_NxC.dtype
     if not chunk:
@@ -185,4 +193,5 @@ def linear_cross_entropy(hidden_NxC: torch.Tensor, weight_VxC: torch.Tensor, bia
         chunk = 256 if dev == "cpu" else 8192
     with torch.autocast(dev, enabled=False):
         return LinearCrossEntropy.apply(hidden_NxC, weight_VxC, bias_V, targets_N, chunk, dtype,
-                                        ignore_index is not None, -100 if ignore_index is None else ignore_index)
+                                        ignore_index is not None, -100 if ignore_index is None else ignore_index,
+                                        weights_N)

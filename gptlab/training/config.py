@@ -111,6 +111,7 @@ class TrainConfig(LoopConfig):
     tokenizer: str = setting("word", "word (the notebook's, with a vocabulary cap) or bpe (byte-level)", choices=("word", "bpe"))
     label_words: bool = setting(True, "the word tokenizer also keeps every word of the label fields (template fields with few distinct values: the wine reviews' country, province, variety) beyond the vocabulary cap (up to a tenth of it more), so no rare name becomes [UNK]")
     label_directions: bool = setting(True, "while training, the output layer's rows of each label field's words (country, province, variety) share one learned direction besides their own, so a rare name moves with the frequent ones and fewer samples stray from the template at T=1; folded into a plain output layer when saved (word tokenizer, untied output layer)")
+    label_weight: float = setting(10.0, "each target of a record's header (the template through its last label field: `wine review : country : province : variety :`) counts this many times in the training loss, so fewer samples at T=1 stray from the template; the training loss shown counts them so too, the held-out loss does not; 1 = plain cross-entropy (word tokenizer; not with --batching pack)", min=0)
     epochs: float = setting(5.0, "passes over the training records (ignored when --max-steps is set)", min=0)
     batching: str = setting("bucket", "pad (the notebook: every record padded to the context), bucket (records of similar length together: little padding) or pack (records concatenated: no padding)", choices=("pad", "bucket", "pack"))
     eval_batches: int = setting(20, "validation batches per evaluation (0 = the whole split)", min=0)
@@ -142,7 +143,7 @@ def preset_book() -> RunConfig:
         train=TrainConfig(preset="book", optimizer="adam", lr=1e-3, min_lr=1e-3, weight_decay=0.0,
                           beta1=0.9, beta2=0.999, adam_eps=1e-7, warmup_steps=0, schedule="constant",
                           grad_clip=0.0, batching="pad", epochs=5.0, batch_size=32, label_words=False,
-                          label_directions=False),
+                          label_directions=False, label_weight=1.0),
     )
 
 

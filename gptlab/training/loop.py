@@ -46,7 +46,7 @@ from gptlab.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_weights, read_con
 from gptlab.checkpoint.unit import units
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
-from gptlab.model.label_head import fold, raw_state
+from gptlab.model.label_head import fold, raw_state, saved_params
 from gptlab.settings import check_writable
 from gptlab.training.config import LoopConfig
 from gptlab.training.env import Runtime
@@ -570,8 +570,8 @@ class _Run:
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> TrainResult[Any]:
         self._open_outputs()
-        n_params = sum(p.numel() for p in self.model.parameters())
-        self.log(f"{self.task.describe()}{n_params:,} parameters; "
+        # As saved: training-only tensors (label directions) are not the model's.
+        self.log(f"{self.task.describe()}{saved_params(self.model):,} parameters; "
                  f"{self.total if self.total < NO_LIMIT else '?'} steps of {self.t.batch_size}; "
                  f"{self.rt.device}{' bf16' if self.rt.amp else ' fp32'}"
                  f"{f' x{self.rt.dist.world}' if self.rt.dist.world > 1 else ''}")

@@ -6,11 +6,12 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from gptlab.data import Corpus, load_corpus, split_records
 from gptlab.data.normalize import normalize_text
-from gptlab.data.records import label_fields, label_values, template_fields
+from gptlab.data.records import cell_text, header_template, label_fields, label_values, template_fields
 from gptlab.data.tokenizer import Tokenizer
 from gptlab.errors import UserError
 from gptlab.model import GPT
@@ -21,6 +22,9 @@ from gptlab.training.env import Runtime
 from gptlab.training.loop import Batch, Task, TrainResult, fit, prepare_out, runtime_for
 
 KIND = "gpt"
+# Values of the first label field that condition groups of the later fields' words (a country's
+# provinces): the most frequent, so a column of many values cannot add thousands of groups.
+_CONDITIONS = 64
 
 
 @torch.no_grad()
@@ -56,24 +60,65 @@ def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int], start_wi
 
 
 def label_groups(cfg: RunConfig, corpus: Corpus, train_idx: list[int], tok: Tokenizer) -> torch.Tensor | None:
-    """(V, G) 0/1, two groups for each label field of the training records (`label_fields`): the
-    ids of its values' first words (where a name starts: `cabernet`), and of their other words
-    (`sauvignon`), as the records spell them; None when there is no label field. Measured on real
-    reviews (benchmarks/RESULTS.md): one group per field, or per field and country, kept about as
-    much of the template; the split by position kept the most."""
+    """(V, G) 0/1 groups of output rows for the label fields of the training records
+    (`label_fields`): for each field, the ids of its values' first words (where a name starts:
+    `cabernet`) and of their other words (`sauvignon`); then for each later field and each value of
+    the first one (up to `_CONDITIONS` of the most frequent), the words of the values seen with it
+    (the provinces of germany, the varieties of germany), as the records spell them. None when there
+    is no label field. Measured on real reviews in benchmarks/RESULTS.md."""
     if not corpus.fields:
         return None
-    fields = label_fields([corpus.fields[i] for i in train_idx], template_fields(cfg.data.template))
+    rows = [corpus.fields[i] for i in train_idx]
+    fields = label_fields(rows, template_fields(cfg.data.template))
     if not fields:
         return None
-    groups_VxG = torch.zeros(tok.vocab_size, 2 * len(fields))
-    for g, values in enumerate(fields.values()):
-        for v in values:
-            ids = tok.encode(normalize_text(v) if cfg.data.normalize else v)
-            for j, i in enumerate(ids):
-                if i != tok.unk_id:
-                    groups_VxG[i, 2 * g + (j > 0)] = 1.0
+    spell = normalize_text if cfg.data.normalize else str
+    first, *later = fields
+    conditions = [a for a, _ in fields[first].most_common(_CONDITIONS)] if later else []
+    seen_with: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        a = cell_text(r.get(first))
+        for name in later:
+            b = cell_text(r.get(name))
+            if b in fields[name]:
+                seen_with.setdefault((name, a), set()).add(b)
+    groups: list[tuple[set[str], bool | None]] = []  # (values, True: first words / False: others / None: all)
+    for counts in fields.values():
+        groups += [(set(counts), True), (set(counts), False)]
+    groups += [(seen_with.get((name, a), set()), None) for name in later for a in conditions]
+    groups_VxG = torch.zeros(tok.vocab_size, len(groups))
+    for g, (names, firsts) in enumerate(groups):
+        for v in names:
+            for j, i in enumerate(tok.encode(spell(v))):
+                if i != tok.unk_id and (firsts is None or firsts == (j == 0)):
+                    groups_VxG[i, g] = 1.0
     return groups_VxG
+
+
+def header_targets(cfg: RunConfig, corpus: Corpus, train_idx: list[int], tok: Tokenizer,
+                   seqs: list[np.ndarray]) -> np.ndarray | None:
+    """For each training record, how many targets of its token sequence (`seqs`, from
+    `encode_records`) are words of its header (the template through its last label field:
+    `wine review : germany : mosel : riesling :`); None when the records have no label field."""
+    if not corpus.fields:
+        return None
+    rows = [corpus.fields[i] for i in train_idx]
+    names = template_fields(cfg.data.template)
+    header = header_template(cfg.data.template, list(label_fields(rows, names)))
+    if header is None:
+        return None
+    texts = [header.format_map({n: cell_text(r.get(n)) for n in names}) for r in rows]
+    start = 1 if tok.starts_with_eot else 0
+    n = np.zeros(len(rows), dtype=np.int64)
+    for k, ids in enumerate(tok.encode_batch([normalize_text(t) if cfg.data.normalize else t for t in texts])):
+        seq = seqs[k][start:start + len(ids)]
+        # The header's words as the whole record is split: a word tokenizer splits them alike.
+        same = seq == np.asarray(ids[:len(seq)], dtype=np.int64)
+        m = len(seq) if same.all() else int(np.argmin(same))  # up to the first word that differs
+        # Target j predicts token j + 1: with a start token the header's m words are the first m
+        # targets; without, its first word is no target.
+        n[k] = m if start else max(m - 1, 0)
+    return n
 
 
 class CausalLM(Task[GPT]):
@@ -100,6 +145,9 @@ class CausalLM(Task[GPT]):
             groups_VxG = label_groups(cfg, corpus, train_idx, self.tokenizer)
             if groups_VxG is not None:
                 share_directions(self.model.lm_head, groups_VxG)
+        self.header_n = None
+        if t.label_weight != 1.0 and self.tokenizer.kind == "word" and t.batching != "pack":
+            self.header_n = header_targets(cfg, corpus, train_idx, self.tokenizer, train_seqs)
         self._epoch: tuple[int, list] | None = None
 
     def steps_per_epoch(self) -> int:
@@ -109,11 +157,17 @@ class CausalLM(Task[GPT]):
         epoch, i = divmod(step, self.plan.steps_per_epoch)
         if self._epoch is None or self._epoch[0] != epoch:
             self._epoch = (epoch, self.plan.epoch(epoch))
-        b = self.plan.make(self._epoch[1][i])
-        return Batch({"x": b.x_BxT, "y": b.y_BxT}, b.n_tokens)
+        rows = self._epoch[1][i]
+        b = self.plan.make(rows)
+        tensors = {"x": b.x_BxT, "y": b.y_BxT}
+        if self.header_n is not None:
+            header_Bx1 = torch.from_numpy(self.header_n[rows])[:, None]
+            in_header_BxT = torch.arange(b.y_BxT.shape[1])[None] < header_Bx1
+            tensors["w"] = 1.0 + (self.cfg.train.label_weight - 1.0) * in_header_BxT.float()
+        return Batch(tensors, b.n_tokens)
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(tensors["x"], tensors["y"]).nll_sum
+        return model(tensors["x"], tensors["y"], weights_BxT=tensors.get("w")).nll_sum
 
     @torch.no_grad()
     def evaluate(self, model: GPT, rt: Runtime) -> dict[str, float]:
