@@ -129,3 +129,13 @@ def test_share_directions_computed_state_and_fold():
     assert torch.allclose(model(x).logits, after)
     with pytest.raises(ValueError, match="groups must be"):
         share_directions(model.lm_head, torch.zeros(19, 2))
+
+
+def test_resume_with_other_groups_is_refused_in_one_line(tmp_path, interrupt_at, monkeypatch):
+    from gptlab.training.tasks import causal_lm
+    interrupt_at(3)
+    train(cfg(tmp_path / "run"), fields_corpus())
+    interrupt_at(None)
+    monkeypatch.setattr(causal_lm, "_CONDITIONS", 1)  # as a run begun by a gptlab with other groups
+    with pytest.raises(UserError, match="label directions have other groups"):
+        train(cfg(tmp_path / "run", resume=True), fields_corpus())

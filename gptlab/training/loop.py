@@ -436,9 +436,13 @@ class _Run:
         # from the training state, and a run must resume with the same reparametrizations (before
         # the optimizer state, whose groups would not fit).
         raw = raw_state(self.model)
-        if set(raw) != {k[6:] for k in read_header(src / STATE_TENSORS) if k.startswith("x.raw.")}:
+        saved_raw = {k[6:]: shape for k, (_, shape) in read_header(src / STATE_TENSORS).items() if k.startswith("x.raw.")}
+        if set(raw) != set(saved_raw):
             raise UserError(f"--resume: {src} was trained {'without' if raw else 'with'} --label-directions: resume "
                             f"with {'--no-label-directions' if raw else '--label-directions'}, as the run began")
+        if any(tuple(v.shape) != saved_raw[k] for k, v in raw.items()):
+            raise UserError(f"--resume: {src}'s label directions have other groups than this run's (other data, or "
+                            f"a run begun by an older gptlab): resume with the data it began with, or start a new run")
         meta, extra = load_train_state(src, self.opt)
         if raw:
             self.model.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("raw.")}, strict=False)
