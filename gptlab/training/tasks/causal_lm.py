@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -59,17 +60,13 @@ def gpt_tokenizer(cfg: RunConfig, corpus: Corpus, train_idx: list[int], start_wi
                            keep_at_most=max(100, cfg.model.vocab_size // 10))
 
 
-def label_groups(cfg: RunConfig, corpus: Corpus, train_idx: list[int], tok: Tokenizer) -> torch.Tensor | None:
-    """(V, G) 0/1 groups of output rows for the label fields of the training records
-    (`label_fields`): for each field, the ids of its values' first words (where a name starts:
+def label_groups(cfg: RunConfig, rows: list[dict], fields: dict[str, Counter[str]], tok: Tokenizer) -> torch.Tensor | None:
+    """(V, G) 0/1 groups of output rows for the label fields (`label_fields`) of the training
+    records' `rows`: for each field, the ids of its values' first words (where a name starts:
     `cabernet`) and of their other words (`sauvignon`); then for each later field and each value of
     the first one (up to `_CONDITIONS` of the most frequent), the words of the values seen with it
     (the provinces of germany, the varieties of germany), as the records spell them. None when there
     is no label field. Measured on real reviews in benchmarks/RESULTS.md."""
-    if not corpus.fields:
-        return None
-    rows = [corpus.fields[i] for i in train_idx]
-    fields = label_fields(rows, template_fields(cfg.data.template))
     if not fields:
         return None
     spell = normalize_text if cfg.data.normalize else str
@@ -95,16 +92,13 @@ def label_groups(cfg: RunConfig, corpus: Corpus, train_idx: list[int], tok: Toke
     return groups_VxG
 
 
-def header_targets(cfg: RunConfig, corpus: Corpus, train_idx: list[int], tok: Tokenizer,
+def header_targets(cfg: RunConfig, rows: list[dict], fields: dict[str, Counter[str]], tok: Tokenizer,
                    seqs: list[np.ndarray]) -> np.ndarray | None:
-    """For each training record, how many targets of its token sequence (`seqs`, from
-    `encode_records`) are words of its header (the template through its last label field:
-    `wine review : germany : mosel : riesling :`); None when the records have no label field."""
-    if not corpus.fields:
-        return None
-    rows = [corpus.fields[i] for i in train_idx]
+    """For each training record (its fields' `rows`), how many targets of its token sequence
+    (`seqs`, from `encode_records`) are words of its header (the template through its last label
+    field: `wine review : germany : mosel : riesling :`); None when there is no label field."""
     names = template_fields(cfg.data.template)
-    header = header_template(cfg.data.template, list(label_fields(rows, names)))
+    header = header_template(cfg.data.template, list(fields))
     if header is None:
         return None
     texts = [header.format_map({n: cell_text(r.get(n)) for n in names}) for r in rows]
@@ -141,13 +135,16 @@ class CausalLM(Task[GPT]):
             raise UserError(f"the corpus yields no training sequence for context {ctx}: give more text or a smaller --context-length")
         torch.manual_seed(t.seed)
         self.model = GPT(cfg.model)
+        # The training records' label fields, found once for the output layer's groups and the header's weight.
+        rows = [corpus.fields[i] for i in train_idx] if corpus.fields else []
+        fields = label_fields(rows, template_fields(cfg.data.template)) if rows else {}
         if t.label_directions and self.tokenizer.kind == "word" and not cfg.model.tie_embeddings:
-            groups_VxG = label_groups(cfg, corpus, train_idx, self.tokenizer)
+            groups_VxG = label_groups(cfg, rows, fields, self.tokenizer)
             if groups_VxG is not None:
                 share_directions(self.model.lm_head, groups_VxG)
         self.header_n = None
         if t.label_weight != 1.0 and self.tokenizer.kind == "word" and t.batching != "pack":
-            self.header_n = header_targets(cfg, corpus, train_idx, self.tokenizer, train_seqs)
+            self.header_n = header_targets(cfg, rows, fields, self.tokenizer, train_seqs)
         self._epoch: tuple[int, list] | None = None
 
     def steps_per_epoch(self) -> int:
