@@ -120,7 +120,9 @@ def test_share_directions_computed_state_and_fold():
         model.lm_head.parametrizations.weight[0].directions_GxC.normal_()
     after = model(x).logits
     w = model.lm_head.weight.detach().clone()
-    moved = (w - model.lm_head.parametrizations.weight.original).abs().sum(1) > 0
+    original = model.lm_head.parametrizations.weight.original
+    moved = (w - original).abs().sum(1) > 0
+    assert torch.allclose(w, original + groups @ model.lm_head.parametrizations.weight[0].directions_GxC)  # W + F U
     assert moved.tolist() == [i in (1, 2, 3, 4) for i in range(20)]
     sd = computed_state_dict(model)
     assert torch.equal(sd["lm_head.weight"], w) and not any("parametrizations" in k for k in sd)

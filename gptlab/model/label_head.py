@@ -24,18 +24,32 @@ from torch.nn.utils import parametrize
 
 
 class SharedDirections(nn.Module):
-    """weight (V, C) -> weight + F @ U: F (V, G) group membership (fixed), U (G, C) learned, from 0."""
+    """weight (V, C) -> weight + F @ U: F (V, G) group membership (fixed), U (G, C) learned, from 0.
 
-    groups_VxG: torch.Tensor
+    F is 0/1 and sparse (a few thousand memberships of V * G): added row by row, not as a (V, G)
+    matrix product, so hundreds of groups cost what a few do."""
+
+    rows_M: torch.Tensor
+    groups_M: torch.Tensor
 
     def __init__(self, groups_VxG: torch.Tensor, d_model: int):
         super().__init__()
+        rows_M, groups_M = torch.nonzero(groups_VxG, as_tuple=True)  # membership m: row rows_M[m] in group groups_M[m]
         # Not saved with the parameters: rebuilt from the same data and tokenizer (a resumed run).
-        self.register_buffer("groups_VxG", groups_VxG.float(), persistent=False)
+        self.register_buffer("rows_M", rows_M, persistent=False)
+        self.register_buffer("groups_M", groups_M, persistent=False)
+        self.vocab_size = groups_VxG.shape[0]
         self.directions_GxC = nn.Parameter(torch.zeros(groups_VxG.shape[1], d_model))
 
+    @property
+    def groups_VxG(self) -> torch.Tensor:
+        """F, the (V, G) 0/1 membership."""
+        f = torch.zeros(self.vocab_size, self.directions_GxC.shape[0], device=self.rows_M.device)
+        f[self.rows_M, self.groups_M] = 1.0
+        return f
+
     def forward(self, weight_VxC: torch.Tensor) -> torch.Tensor:
-        return weight_VxC + (self.groups_VxG @ self.directions_GxC).to(weight_VxC.dtype)
+        return weight_VxC.index_add(0, self.rows_M, self.directions_GxC[self.groups_M].to(weight_VxC.dtype))
 
 
 def share_directions(head: nn.Linear, groups_VxG: torch.Tensor) -> None:
