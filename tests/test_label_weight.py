@@ -68,3 +68,14 @@ def test_a_run_trains_and_its_saved_model_is_a_plain_gpt(tmp_path, weight):
     assert res.step == 6
     model, _, _ = load_checkpoint(tmp_path / "run", "cpu")
     assert type(model).__name__ == "GPT"
+
+
+def test_a_weighted_run_shows_the_plain_loss_and_logs_the_objective_beside_it(tmp_path):
+    from gptlab.training.tasks.causal_lm import train
+    runs = {w: train(cfg(tmp_path / str(w), label_weight=w), fields_corpus()) for w in (1.0, 3.0)}
+    plain, weighted = ([h for h in runs[w].history if "loss" in h] for w in (1.0, 3.0))
+    # The first step's loss is the first batch's under the same initial weights: the weight does
+    # not change what is shown, only what is trained (log_interval 1).
+    assert weighted[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-5)
+    assert all(h["objective"] > h["loss"] for h in weighted)  # header targets counted 3 times
+    assert not any("objective" in h for h in plain)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab.model import IGNORE_INDEX, linear_ce, token_nll
+from gptlab.model import IGNORE_INDEX, linear_ce, token_nll, token_nlls
 
 
 def reference(h, head, t, w=None):
@@ -36,8 +36,9 @@ def test_fused_loss_and_gradients_equal_plain_cross_entropy(bias, ignore, whole,
     params = [h, head.weight] + ([head.bias] if bias else [])
     ref = reference(h, head, t, w)
     # With ignore_index the rows stay in and are masked (the GPU path); without, all rows count.
-    fused = token_nll(h, head, t, chunk=16, ignore_index=IGNORE_INDEX if ignore else None, weights_N=w)
+    fused, plain = token_nlls(h, head, t, chunk=16, ignore_index=IGNORE_INDEX if ignore else None, weights_N=w)
     assert torch.allclose(fused, ref, rtol=1e-5)
+    assert torch.allclose(plain, reference(h, head, t, None), rtol=1e-5) and not plain.requires_grad  # each row once
     for a, b in zip(grads_of(fused, params), grads_of(ref, params)):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 

@@ -22,6 +22,8 @@ class ModelOutput:
     logits: torch.Tensor | None = None      # (B, T, V), or (B, 1, V) with last_only
     loss: torch.Tensor | None = None        # mean NLL over target tokens that are not IGNORE_INDEX
     nll_sum: torch.Tensor | None = None     # summed NLL: exact gradient accumulation divides by the global count
+    # With weights_BxT: the same targets' NLL each counted once (not differentiable), else nll_sum.
+    nll_plain_sum: torch.Tensor | None = None
     n_tokens: int | torch.Tensor = 0        # target tokens counted in nll_sum (a 0-d tensor off the CPU: no host sync)
     attn: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, T, S), when asked
     hidden: torch.Tensor | None = None      # (B, T, C) after the final norm, when asked
@@ -38,6 +40,13 @@ def token_nll(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor
     to avoid a host sync on a GPU (on the CPU, select the rows first: it saves their compute).
     The (N, V) logits never exist whole: 82k rows x 10k vocab would be 3.3 GB in fp32.
     """
+    return token_nlls(hidden_NxC, head, targets_N, chunk, ignore_index, weights_N)[0]
+
+
+def token_nlls(hidden_NxC: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor, chunk: int = 0,
+               ignore_index: int | None = None, weights_N: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_nll` with each row counted `weights_N` times, and the plain sum (each row once, not
+    differentiable) from the same pass."""
     return linear_cross_entropy(hidden_NxC, head.weight, head.bias, targets_N, chunk, ignore_index, weights_N)
 
 
@@ -164,17 +173,18 @@ class GPT(nn.Module):
             if h_BxTxC.device.type == "cpu":
                 # Drop padding rows before the output layer: no compute on them.
                 out.n_tokens = int(keep_BxT.sum())
-                out.nll_sum = token_nll(h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT],
-                                        weights_N=None if weights_BxT is None else weights_BxT[keep_BxT])
+                out.nll_sum, out.nll_plain_sum = token_nlls(
+                    h_BxTxC[keep_BxT], self.lm_head, targets_BxT[keep_BxT],
+                    weights_N=None if weights_BxT is None else weights_BxT[keep_BxT])
                 out.loss = out.nll_sum / max(out.n_tokens, 1)
             else:
                 # On an accelerator, counting or selecting rows would wait for the device (a host
                 # sync every step); padding rows stay in and are ignored, and the count is a tensor.
                 n_tokens = keep_BxT.sum()
                 out.n_tokens = n_tokens
-                out.nll_sum = token_nll(h_BxTxC.flatten(0, 1), self.lm_head, targets_BxT.flatten(),
-                                        ignore_index=IGNORE_INDEX,
-                                        weights_N=None if weights_BxT is None else weights_BxT.flatten())
+                out.nll_sum, out.nll_plain_sum = token_nlls(
+                    h_BxTxC.flatten(0, 1), self.lm_head, targets_BxT.flatten(), ignore_index=IGNORE_INDEX,
+                    weights_N=None if weights_BxT is None else weights_BxT.flatten())
                 out.loss = out.nll_sum / n_tokens.clamp(min=1)
             if not return_logits:
                 return out

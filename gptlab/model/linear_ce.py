@@ -64,16 +64,20 @@ def _compiling() -> bool:
 
 
 def _nll_and_grad_(x_nxV: torch.Tensor, t_n: torch.Tensor, valid_n: torch.Tensor | None, need_grad: bool,
-                   grad_b: torch.Tensor | None) -> torch.Tensor:
-    """Summed NLL of fp32 logits rows x (n, V) against targets t (rows where `valid` is False count
-    nothing); with need_grad, x is overwritten in place by d(sum of NLL)/d(logits) and its column
-    sums are added to grad_b."""
+                   grad_b: torch.Tensor | None, plain: torch.Tensor | None = None,
+                   mask_n: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed NLL of fp32 logits rows x (n, V) against targets t, each row counted `valid` times
+    (0: not at all); with need_grad, x is overwritten in place by d(sum of NLL)/d(logits) and its
+    column sums are added to grad_b. `plain`: the sum counting each row once (where `mask`, when
+    given) is added to it."""
     x_t_n1 = x_nxV.gather(1, t_n[:, None])
     m_n1 = x_nxV.amax(dim=-1, keepdim=True)
     e_nxV = x_nxV.sub_(m_n1).exp_()  # in place: the rows' own buffer is the only scratch
     sum_n1 = e_nxV.sum(dim=-1, keepdim=True)
     nll_n = (m_n1 + sum_n1.log() - x_t_n1)[:, 0]
     total = (nll_n * valid_n).sum() if valid_n is not None else nll_n.sum()
+    if plain is not None:
+        plain += (nll_n * mask_n).sum() if mask_n is not None else nll_n.sum()
     if need_grad:
         # softmax - one_hot(target) = (e - sum * one_hot) / sum, in fp32.
         e_nxV.scatter_add_(1, t_n[:, None], -sum_n1)
@@ -94,6 +98,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     of all rows is kept (in a reused buffer) for one weight-gradient matmul at the end; on a GPU, or
     when that buffer would be too big, the weight gradient is accumulated chunk by chunk.
     `masked`: rows whose target is `ignore_index` stay in and count nothing (no host sync on a GPU).
+    Returns (the summed loss, each row counted by its weight; the same sum counting each row once,
+    not differentiable: what a progress line shows when a weighted objective is trained).
     """
 
     @staticmethod
@@ -114,6 +120,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         whole = cpu and need_w and N * V * itemsize <= _MAX_WORKSPACE
         g_NxV = _workspace.get("grad", (N, V), dtype) if whole else None
         total = hidden_NxC.new_zeros((), dtype=torch.float32)
+        plain = hidden_NxC.new_zeros((), dtype=torch.float32) if weights_N is not None else None
         grad_h = torch.empty_like(hidden_NxC) if need_h else None
         grad_w = torch.zeros_like(weight_VxC, dtype=torch.float32) if need_w and not whole else None
         grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if need_b else None
@@ -124,6 +131,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             if masked:
                 valid_n = t_n != ignore_index
                 t_n = torch.where(valid_n, t_n, torch.zeros_like(t_n))
+            mask_n = valid_n
             if weights_N is not None:
                 w_n = weights_N[i:i + n].float()
                 valid_n = w_n if valid_n is None else w_n * valid_n
@@ -141,13 +149,13 @@ class LinearCrossEntropy(torch.autograd.Function):
                     y_mxV = y_nxV[j:j + m]
                     x_mxV = y_mxV if dtype == torch.float32 else _workspace.get("fp32", (m, V), torch.float32).copy_(y_mxV)
                     total += _nll_and_grad_(x_mxV, t_n[j:j + m], None if valid_n is None else valid_n[j:j + m],
-                                            need_grad, grad_b)
+                                            need_grad, grad_b, plain, None if mask_n is None else mask_n[j:j + m])
                     if need_grad and x_mxV is not y_mxV:
                         y_mxV.copy_(x_mxV)
                 g_nxV = y_nxV
             else:
                 x_nxV = F.linear(h_nxC, w_VxC, b_V).float()
-                total += _nll_and_grad_(x_nxV, t_n, valid_n, need_grad, grad_b)
+                total += _nll_and_grad_(x_nxV, t_n, valid_n, need_grad, grad_b, plain, mask_n)
                 g_nxV = x_nxV.to(dtype)
             if not need_grad:
                 continue
@@ -163,10 +171,12 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_w = torch.empty_like(weight_VxC).copy_((h_NxC.t().contiguous() @ g_NxV).t())
         ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
         ctx.has = (need_h, need_w, need_b)
-        return total
+        plain = total.detach().clone() if plain is None else plain
+        ctx.mark_non_differentiable(plain)
+        return total, plain
 
     @staticmethod
-    def backward(ctx, grad_total):
+    def backward(ctx, grad_total, _grad_plain):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_total if need else None for need in ctx.has]
         return (*grads, None, None, None, None, None, None)
@@ -174,17 +184,18 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden_NxC: torch.Tensor, weight_VxC: torch.Tensor, bias_V: torch.Tensor | None,
                          targets_N: torch.Tensor, chunk: int = 0, ignore_index: int | None = None,
-                         weights_N: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed cross-entropy of `hidden @ weight.T + bias` against targets, fp32, autocast-aware;
-    `weights_N`: each row's cross-entropy counts that many times (default 1)."""
+                         weights_N: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of `hidden @ weight.T + bias` against targets, fp32, autocast-aware:
+    (the sum with each row counted `weights_N` times (default 1), the sum with each row counted
+    once (not differentiable))."""
     if _compiling():
         # Under torch.compile the plain expression is traced instead; the compiler fuses its own
         # softmax and loss kernels (the hand-fused Function above is opaque to it).
         logits = F.linear(hidden_NxC, weight_VxC, bias_V).float()
         ii = -100 if ignore_index is None else ignore_index
-        if weights_N is None:
-            return F.cross_entropy(logits, targets_N, reduction="sum", ignore_index=ii)
-        return (F.cross_entropy(logits, targets_N, reduction="none", ignore_index=ii) * weights_N).sum()
+        nll_N = F.cross_entropy(logits, targets_N, reduction="none", ignore_index=ii)
+        total = nll_N.sum() if weights_N is None else (nll_N * weights_N).sum()
+        return total, nll_N.detach().sum()
     dev = hidden_NxC.device.type
     dtype = autocast_dtype(dev) or hidden_NxC.dtype
     if not chunk:

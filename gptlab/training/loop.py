@@ -102,6 +102,11 @@ class Task(Generic[M]):
         `model` is the task's model or its DDP / compiled wrapper: call it, do not reach inside."""
         raise NotImplementedError
 
+    def shown_loss_sum(self) -> torch.Tensor | None:
+        """The last `loss_sum` call's loss as the run shows it, where that is not the objective
+        itself (a weighted objective shows its plain sum, each item once); None: the objective."""
+        return None
+
     def evaluate(self, model: M, rt: Runtime) -> dict[str, float]:
         return {}
 
@@ -409,6 +414,7 @@ class _Run:
         self.phase = "between"
         self.saved_step: int | None = None  # the step of the newest checkpoint, once there is one
         self.side_time = self.side_cpu = 0.0  # evaluation, samples and checkpoints: not training time
+        self.weighted = False  # the task trains an objective other than the loss it shows
         self.writer: Any = None
         self.bar: Progress | None = None
         if t.resume and self.out is not None:
@@ -560,7 +566,10 @@ class _Run:
                     loss_sum = self.task.loss_sum(self.ddp_model, tensors)
                 # DDP averages gradients over ranks; scale so the result is sum / global count.
                 (loss_sum * (world / max(batch.count, 1))).backward()
-            loss_acc += loss_sum.detach().float()
+            shown = self.task.shown_loss_sum()
+            self.weighted |= shown is not None
+            loss_acc[0] += (loss_sum if shown is None else shown).detach().float()
+            loss_acc[1] += loss_sum.detach().float()
         if self.t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
         self.opt.step()
@@ -620,7 +629,7 @@ class _Run:
 
     def _loop(self) -> None:
         self.model.train()
-        loss_acc = torch.zeros((), device=self.rt.device)
+        loss_acc = torch.zeros(2, device=self.rt.device)  # the loss shown, the objective: summed since the last log
         while self.step < self.total and not self.stop_requested:
             elapsed = time.perf_counter() - self.t0
             if self.t.time_budget and elapsed >= self.t.time_budget:
@@ -655,15 +664,18 @@ class _Run:
             import torch.distributed as tdist
             tdist.all_reduce(loss_acc)
         prev = next((h["tokens"] for h in reversed(self.history) if "loss" in h), 0)
-        loss = float(loss_acc) / max(self.tokens_seen - prev, 1)
+        loss, objective = (float(v) / max(self.tokens_seen - prev, 1) for v in loss_acc)
         loss_acc.zero_()
         el = time.perf_counter() - self.t0
         rec = {"step": self.step, "loss": loss, "lr": self.lr, "tokens": self.tokens_seen,
                # items (target tokens, never padding; or rows) per second of training proper
                "tokens_per_s": self.tokens_seen / max(el - self.side_time, 1e-9), "time": el,
                "train_time": el - self.side_time, "train_cpu_time": time.process_time() - self.c0 - self.side_cpu}
+        scalars = {"loss": loss, "lr": self.lr, "tokens_per_s": rec["tokens_per_s"]}
+        if self.weighted:
+            rec["objective"] = scalars["objective"] = objective
         self.history.append(rec)
-        self._scalars("train", {"loss": loss, "lr": self.lr, "tokens_per_s": rec["tokens_per_s"]})
+        self._scalars("train", scalars)
 
     def _evaluate(self) -> bool:
         """Evaluate (under the averaged weights, when there are), remember the best; True = stop."""

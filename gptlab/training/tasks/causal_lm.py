@@ -146,6 +146,7 @@ class CausalLM(Task[GPT]):
         if t.label_weight != 1.0 and self.tokenizer.kind == "word" and t.batching != "pack":
             self.header_n = header_targets(cfg, rows, fields, self.tokenizer, train_seqs)
         self._epoch: tuple[int, list] | None = None
+        self._shown: torch.Tensor | None = None
 
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch
@@ -164,7 +165,13 @@ class CausalLM(Task[GPT]):
         return Batch(tensors, b.n_tokens)
 
     def loss_sum(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(tensors["x"], tensors["y"], weights_BxT=tensors.get("w")).nll_sum
+        out = model(tensors["x"], tensors["y"], weights_BxT=tensors.get("w"))
+        # With the header weighted, the run shows the plain NLL (comparable to the held-out loss).
+        self._shown = out.nll_plain_sum if "w" in tensors else None
+        return out.nll_sum
+
+    def shown_loss_sum(self) -> torch.Tensor | None:
+        return self._shown
 
     @torch.no_grad()
     def evaluate(self, model: GPT, rt: Runtime) -> dict[str, float]:
