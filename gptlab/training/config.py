@@ -162,8 +162,8 @@ def preset_fast() -> RunConfig:
     on 2 cores, two seeds: half the steps, the same held-out loss (2.751, 2.747 vs 2.747, 2.749) and
     less of a T=1 sample's probability off the template (0.90% vs 1.08%); batch 64: 2.771, 1.37%.
     No weight decay: in a run of minutes it does not help the held-out loss, and by holding the
-    weights small it keeps the logits soft, so samples at T=1 stray from the template more often. Epochs are many: give --time-budget, and the schedule
-    ends with it."""
+    weights small it keeps the logits soft, so samples at T=1 stray from the template more often.
+    Epochs are many: give --time-budget, and the schedule ends with it."""
     return RunConfig(model=MODEL_PRESETS["fast"](),
                      train=TrainConfig(preset="fast", optimizer="muon", lr=2e-2, batch_size=256, epochs=20.0,
                                        ema=0.995, weight_decay=0.0))

@@ -79,16 +79,15 @@ def label_groups(cfg: RunConfig, rows: list[dict], fields: dict[str, Counter[str
             b = cell_text(r.get(name))
             if b in fields[name]:
                 seen_with.setdefault((name, a), set()).add(b)
-    groups: list[tuple[set[str], bool | None]] = []  # (values, True: first words / False: others / None: all)
+    # Each name's ids once: a name is in up to three groups.
+    ids = {v: tok.encode(spell(v)) for counts in fields.values() for v in counts}
+    groups: list[set[int]] = []
     for counts in fields.values():
-        groups += [(set(counts), True), (set(counts), False)]
-    groups += [(seen_with.get((name, a), set()), None) for name in later for a in conditions]
+        groups += [{ids[v][0] for v in counts if ids[v]}, {i for v in counts for i in ids[v][1:]}]
+    groups += [{i for v in seen_with.get((name, a), ()) for i in ids[v]} for name in later for a in conditions]
     groups_VxG = torch.zeros(tok.vocab_size, len(groups))
-    for g, (names, firsts) in enumerate(groups):
-        for v in names:
-            for j, i in enumerate(tok.encode(spell(v))):
-                if i != tok.unk_id and (firsts is None or firsts == (j == 0)):
-                    groups_VxG[i, g] = 1.0
+    for g, members in enumerate(groups):
+        groups_VxG[sorted(members - {tok.unk_id}), g] = 1.0
     return groups_VxG
 
 
