@@ -5,20 +5,23 @@ with random weights samples 80-token texts (a 4-token prompt + 76 new tokens) at
 
 - gptlab:      `gptlab.infer.generate.generate_steps`, KV cache, output layer on the last position only;
                one column per weight format (--dtypes): fp32, bf16, and int8 (fp32 with an int8
-               output layer, model/quant.py).
+               output layer, model/quant.py). At batch 1 in fp32 and int8 its steps are one C call
+               each where a C compiler is found (infer/native.py; the header says whether it is on).
 - recompute:   the notebook's loop in PyTorch: re-run the whole model on the growing text every
                step, logits for every position (as Keras' `model.predict` returns them), same sampler.
 - transformers: `GPT2LMHeadModel.generate(do_sample=True, use_cache=True)` on a GPT-2 of the same
                size (1 layer, d_model 256, 2 heads, d_ff 256, vocab 10,000, context 80); skipped
                with a message when `transformers` is not installed.
-- forward only: the same cached forward passes (fp32) with no sampling at all: the ceiling for
-               any sampler on gptlab's fp32 model code, to show what the generation loop itself costs.
+- forward only: the same cached forward passes (fp32, the same step function as gptlab's column)
+               with no sampling at all: the ceiling for any sampler on gptlab's fp32 model code, to
+               show what the generation loop itself costs.
 
 Each figure is the median of --repeats runs, in new tokens per second (batch x new tokens / time);
 ratios are against the recompute baseline measured in the same run. Then, at batch 1, where a step's
-time goes (microseconds per new token, same run): the output layer alone (its matrix-vector
-product once per token: reading its weights is the floor of any fp32 step), the cached forward
-passes, and the whole generation loop. Last, the cost of an explanation (`LoadedModel.explain`:
+time goes (microseconds per new token, same run), for the native step and torch's path
+(`native.off()`): torch's output layer alone (its matrix-vector product once per token: reading
+its weights is the floor of any fp32 step), the cached forward passes, and the whole generation
+loop. Last, the cost of an explanation (`LoadedModel.explain`:
 attention and top candidates captured at every step) against plain generation
 (`LoadedModel.generate`) of the same tokens, with the fp32 weights as `gptlab.load` holds them.
 
@@ -33,6 +36,7 @@ the same batch-1 generation at each thread count, alternating within one process
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -49,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gptlab.api import LoadedModel, with_dtype  # noqa: E402
 from gptlab.data.tokenizer import Tokenizer  # noqa: E402
 from gptlab.errors import run_script  # noqa: E402
+from gptlab.infer import native  # noqa: E402
 from gptlab.infer.generate import generate_steps  # noqa: E402
 from gptlab.infer.sampling import SamplingConfig, make_generator, sample  # noqa: E402
 from gptlab.model import GPT, book  # noqa: E402
@@ -82,7 +87,7 @@ def run_forward_only(model, prompts_BxT: torch.Tensor, new_tokens: int) -> None:
     cache = model.new_cache(B)
     model(prompts_BxT, cache=cache, last_only=True)
     tokens_B = prompts_BxT[:, -1]
-    decode = model.decoder()  # as generate_steps does: built once per generation
+    decode = native.decoder(model, B) or model.decoder()  # as generate_steps does: built once per generation
     for i in range(new_tokens - 1):
         decode(tokens_B, torch.full((B,), T + i), cache)
 
@@ -189,6 +194,7 @@ def main() -> None:
     hf, hf_note = hf_model()
     print(f"book preset, random weights: {model.num_params():,} parameters; prompt {PROMPT_LEN} + {args.new_tokens} new tokens")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; {hf_note}")
+    print(f"native decoding step (batch 1, fp32 / int8): {native.status()}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"median of {args.repeats} runs, new tokens per second (x: against recompute), {args.clock} clock; "
           f"load average {load:.1f} on {os.cpu_count()} CPUs at start\n")
@@ -214,14 +220,18 @@ def main() -> None:
     if 1 in args.batches:
         prompts = torch.randint(3, VOCAB, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
         us = 1e6 / args.new_tokens
-        print("\nbatch 1, microseconds per new token (median of --repeats): output layer alone / cached forward "
-              "passes / whole generation loop")
+        print("\nbatch 1, microseconds per new token (median of --repeats): torch's output layer alone / cached "
+              "forward passes / whole generation loop")
         for d, m in variants.items():
             head = median_time(lambda m=m: run_output_layer(m, 1, args.new_tokens), args.repeats) * us
-            fwd = median_time(lambda m=m, p=prompts: run_forward_only(m, p, args.new_tokens), args.repeats) * us
-            whole = median_time(lambda m=m, p=prompts: run_gptlab(m, p, args.new_tokens), args.repeats) * us
-            print(f"  {d:>5}: {head:6.0f} / {fwd:6.0f} / {whole:6.0f}  (output layer {head / whole:.0%} of a step; "
-                  f"{1e6 / whole:,.0f} tokens/s)", flush=True)
+            for path in ("native", "torch"):
+                if path == "native" and native.decoder(m, 1) is None:
+                    continue
+                with contextlib.nullcontext() if path == "native" else native.off():
+                    fwd = median_time(lambda m=m, p=prompts: run_forward_only(m, p, args.new_tokens), args.repeats) * us
+                    whole = median_time(lambda m=m, p=prompts: run_gptlab(m, p, args.new_tokens), args.repeats) * us
+                print(f"  {d:>5} {path:>6}: {head:6.0f} / {fwd:6.0f} / {whole:6.0f}  ({1e6 / whole:,.0f} tokens/s)",
+                      flush=True)
 
     # fp32 as `gptlab.load` holds it (on a CPU: linear weights column-major, model/layout.py).
     lm = LoadedModel(as_dtype(model, "fp32"), word_tokenizer(VOCAB), {"kind": "gpt", "model": model.cfg.to_dict()})

@@ -1,0 +1,284 @@
+"""A GPT's one-token decoding step as one C call, for sampling one text at a time on a CPU.
+
+Why: at batch 1 a step of the course's model is ~0.8M multiply-adds and the output layer's
+matrix-vector product. Through torch it is ~30 operator calls of a few microseconds each, and its
+small matrix-vector products run well below the memory's speed (MKL's, on an AMD CPU, ~9 GFLOP/s).
+`native/decode.c` does the whole step in one call that reads each weight once, in memory order:
+the course's model at batch 1 (random weights, 2 cores, AMD EPYC): 128 against 250 us per step
+with the int8 output layer, 188 against 333 in fp32 (benchmarks/RESULTS.md).
+
+How: the C file is compiled with the machine's C compiler (`cc`, or $CC) the first time it is
+needed, into gptlab's cache folder (~/.cache/gptlab/native, or $GPTLAB_CACHE/native), named by a
+hash of the source, the compiler and the CPU, so it is built once per machine (~0.5 s). Weights
+are packed once per model (and again when they change) into tiles the kernel streams.
+
+When: `decoder(model, batch)` gives this path for a batch of one row on a CPU, in fp32 with an
+fp32 or int8 output layer (`--dtype fp32|int8`), for GPT blocks as gptlab builds them (pre- or
+post-LN, GELU or ReLU, biases or none, no QK-norm). Anything else -- a batch, left padding, an
+explanation's capture of attention or residual streams, bf16 -- goes through `GPT.decoder()` as
+before, call by call. No compiler, a failed build or GPTLAB_NATIVE=0: torch's path, silently
+(`status()` says why). The logits match torch's to float rounding (fp32 ~1e-6; the int8 layer
+rounds its input and output to bf16 as torch's kernel does), so a seed gives the same text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.nn as nn
+
+from gptlab.model.gpt import GPT
+from gptlab.model.layers import Block, KVCache
+from gptlab.model.quant import Int8Linear
+
+SOURCE = Path(__file__).with_name("native") / "decode.c"
+NT = 128  # outputs per weight tile: decode.c's NT
+FLAGS = ["-O3", "-shared", "-fPIC"]
+# Tried in order: OpenMP splits the output layer over torch's threads; without it, one thread.
+VARIANTS: tuple[list[str], ...] = (["-march=native", "-fopenmp"], ["-march=native", "-fopenmp-simd"], ["-fopenmp-simd"], [])
+# The packed copy doubles the weights' memory: a few MB for the workbench's CPU-sized models, another
+# 0.5 GB for a GPT-2-sized one (124M parameters), for which the gain was not measured.
+MAX_PARAMS = 50_000_000
+_FP = ctypes.POINTER(ctypes.c_float)
+_why_not = ""  # why the native path is off, once the library was asked for
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(n, _FP) for n in ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "out_w", "out_b",
+                                   "ln2_w", "ln2_b", "up_w", "up_b", "down_w", "down_b")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int) for n in ("C", "H", "D", "F", "V", "n_layer", "pre_norm", "gelu", "final_norm",
+                                             "int8_head")]
+                + [("eps", ctypes.c_float), ("tok_emb", _FP), ("pos_emb", _FP), ("layers", ctypes.POINTER(_Layer)),
+                   ("lnf_w", _FP), ("lnf_b", _FP), ("head_w", _FP), ("head_w8", ctypes.POINTER(ctypes.c_int8)),
+                   ("head_scale", _FP), ("head_b", _FP)])  # type: ignore[assignment]
+
+
+def _cpu_id() -> str:
+    """What -march=native compiles for: the CPU's model and feature flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return "".join(line for line in info.splitlines() if line.startswith(("flags", "model name")))[:4000]
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GPTLAB_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                          os.path.join(os.path.expanduser("~"), ".cache"), "gptlab")
+    return Path(root) / "native"
+
+
+def _build(cc: str, out: Path) -> str:
+    """Compile SOURCE to `out` (a temporary name, then renamed: never half-written); '' or why not."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    why = ""
+    # -march=native for AVX2 / AVX-512 where the CPU has them; plain C where the compiler lacks it.
+    for arch in VARIANTS:
+        try:
+            r = subprocess.run([cc, *FLAGS, *arch, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                               timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            why = f"{cc} failed: {e}"
+            continue
+        if r.returncode == 0:
+            os.replace(tmp, out)
+            return ""
+        why = f"{cc} failed: {(r.stderr.strip().splitlines() or ['no message'])[-1]}"
+    Path(tmp).unlink(missing_ok=True)
+    return why
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    global _why_not
+    if os.environ.get("GPTLAB_NATIVE", "1") == "0":
+        _why_not = "GPTLAB_NATIVE=0"
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        _why_not = "no C compiler (cc, gcc or clang) on PATH"
+        return None
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, str(VARIANTS), _cpu_id(), platform.platform()]).encode())
+    path = _cache_dir() / f"decode-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        try:
+            _why_not = _build(cc, path)
+        except OSError as e:  # the cache folder cannot be written: build in a temporary one
+            path = Path(tempfile.mkdtemp(prefix="gptlab-native-")) / path.name
+            _why_not = _build(cc, path) if path.parent.exists() else str(e)
+        if _why_not:
+            return None
+    lib = ctypes.CDLL(str(path))
+    if lib.gptlab_native_abi() != ctypes.sizeof(_Model) * 100 + ctypes.sizeof(_Layer):
+        _why_not = f"{path} does not match this gptlab (delete it to rebuild)"
+        return None
+    lib.gptlab_decode.restype = None
+    lib.gptlab_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+_switched_off = False
+
+
+@contextlib.contextmanager
+def off() -> Iterator[None]:
+    """Within it, `decoder` gives None (torch's path): for comparing the two in one process."""
+    global _switched_off
+    before, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = before
+
+
+def status() -> str:
+    """'on' or why the native step is off (for benchmarks and bug reports)."""
+    return "on" if _library() is not None else f"off ({_why_not})"
+
+
+def pack(w_NxK: torch.Tensor) -> torch.Tensor:
+    """W (N, K) -> tiles (ceil(N / NT), K, NT), contiguous: decode.c's layout (its comment above NT)."""
+    N, K = w_NxK.shape
+    pad = -N % NT
+    if pad:
+        w_NxK = torch.cat([w_NxK, w_NxK.new_zeros(pad, K)])
+    return w_NxK.reshape(-1, NT, K).transpose(1, 2).contiguous()
+
+
+def _unsupported(model: nn.Module) -> str:
+    """'' when decode.c computes what this model's decoder computes; else what it lacks."""
+    if type(model) is not GPT or not model.causal or model.training:
+        return "not a GPT in eval mode"
+    if model.num_params() > MAX_PARAMS:
+        return f"more than {MAX_PARAMS:,} parameters"
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
+        return "weights not fp32 on the CPU"
+    head = model.lm_head
+    if not (type(head) is nn.Linear or type(head) is Int8Linear):
+        return "an output layer other than nn.Linear or Int8Linear"
+    norms = [model.ln_f] if model.cfg.final_norm else []
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        if block.cross_attn is not None or attn.q_norm is not None or getattr(attn, "qkv", None) is None:
+            return "cross-attention or QK-norm"
+        if not (isinstance(mlp.act, nn.ReLU) or (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "tanh")):
+            return "an activation other than ReLU or GELU (tanh)"
+        norms += [block.ln_attn, block.ln_mlp]
+    if any(type(n) is not nn.LayerNorm or n.weight is None or n.bias is None for n in norms):
+        return "a norm other than LayerNorm with weight and bias"
+    return ""
+
+
+class _Packed:
+    """A model's weights as decode.c reads them, and the struct that points at them."""
+
+    def __init__(self, model: GPT):
+        cfg, keep = model.cfg, []
+
+        def ptr(t: torch.Tensor | None, kind: Any = _FP) -> Any:
+            if t is None:
+                return None
+            t = t.detach().contiguous()
+            keep.append(t)
+            return ctypes.cast(t.data_ptr(), kind)
+
+        def lin(m: nn.Linear) -> tuple[Any, Any]:
+            return ptr(pack(m.weight.detach())), ptr(m.bias)
+
+        layers = (_Layer * cfg.n_layer)()
+        for L, block in zip(layers, cast("Iterable[Block]", model.blocks)):
+            L.ln1_w, L.ln1_b = ptr(block.ln_attn.weight), ptr(block.ln_attn.bias)
+            L.qkv_w, L.qkv_b = lin(block.attn.qkv)
+            L.out_w, L.out_b = lin(block.attn.out)
+            L.ln2_w, L.ln2_b = ptr(block.ln_mlp.weight), ptr(block.ln_mlp.bias)
+            L.up_w, L.up_b = lin(block.mlp.up)
+            L.down_w, L.down_b = lin(block.mlp.down)
+        m = _Model(C=cfg.d_model, H=cfg.n_head, D=cfg.head_size, F=cfg.d_ff, V=cfg.vocab_size, n_layer=cfg.n_layer,
+                   pre_norm=int(cfg.norm == "pre"), gelu=int(cfg.activation == "gelu"),
+                   final_norm=int(cfg.final_norm), eps=cfg.ln_eps)
+        m.layers = layers
+        m.tok_emb, m.pos_emb = ptr(model.tok_emb.weight), ptr(model.pos_emb.weight)
+        if cfg.final_norm:
+            ln_f = cast(nn.LayerNorm, model.ln_f)
+            m.lnf_w, m.lnf_b = ptr(ln_f.weight), ptr(ln_f.bias)
+        head = model.lm_head
+        if isinstance(head, Int8Linear):
+            m.int8_head = 1
+            m.head_w8 = ptr(pack(cast(torch.Tensor, head.weight_int8)), ctypes.POINTER(ctypes.c_int8))
+            m.head_scale = ptr(cast(torch.Tensor, head.scale).float())
+        else:
+            m.head_w = ptr(pack(head.weight.detach()))
+        m.head_b = ptr(head.bias)
+        self.struct, self.layers, self.keep = m, layers, keep
+        self.version = _version(model)
+
+
+def _version(model: GPT) -> tuple:
+    """Changes when any weight is replaced or written in place (training, loading, quantizing)."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+_PACKED: weakref.WeakKeyDictionary[GPT, _Packed] = weakref.WeakKeyDictionary()
+
+
+def _packed(model: GPT) -> _Packed:
+    p = _PACKED.get(model)
+    if p is None or p.version != _version(model):
+        p = _PACKED[model] = _Packed(model)
+    return p
+
+
+def decoder(model: nn.Module, batch: int) -> Callable[..., torch.Tensor] | None:
+    """`model.decoder()`'s function, with the steps it can take run by decode.c; None when no step
+    can (a batch of several rows, a model it does not cover, no library): use model.decoder()."""
+    if _switched_off or batch != 1 or _unsupported(model) or _library() is None:
+        return None
+    assert isinstance(model, GPT)
+    lib, packed = _library(), _packed(model)
+    assert lib is not None
+    cfg, torch_decode = model.cfg, model.decoder()
+    scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
+                                                    cfg.context_length))
+    step, struct, tok_emb, V = lib.gptlab_decode, ctypes.addressof(packed.struct), model.tok_emb, cfg.vocab_size
+    C_max = cfg.context_length
+    scratch_ptr = scratch.data_ptr()
+
+    def decode(idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None, *,
+               attn_out: list[torch.Tensor] | None = None, streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+        k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
+        if (key_mask_BxS is not None or attn_out is not None or streams_out is not None or type(cache) is not KVCache
+                or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()) or idx_B.shape != (1,)):
+            return torch_decode(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
+        token, pos = int(idx_B), int(pos_B)
+        if not (0 <= token < V and 0 <= pos < C_max) or cache.length >= cache.max_len:
+            return torch_decode(idx_B, pos_B, cache)  # torch's path raises the error (C would read past the end)
+        if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
+            tok_emb(idx_B)  # its hooks see every step, as on torch's path (the server's deadline check)
+        logits_1xV = torch.empty(1, V)
+        step(struct, k.data_ptr(), v.data_ptr(), cache.max_len, token, pos, cache.length,
+             logits_1xV.data_ptr(), scratch_ptr)
+        cache.length += 1
+        return logits_1xV
+
+    decode.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive while decoding
+    decode.scratch = scratch  # type: ignore[attr-defined]
+    return decode

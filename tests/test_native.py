@@ -1,0 +1,127 @@
+"""The one-call decoding step (gptlab/infer/native.py): the same logits and tokens as torch's path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from gptlab.api import with_dtype
+from gptlab.infer import native
+from gptlab.infer.generate import generate_steps
+from gptlab.infer.sampling import SamplingConfig
+from gptlab.model import GPT, book, small
+from gptlab.model.config import ModelConfig
+
+if native.status() != "on":  # CI has a C compiler; a machine without one keeps torch's path (tested elsewhere)
+    pytest.skip(f"the native step is {native.status()}", allow_module_level=True)
+
+V = 512
+
+
+def models() -> dict[str, ModelConfig]:
+    tiny_book = dataclasses.replace(book(V), d_model=64, head_dim=48, d_ff=80, context_length=24)
+    return {
+        "book: post-LN, ReLU, own output layer with bias": tiny_book,
+        "small: pre-LN, GELU, tied, final norm": dataclasses.replace(small(V), d_model=64, d_ff=96, n_layer=2,
+                                                                      context_length=24),
+        "no biases, 3 layers, 3 heads": dataclasses.replace(small(V), d_model=48, n_head=3, d_ff=40, n_layer=3,
+                                                             bias=False, context_length=24),
+    }
+
+
+def make(cfg: ModelConfig, dtype: str, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # larger weights than the initialisation's, so logits span several units
+        for p in model.parameters():
+            p.mul_(8.0 if p.dim() > 1 else 1.0).add_(0.1 * torch.randn_like(p))
+    return with_dtype(model, dtype)
+
+
+def steps(model: GPT, decode, n: int) -> list[torch.Tensor]:
+    """Logits of n one-token steps after a 3-token prompt run by forward()."""
+    cache = model.new_cache(1)
+    with torch.inference_mode():
+        model(torch.tensor([[3, 4, 5]]), cache=cache, last_only=True)
+        return [decode(torch.tensor([7 + 5 * i]), torch.tensor([3 + i]), cache).clone() for i in range(n)]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+@pytest.mark.parametrize("name", list(models()))
+def test_logits_match_torchs_decoder(name, dtype):
+    model = make(models()[name], dtype)
+    fast = native.decoder(model, 1)
+    assert fast is not None
+    ours, theirs = steps(model, fast, 20), steps(model, model.decoder(), 20)
+    scale = max(float(t.abs().max()) for t in theirs)
+    assert scale > 2.0
+    for a, b in zip(ours, theirs):
+        if dtype == "fp32":
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+        else:  # both round the product to bf16: apart from a rare rounding step, the same value
+            close = (a - b).abs() <= 1e-6 + 2.0 ** -7 * b.abs()
+            assert bool(close.all())
+            assert float((a != b).float().mean()) < 0.02
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_generation_gives_the_same_tokens(dtype):
+    model = make(models()["small: pre-LN, GELU, tied, final norm"], dtype)
+    for seed in range(3):
+        cfg = SamplingConfig(max_new_tokens=20, seed=seed)
+        with_native = [s.tokens_B.item() for s in generate_steps(model, [[3, 4, 5]], cfg)]
+        with native.off():
+            assert native.decoder(model, 1) is None
+            without = [s.tokens_B.item() for s in generate_steps(model, [[3, 4, 5]], cfg)]
+        assert with_native == without and len(set(with_native)) > 3
+
+
+def test_cases_it_does_not_cover_go_through_torch():
+    cfg = models()["book: post-LN, ReLU, own output layer with bias"]
+    assert native.decoder(make(cfg, "fp32"), 2) is None  # a batch
+    assert native.decoder(make(cfg, "bf16"), 1) is None  # bf16 weights
+    assert native.decoder(GPT(dataclasses.replace(cfg, n_layer=1)).train(), 1) is None  # training
+    model = make(cfg, "fp32")
+    fast = native.decoder(model, 1)
+    # An explanation's capture: torch's path, call by call, with attention and streams filled in.
+    cache, attn, streams = model.new_cache(1), [], []
+    with torch.inference_mode():
+        model(torch.tensor([[3, 4]]), cache=cache, last_only=True)
+        logits = fast(torch.tensor([9]), torch.tensor([2]), cache, attn_out=attn, streams_out=streams)
+    assert logits.shape == (1, V) and len(attn) == 1 and len(streams) == 2 and cache.length == 3
+    # A token outside the vocabulary: torch's error, not a read past the end of a table.
+    with pytest.raises(IndexError):
+        fast(torch.tensor([V + 5]), torch.tensor([3]), cache)
+
+
+def test_changed_weights_are_packed_again_and_hooks_see_every_step():
+    model = make(models()["small: pre-LN, GELU, tied, final norm"], "fp32")
+    before = steps(model, native.decoder(model, 1), 2)
+    with torch.no_grad():
+        model.blocks[0].mlp.up.weight.mul_(-1.0)  # in place: same tensor, new version
+    fast = native.decoder(model, 1)
+    after = steps(model, fast, 2)
+    torch.testing.assert_close(after[1], steps(model, model.decoder(), 2)[1], rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(before[1], after[1])
+    seen: list[int] = []
+    model.tok_emb.register_forward_pre_hook(lambda module, args: seen.append(int(args[0].flatten()[-1])))
+    steps(model, fast, 3)
+    assert seen == [5, 7, 12, 17]  # the prompt's forward(), then each step
+
+
+def test_without_a_compiler_generation_still_works(monkeypatch, tmp_path):
+    model = make(models()["book: post-LN, ReLU, own output layer with bias"], "fp32")
+    cfg = SamplingConfig(max_new_tokens=10, seed=1)
+    expected = [s.tokens_B.item() for s in generate_steps(model, [[3, 4]], cfg)]
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path))
+    native._library.cache_clear()
+    try:
+        assert native.status().startswith("off (/bin/false failed")
+        assert native.decoder(model, 1) is None
+        assert [s.tokens_B.item() for s in generate_steps(model, [[3, 4]], cfg)] == expected
+        assert list(tmp_path.rglob("*.so")) == []  # nothing half-written left behind
+    finally:
+        native._library.cache_clear()
