@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
+import shutil
 
 import pytest
 import torch
@@ -85,15 +88,42 @@ def test_cases_it_does_not_cover_go_through_torch():
     assert native.decoder(GPT(dataclasses.replace(cfg, n_layer=1)).train(), 1) is None  # training
     model = make(cfg, "fp32")
     fast = native.decoder(model, 1)
-    # An explanation's capture: torch's path, call by call, with attention and streams filled in.
-    cache, attn, streams = model.new_cache(1), [], []
+    caches = [model.new_cache(1), model.new_cache(1)]
+    mask = torch.tensor([[False, True, True, True]])  # left padding: torch's path, call by call
     with torch.inference_mode():
-        model(torch.tensor([[3, 4]]), cache=cache, last_only=True)
-        logits = fast(torch.tensor([9]), torch.tensor([2]), cache, attn_out=attn, streams_out=streams)
-    assert logits.shape == (1, V) and len(attn) == 1 and len(streams) == 2 and cache.length == 3
+        for c in caches:
+            model(torch.tensor([[0, 3, 4]]), cache=c, last_only=True, key_mask_BxS=mask[:, :3],
+                  pos_BxT=torch.tensor([[0, 0, 1]]))
+        torch.testing.assert_close(fast(torch.tensor([9]), torch.tensor([2]), caches[0], mask),
+                                   model.decoder()(torch.tensor([9]), torch.tensor([2]), caches[1], mask))
     # A token outside the vocabulary: torch's error, not a read past the end of a table.
     with pytest.raises(IndexError):
-        fast(torch.tensor([V + 5]), torch.tensor([3]), cache)
+        fast(torch.tensor([V + 5]), torch.tensor([4]), model.new_cache(1))
+
+
+def captured(model: GPT, decode, n: int) -> list[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+    """(logits, attention per layer, residual streams) of n steps after a 3-token prompt."""
+    cache, out = model.new_cache(1), []
+    with torch.inference_mode():
+        model(torch.tensor([[3, 4, 5]]), cache=cache, last_only=True)
+        for i in range(n):
+            attn: list[torch.Tensor] = []
+            streams: list[torch.Tensor] = []
+            logits = decode(torch.tensor([7 + i]), torch.tensor([3 + i]), cache, attn_out=attn, streams_out=streams)
+            out.append((logits, attn, streams))
+    return out
+
+
+@pytest.mark.parametrize("name", list(models()))
+def test_an_explanations_capture_matches_torchs(name):
+    model = make(models()[name], "fp32")
+    ours, theirs = captured(model, native.decoder(model, 1), 4), captured(model, model.decoder(), 4)
+    for (logits_a, attn_a, streams_a), (logits_b, attn_b, streams_b) in zip(ours, theirs):
+        torch.testing.assert_close(logits_a, logits_b, rtol=1e-5, atol=1e-4)
+        assert len(attn_a) == model.cfg.n_layer and len(streams_a) == model.cfg.n_layer + 1
+        for a, b in zip(attn_a + streams_a, attn_b + streams_b):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_changed_weights_are_packed_again_and_hooks_see_every_step():
@@ -125,3 +155,19 @@ def test_without_a_compiler_generation_still_works(monkeypatch, tmp_path):
         assert list(tmp_path.rglob("*.so")) == []  # nothing half-written left behind
     finally:
         native._library.cache_clear()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the variants are x86's")
+@pytest.mark.parametrize("arch", [["-mavx2", "-mfma", "-fopenmp"], ["-fopenmp-simd"]], ids=["avx2", "plain C"])
+def test_the_kernels_other_cpus_get(arch, tmp_path):
+    """The AVX2 and plain-C branches of decode.c (this machine builds its own best one)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    path = tmp_path / "decode.so"
+    assert native._build(cc, path, (arch,)) == ""
+    lib, why = native._open(path)
+    assert lib is not None, why
+    for dtype in ("fp32", "int8"):
+        model = make(models()["book: post-LN, ReLU, own output layer with bias"], dtype)
+        ours, theirs = steps(model, native.decoder(model, 1, lib=lib), 12), steps(model, model.decoder(), 12)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=2.0 ** -7, atol=1e-4)

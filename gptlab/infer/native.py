@@ -14,8 +14,8 @@ are packed once per model (and again when they change) into tiles the kernel str
 
 When: `decoder(model, batch)` gives this path for a batch of one row on a CPU, in fp32 with an
 fp32 or int8 output layer (`--dtype fp32|int8`), for GPT blocks as gptlab builds them (pre- or
-post-LN, GELU or ReLU, biases or none, no QK-norm). Anything else -- a batch, left padding, an
-explanation's capture of attention or residual streams, bf16 -- goes through `GPT.decoder()` as
+post-LN, GELU or ReLU, biases or none, no QK-norm), an explanation's capture of attention and
+residual streams included. Anything else -- a batch, left padding, bf16 -- goes through `GPT.decoder()` as
 before, call by call. No compiler, a failed build or GPTLAB_NATIVE=0: torch's path, silently
 (`status()` says why). The logits match torch's to float rounding (fp32 ~1e-6; the int8 layer
 rounds its input and output to bf16 as torch's kernel does), so a seed gives the same text.
@@ -84,14 +84,14 @@ def _cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def _build(cc: str, out: Path) -> str:
+def _build(cc: str, out: Path, variants: tuple[list[str], ...] = VARIANTS) -> str:
     """Compile SOURCE to `out` (a temporary name, then renamed: never half-written); '' or why not."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     why = ""
     # -march=native for AVX2 / AVX-512 where the CPU has them; plain C where the compiler lacks it.
-    for arch in VARIANTS:
+    for arch in variants:
         try:
             r = subprocess.run([cc, *FLAGS, *arch, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
                                timeout=120)
@@ -126,14 +126,23 @@ def _library() -> ctypes.CDLL | None:
             _why_not = _build(cc, path) if path.parent.exists() else str(e)
         if _why_not:
             return None
-    lib = ctypes.CDLL(str(path))
+    lib, _why_not = _open(path)
+    return lib
+
+
+def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """The built library, with its function's argument types set; or None and why not."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"{path} cannot be loaded ({e}): delete it to rebuild"
     if lib.gptlab_native_abi() != ctypes.sizeof(_Model) * 100 + ctypes.sizeof(_Layer):
-        _why_not = f"{path} does not match this gptlab (delete it to rebuild)"
-        return None
+        return None, f"{path} does not match this gptlab: delete it to rebuild"
     lib.gptlab_decode.restype = None
     lib.gptlab_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                  ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    return lib
+                                  ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_void_p]
+    return lib, ""
 
 
 _switched_off = False
@@ -247,25 +256,26 @@ def _packed(model: GPT) -> _Packed:
     return p
 
 
-def decoder(model: nn.Module, batch: int) -> Callable[..., torch.Tensor] | None:
+def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> Callable[..., torch.Tensor] | None:
     """`model.decoder()`'s function, with the steps it can take run by decode.c; None when no step
-    can (a batch of several rows, a model it does not cover, no library): use model.decoder()."""
-    if _switched_off or batch != 1 or _unsupported(model) or _library() is None:
+    can (a batch of several rows, a model it does not cover, no library): use model.decoder().
+    `lib`: a library built by `_build` (tests build the kernel's plainer variants); else this machine's."""
+    lib = lib or _library()
+    if _switched_off or batch != 1 or _unsupported(model) or lib is None:
         return None
     assert isinstance(model, GPT)
-    lib, packed = _library(), _packed(model)
-    assert lib is not None
+    packed = _packed(model)
     cfg, torch_decode = model.cfg, model.decoder()
     scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
                                                     cfg.context_length))
     step, struct, tok_emb, V = lib.gptlab_decode, ctypes.addressof(packed.struct), model.tok_emb, cfg.vocab_size
-    C_max = cfg.context_length
+    C_max, n_layer, H, C = cfg.context_length, cfg.n_layer, cfg.n_head, cfg.d_model
     scratch_ptr = scratch.data_ptr()
 
     def decode(idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None, *,
                attn_out: list[torch.Tensor] | None = None, streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
-        if (key_mask_BxS is not None or attn_out is not None or streams_out is not None or type(cache) is not KVCache
+        if (key_mask_BxS is not None or type(cache) is not KVCache
                 or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()) or idx_B.shape != (1,)):
             return torch_decode(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
         token, pos = int(idx_B), int(pos_B)
@@ -273,10 +283,17 @@ def decoder(model: nn.Module, batch: int) -> Callable[..., torch.Tensor] | None:
             return torch_decode(idx_B, pos_B, cache)  # torch's path raises the error (C would read past the end)
         if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
             tok_emb(idx_B)  # its hooks see every step, as on torch's path (the server's deadline check)
-        logits_1xV = torch.empty(1, V)
-        step(struct, k.data_ptr(), v.data_ptr(), cache.max_len, token, pos, cache.length,
-             logits_1xV.data_ptr(), scratch_ptr)
+        logits_1xV, t = torch.empty(1, V), cache.length
+        # An explanation's capture, shaped as torch's path gives it: per layer (1, H, 1, t + 1) and (1, C).
+        attn = None if attn_out is None else torch.empty(n_layer, 1, H, 1, t + 1)
+        streams = None if streams_out is None else torch.empty(n_layer + 1, 1, C)
+        step(struct, k.data_ptr(), v.data_ptr(), cache.max_len, token, pos, t, logits_1xV.data_ptr(), scratch_ptr,
+             None if attn is None else attn.data_ptr(), None if streams is None else streams.data_ptr())
         cache.length += 1
+        if attn_out is not None and attn is not None:
+            attn_out.extend(attn.unbind(0))
+        if streams_out is not None and streams is not None:
+            streams_out.extend(streams.unbind(0))
         return logits_1xV
 
     decode.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive while decoding

@@ -135,9 +135,10 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
     for (int i = 0; i < C; i++) y[i] = (x[i] - mean) * r * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
 }
 
-/* Self-attention of the new position t over keys 0..t; k, v: this layer's cache, (H, S_max, D). */
+/* Self-attention of the new position t over keys 0..t; k, v: this layer's cache, (H, S_max, D).
+   `probs`: NULL, or (H, t + 1) for each head's attention weights (an explanation's capture). */
 static void attend(const Model *m, const Layer *L, const float *h, float *y, float *qkv, float *s,
-                   float *k, float *v, int S_max, int t) {
+                   float *k, float *v, int S_max, int t, float *probs) {
     const int H = m->H, D = m->D, HD = H * D;
     matvec(h, L->qkv_w, L->qkv_b, qkv, m->C, 3 * HD);
     const float scale = 1.0f / sqrtf((float)D);
@@ -156,6 +157,8 @@ static void attend(const Model *m, const Layer *L, const float *h, float *y, flo
             top = s[j] > top ? s[j] : top;
         }
         for (int j = 0; j <= t; j++) { s[j] = expf(s[j] - top); z += s[j]; }
+        if (probs)
+            for (int j = 0; j <= t; j++) probs[(size_t)hh * (t + 1) + j] = s[j] / z;
         float *yh = y + hh * D;
         memset(yh, 0, sizeof(float) * D);
         for (int j = 0; j <= t; j++) {
@@ -187,21 +190,25 @@ int gptlab_scratch_floats(int C, int H, int D, int F, int S_max) { return 4 * C 
 
 /* Logits (V) for `token` at position `pos`, its key and value written at slot t of each layer of the
    cache k, v: (n_layer, 1, H, S_max, D) contiguous fp32. `scratch`: gptlab_scratch_floats() floats,
-   the caller's own, so that threads decoding with one model do not share it. */
+   the caller's own, so that threads decoding with one model do not share it. An explanation's
+   capture, each NULL when not wanted: `attn` (n_layer, H, t + 1), every layer's attention weights;
+   `streams` (n_layer + 1, C), the residual stream after the embeddings and after each block. */
 void gptlab_decode(const Model *m, float *k, float *v, int S_max, int token, int pos, int t, float *logits,
-                   float *scratch) {
+                   float *scratch, float *attn, float *streams) {
     const int C = m->C, HD = m->H * m->D;
     float *x = scratch, *h = x + C, *a = h + C, *xb = a + C, *qkv = xb + C, *y = qkv + 3 * HD,
           *f = y + HD, *s = f + m->F;
     const size_t layer_size = (size_t)m->H * S_max * m->D;
     const float *te = m->tok_emb + (size_t)token * C, *pe = m->pos_emb + (size_t)pos * C;
     for (int i = 0; i < C; i++) x[i] = te[i] + pe[i];
+    if (streams) memcpy(streams, x, sizeof(float) * C);
     for (int l = 0; l < m->n_layer; l++) {
         const Layer *L = m->layers + l;
         float *kl = k + l * layer_size, *vl = v + l * layer_size;
+        float *probs = attn ? attn + (size_t)l * m->H * (t + 1) : NULL;
         if (m->pre_norm) {  /* x + f(ln(x)) */
             layer_norm(x, L->ln1_w, L->ln1_b, h, C, m->eps);
-            attend(m, L, h, y, qkv, s, kl, vl, S_max, t);
+            attend(m, L, h, y, qkv, s, kl, vl, S_max, t, probs);
             matvec(y, L->out_w, L->out_b, a, HD, C);
             add(x, a, C);
             layer_norm(x, L->ln2_w, L->ln2_b, h, C, m->eps);
@@ -210,7 +217,7 @@ void gptlab_decode(const Model *m, float *k, float *v, int S_max, int token, int
             matvec(f, L->down_w, L->down_b, a, m->F, C);
             add(x, a, C);
         } else {  /* ln(x + f(x)) */
-            attend(m, L, x, y, qkv, s, kl, vl, S_max, t);
+            attend(m, L, x, y, qkv, s, kl, vl, S_max, t, probs);
             matvec(y, L->out_w, L->out_b, a, HD, C);
             add(a, x, C);
             layer_norm(a, L->ln1_w, L->ln1_b, x, C, m->eps);
@@ -220,6 +227,7 @@ void gptlab_decode(const Model *m, float *k, float *v, int S_max, int token, int
             add(a, x, C);
             layer_norm(a, L->ln2_w, L->ln2_b, x, C, m->eps);
         }
+        if (streams) memcpy(streams + (size_t)(l + 1) * C, x, sizeof(float) * C);
     }
     const float *hf = x;
     if (m->final_norm) { layer_norm(x, m->lnf_w, m->lnf_b, h, C, m->eps); hf = h; }
