@@ -2,10 +2,11 @@
 
 Why: at batch 1 a step of the course's model is ~0.8M multiply-adds and the output layer's
 matrix-vector product. Through torch it is ~30 operator calls of a few microseconds each, and its
-small matrix-vector products run well below the memory's speed (MKL's, on an AMD CPU, ~9 GFLOP/s).
-`native/decode.c` does the whole step in one call that reads each weight once, in memory order:
-the course's model at batch 1 (random weights, 2 cores, AMD EPYC): 128 against 250 us per step
-with the int8 output layer, 188 against 333 in fp32 (benchmarks/RESULTS.md).
+small matrix-vector products run well below the memory's speed (MKL's, on an AMD EPYC: 256 x 1,536 in 43 us, ~9 G multiply-adds/s).
+`native/decode.c` does the whole step in one call that reads each weight once, in memory order,
+with the output layer split over the threads. The course's model at batch 1 (random weights, 2 cores,
+AMD EPYC, benchmarks/generate_speed.py): a step 108 against 242 us with the int8 output layer, 139
+against 351 in fp32; a whole generation 5,858 against 3,107 new tokens/s (benchmarks/RESULTS.md).
 
 How: the C file is compiled with the machine's C compiler (`cc`, or $CC) the first time it is
 needed, into gptlab's cache folder (~/.cache/gptlab/native, or $GPTLAB_CACHE/native), named by a
@@ -15,10 +16,11 @@ are packed once per model (and again when they change) into tiles the kernel str
 When: `decoder(model, batch)` gives this path for a batch of one row on a CPU, in fp32 with an
 fp32 or int8 output layer (`--dtype fp32|int8`), for GPT blocks as gptlab builds them (pre- or
 post-LN, GELU or ReLU, biases or none, no QK-norm), an explanation's capture of attention and
-residual streams included. Anything else -- a batch, left padding, bf16 -- goes through `GPT.decoder()` as
-before, call by call. No compiler, a failed build or GPTLAB_NATIVE=0: torch's path, silently
+residual streams included. Anything else -- a batch, left padding, bf16 -- goes through
+`GPT.decoder()` as before, call by call. No compiler, a failed build or GPTLAB_NATIVE=0: torch's path, silently
 (`status()` says why). The logits match torch's to float rounding (fp32 ~1e-6; the int8 layer
-rounds its input and output to bf16 as torch's kernel does), so a seed gives the same text.
+rounds its input and output to bf16 as torch's kernel does), so a seed gives the same text as on
+torch's path, unless a draw falls within that rounding of a boundary between two tokens.
 """
 
 from __future__ import annotations
@@ -269,13 +271,13 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
     scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
                                                     cfg.context_length))
     step, struct, tok_emb, V = lib.gptlab_decode, ctypes.addressof(packed.struct), model.tok_emb, cfg.vocab_size
-    C_max, n_layer, H, C = cfg.context_length, cfg.n_layer, cfg.n_head, cfg.d_model
+    C_max, n_layer, H, C, D = cfg.context_length, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.head_size
     scratch_ptr = scratch.data_ptr()
 
     def decode(idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None, *,
                attn_out: list[torch.Tensor] | None = None, streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
-        if (key_mask_BxS is not None or type(cache) is not KVCache
+        if (key_mask_BxS is not None or type(cache) is not KVCache or k.shape != (n_layer, 1, H, cache.max_len, D)
                 or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()) or idx_B.shape != (1,)):
             return torch_decode(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
         token, pos = int(idx_B), int(pos_B)

@@ -47,15 +47,26 @@ static void tile_f32(const float *x, const float *w, int K, float *out) {
     memcpy(out, acc, sizeof acc);
 }
 
-/* A large product (the output layer) is split over torch's threads: it shares torch's OpenMP
-   runtime (the library is linked to libgomp, which torch has already loaded), so
-   torch.set_num_threads applies. The block's small products stay on one thread: waking another
-   costs more than it saves. */
+/* A large product (the output layer) is split over threads. The library is linked to libgomp,
+   which torch has already loaded, so it shares torch's OpenMP runtime and threads. The block's small
+   products stay on one thread (waking another costs more than it saves), and a thread gets at
+   least 8 tiles (1,024 outputs) so that a many-core machine does not wake them all. */
 #define PARALLEL_MIN (1 << 20)  /* weights */
+#ifdef _OPENMP
+#include <omp.h>
+static int threads_for(int K, int N) {
+    if ((long)K * N < PARALLEL_MIN) return 1;
+    const int cap = (N / NT) / 8 > 1 ? (N / NT) / 8 : 1, n = omp_get_max_threads();
+    return n < cap ? n : cap;
+}
+#else
+static int threads_for(int K, int N) { (void)K; (void)N; return 1; }
+#endif
 
 /* y (N) = x (K) @ W^T + b, W packed. */
 static void matvec(const float *x, const float *Wp, const float *b, float *y, int K, int N) {
-    #pragma omp parallel for schedule(static) if ((long)K * N >= PARALLEL_MIN)
+    const int threads = threads_for(K, N);
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int n0 = 0; n0 < N; n0 += NT) {
         float acc[NT];
         tile_f32(x, Wp + (size_t)n0 * K, K, acc);
@@ -115,7 +126,8 @@ static float bf16_round(float f) {
 static void matvec_i8(const float *x, const int8_t *Wp, const float *scale, const float *b, float *y,
                       int K, int N, float *xb) {
     for (int k = 0; k < K; k++) xb[k] = bf16_round(x[k]);
-    #pragma omp parallel for schedule(static) if ((long)K * N >= PARALLEL_MIN)
+    const int threads = threads_for(K, N);
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int n0 = 0; n0 < N; n0 += NT) {
         float acc[NT];
         tile_i8(xb, Wp + (size_t)n0 * K, K, acc);
