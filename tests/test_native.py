@@ -141,6 +141,16 @@ def test_changed_weights_are_packed_again_and_hooks_see_every_step():
     assert seen == [5, 7, 12, 17]  # the prompt's forward(), then each step
 
 
+def test_a_model_made_under_inference_mode():
+    with torch.inference_mode():  # its int8 buffers are inference tensors, without a version counter
+        model = make(models()["book: post-LN, ReLU, own output layer with bias"], "int8")
+        assert native.decoder(model, 1) is not None
+    cfg = SamplingConfig(max_new_tokens=8, seed=0)
+    tokens = [s.tokens_B.item() for s in generate_steps(model, [[3, 4]], cfg)]
+    with native.off():
+        assert tokens == [s.tokens_B.item() for s in generate_steps(model, [[3, 4]], cfg)]
+
+
 def test_without_a_compiler_generation_still_works(monkeypatch, tmp_path):
     model = make(models()["book: post-LN, ReLU, own output layer with bias"], "fp32")
     cfg = SamplingConfig(max_new_tokens=10, seed=1)

@@ -244,8 +244,9 @@ class _Packed:
 
 
 def _version(model: GPT) -> tuple:
-    """Changes when any weight is replaced or written in place (training, loading, quantizing)."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+    """Changes when any weight is replaced or written in place (training, loading, quantizing).
+    A tensor made under inference_mode has no version counter (and cannot be written outside it)."""
+    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 _PACKED: weakref.WeakKeyDictionary[GPT, _Packed] = weakref.WeakKeyDictionary()
