@@ -16,6 +16,7 @@ from gptlab.infer.generate import generate_steps
 from gptlab.infer.sampling import SamplingConfig
 from gptlab.model import GPT, book, small
 from gptlab.model.config import ModelConfig
+from gptlab.model.layers import SlotCache
 
 if native.status() != "on":  # CI has a C compiler; a machine without one keeps torch's path (tested elsewhere)
     pytest.skip(f"the native step is {native.status()}", allow_module_level=True)
@@ -181,3 +182,30 @@ def test_the_kernels_other_cpus_get(arch, tmp_path):
         ours, theirs = steps(model, native.decoder(model, 1, lib=lib), 12), steps(model, model.decoder(), 12)
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=2.0 ** -7, atol=1e-4)
+
+
+def test_slot_rows_match_the_batched_step_and_leave_the_others():
+    """A serving engine's step (SlotCache): the live rows' logits as torch's batched step gives them,
+    keys written at each row's own position, the other rows untouched."""
+    model = make(models()["small: pre-LN, GELU, tied, final norm"], "fp32")
+    cfg, B = model.cfg, 4
+    step = native.slot_decoder(model)
+    assert step is not None
+    caches = [SlotCache(cfg.n_layer, B, cfg.n_head, cfg.context_length, cfg.head_size) for _ in range(2)]
+    seqs = [[3, 4, 5], [9, 8, 7, 6, 5, 4], [11]]
+    with torch.inference_mode():
+        for b, seq in enumerate(seqs):
+            c = model.new_cache(1, len(seq))
+            model(torch.tensor([seq]), cache=c)
+            for cache in caches:
+                cache.fill(b, c)
+        ids = [20, 21, 22, 0]
+        mask = torch.arange(cfg.context_length)[None] <= caches[1].pos_B[:, None]
+        theirs = model.decode(torch.tensor(ids), caches[1].pos_B.clone(), caches[1], mask)
+        ours = torch.full((B, V), 7.0)
+        step(caches[0], [0, 2, 1], [ids[0], ids[2], ids[1]], [3, 1, 6], ours)
+    torch.testing.assert_close(ours[:3], theirs[:3], rtol=1e-5, atol=1e-4)
+    assert bool((ours[3] == 7.0).all())  # a free slot: not computed
+    torch.testing.assert_close(caches[0].k_LxBxHxSxD[:, :3], caches[1].k_LxBxHxSxD[:, :3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positions"):
+        step(caches[0], [0], [20], [cfg.context_length], ours)

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from gptlab.errors import UserError
+from gptlab.infer import native
 from gptlab.infer.engine import INGEST_MAX, UNIFORM_CHUNK, Engine, EngineClosed, EngineFull, EngineRequest, wait_idle
 from gptlab.infer.generate import generate_steps
 from gptlab.infer.sampling import SamplingConfig
@@ -34,6 +35,14 @@ from gptlab.model.config import tiny
 from gptlab.model.layers import SlotCache
 
 WAIT_S = 30
+
+
+@pytest.fixture(params=["native", "torch"])
+def step_path(request) -> Iterator[str]:
+    """An engine built inside the block decodes its live rows by the C step (infer/native.py, where a
+    compiler is found) or, under native.off(), every slot in one batched torch step."""
+    with contextlib.nullcontext() if request.param == "native" else native.off():
+        yield request.param
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +161,10 @@ def test_a_rows_logits_do_not_depend_on_the_other_rows_or_its_slot(model):
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0, seed=7), dict(temperature=0.8, top_p=0.9, top_k=20, seed=3),
                                       dict(temperature=0.0), dict(temperature=1.2, repetition_penalty=1.3, seed=11)])
 @pytest.mark.parametrize("prompt", [[1, 2, 3, 4, 5], list(range(3, 23))], ids=["short", "long"])
-def test_same_seed_same_tokens_alone_and_under_load(model, sampling, prompt):
+def test_same_seed_same_tokens_alone_and_under_load(model, sampling, prompt, step_path):
     # 60 new tokens: past the tiny model's context of 32, so the sliding window is covered too.
     engine = Engine(model, slots=8, queue=64, eot_id=None)
+    assert (engine.native_step is None) == (step_path == "torch" or native.status() != "on")
     try:
         alone = Run(prompt, max_new_tokens=60, **sampling)
         engine.submit(alone.req)
@@ -173,7 +183,7 @@ def test_same_seed_same_tokens_alone_and_under_load(model, sampling, prompt):
 
 
 @pytest.mark.parametrize("long", [False, True], ids=["fed", "computed-alone"])
-def test_a_kept_prompt_gives_the_tokens_a_computed_one_gives(model, long):
+def test_a_kept_prompt_gives_the_tokens_a_computed_one_gives(model, long, step_path):
     """A prompt seen again is copied from what the engine kept (no step feeds it, no forward computes
     it) and gives the same tokens; past prompt_cache_bytes the least recently used is dropped."""
     runs: list[Run] = []
@@ -207,7 +217,7 @@ def test_a_kept_prompt_gives_the_tokens_a_computed_one_gives(model, long):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
-def test_engine_tokens_are_generate_steps_tokens_for_a_seed(model, temperature):
+def test_engine_tokens_are_generate_steps_tokens_for_a_seed(model, temperature, step_path):
     """The engine samples as `generate_steps` does at batch 1: same generator draws (taken UNIFORM_CHUNK
     at a time: these cross a chunk), same pure functions (the logits differ at most
     in their last bits, which does not move these tokens), with other settings in the batch."""

@@ -21,7 +21,9 @@ matmul's result for one row can differ in its last bits between batch 1 and batc
 kernel, another summation order: measured 1e-7 to 1e-6 on the logits), which can flip a sampled
 token; with fixed shapes the kernels and their order are the same every step, and a row's bits
 depend only on that row's inputs (tests/test_serve_engine.py checks alone == under load, bit for
-bit). The price is that a step costs a full batch even when one request is running. A sequence that
+bit). The price is that a step costs a full batch even when one request is running, except on a
+CPU in fp32 (`infer/native.py`), where each live row is one C call whose bits depend on that row
+alone, so a step costs its live rows only. A sequence that
 outgrows its slot (or the context) continues on its own, re-running its last context_length tokens
 each step (the same sliding window as `generate_steps`), still batch 1.
 
@@ -43,6 +45,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from gptlab.infer import native
 from gptlab.infer.sampling import SamplingConfig, draw, make_generator, process_logits
 from gptlab.model.gpt import GPT
 from gptlab.model.layers import KVCache, SlotCache
@@ -131,6 +134,8 @@ class Engine:
         self.model = model
         # The one-token step with the model's tensors bound once: the engine's model does not change.
         self.decode = model.decoder()
+        # On a CPU in fp32, the live rows alone, one C call each (infer/native.py); None: the batch above.
+        self.native_step = native.slot_decoder(model)
         self.slots = slots
         self.capacity = slots + queue
         self.eot_id = eot_id
@@ -351,11 +356,17 @@ class Engine:
         if decoding:
             for live in decoding:
                 self._ids[live.slot] = live.hist[live.pos]
-            ids_B = torch.tensor(self._ids, dtype=torch.long, device=self.device)
             self.cache.pos_B.copy_(torch.tensor(self._pos))
-            # Free slots attend to their position 0 only, so no row is all-masked.
-            mask_BxS = self._keys_1xS <= self.cache.pos_B[:, None]
-            logits_BxV = self.decode(ids_B, self.cache.pos_B, self.cache, mask_BxS).float()
+            if self.native_step is not None:  # each live row alone: the same bits, at the cost of its rows
+                logits_BxV = torch.zeros(self.slots, self.model.cfg.vocab_size)
+                slots = [live.slot for live in decoding]
+                self.native_step(self.cache, slots, [self._ids[s] for s in slots], [self._pos[s] for s in slots],
+                                 logits_BxV)
+            else:
+                ids_B = torch.tensor(self._ids, dtype=torch.long, device=self.device)
+                # Free slots attend to their position 0 only, so no row is all-masked.
+                mask_BxS = self._keys_1xS <= self.cache.pos_B[:, None]
+                logits_BxV = self.decode(ids_B, self.cache.pos_B, self.cache, mask_BxS).float()
             self.steps += 1
             for live in decoding:
                 live.pos += 1

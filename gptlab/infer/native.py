@@ -141,9 +141,7 @@ def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
     if lib.gptlab_native_abi() != ctypes.sizeof(_Model) * 100 + ctypes.sizeof(_Layer):
         return None, f"{path} does not match this gptlab: delete it to rebuild"
     lib.gptlab_decode.restype = None
-    lib.gptlab_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                  ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                  ctypes.c_void_p]
+    lib.gptlab_decode.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int] * 6 + [ctypes.c_void_p] * 4)
     return lib, ""
 
 
@@ -290,7 +288,7 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
         # An explanation's capture, shaped as torch's path gives it: per layer (1, H, 1, t + 1) and (1, C).
         attn = None if attn_out is None else torch.empty(n_layer, 1, H, 1, t + 1)
         streams = None if streams_out is None else torch.empty(n_layer + 1, 1, C)
-        step(struct, k.data_ptr(), v.data_ptr(), cache.max_len, token, pos, t, logits_1xV.data_ptr(), scratch_ptr,
+        step(struct, k.data_ptr(), v.data_ptr(), 1, cache.max_len, 0, token, pos, t, logits_1xV.data_ptr(), scratch_ptr,
              None if attn is None else attn.data_ptr(), None if streams is None else streams.data_ptr())
         cache.length += 1
         if attn_out is not None and attn is not None:
@@ -302,3 +300,38 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
     decode.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive while decoding
     decode.scratch = scratch  # type: ignore[attr-defined]
     return decode
+
+
+def slot_decoder(model: nn.Module, *, lib: ctypes.CDLL | None = None) -> Callable[..., None] | None:
+    """For a serving engine's slots (model/layers.py SlotCache): `step(cache, rows, ids, positions,
+    logits_BxV)` feeds each of `rows` its id at its position (the key written there, attention over
+    the row's slots up to it) and writes that row of logits_BxV (B, V); other rows are not touched,
+    so a step costs its live rows only. A row's bits depend on that row alone, as the engine's
+    determinism needs. None where the native step does not cover the model (as `decoder`)."""
+    lib = lib or _library()
+    if _switched_off or _unsupported(model) or lib is None:
+        return None
+    assert isinstance(model, GPT)
+    packed, cfg = _packed(model), model.cfg
+    scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
+                                                    cfg.context_length))
+    fn, struct, tok_emb, V = lib.gptlab_decode, ctypes.addressof(packed.struct), model.tok_emb, cfg.vocab_size
+    n_layer, H, D = cfg.n_layer, cfg.n_head, cfg.head_size
+
+    def step(cache: KVCache, rows: list[int], ids: list[int], positions: list[int], logits_BxV: torch.Tensor) -> None:
+        k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
+        B, S = k.shape[1], cache.max_len
+        if (k.shape != (n_layer, B, H, S, D) or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous())
+                or logits_BxV.shape != (B, V) or logits_BxV.dtype != torch.float32 or not logits_BxV.is_contiguous()):
+            raise ValueError("slot_decoder: a contiguous fp32 cache of this model and (B, V) fp32 logits are needed")
+        if not all(0 <= r < B for r in rows) or not all(0 <= t < V for t in ids) or not all(
+                0 <= p < min(S, cfg.context_length) for p in positions):
+            raise ValueError(f"slot_decoder: rows in [0, {B}), ids in [0, {V}) and positions in [0, {S}) are needed")
+        if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
+            tok_emb(torch.tensor(ids))  # its hooks see every step, as on torch's path
+        out = logits_BxV.data_ptr()
+        for r, t, p in zip(rows, ids, positions):
+            fn(struct, k.data_ptr(), v.data_ptr(), B, S, r, t, p, p, out + 4 * r * V, scratch.data_ptr(), None, None)
+
+    step.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive
+    return step

@@ -200,23 +200,25 @@ int gptlab_native_abi(void) { return (int)(sizeof(Model) * 100 + sizeof(Layer));
 
 int gptlab_scratch_floats(int C, int H, int D, int F, int S_max) { return 4 * C + 4 * H * D + F + S_max; }
 
-/* Logits (V) for `token` at position `pos`, its key and value written at slot t of each layer of the
-   cache k, v: (n_layer, 1, H, S_max, D) contiguous fp32. `scratch`: gptlab_scratch_floats() floats,
+/* Logits (V) for `token` at position `pos` in batch row `row`: its key and value written at slot t of
+   that row of each layer of the cache k, v: (n_layer, B, H, S_max, D) contiguous fp32, and attention
+   over the row's slots 0..t. A row's result depends on nothing but that row (a serving engine's
+   slot decodes alone or beside others to the same bits). `scratch`: gptlab_scratch_floats() floats,
    the caller's own, so that threads decoding with one model do not share it. An explanation's
    capture, each NULL when not wanted: `attn` (n_layer, H, t + 1), every layer's attention weights;
    `streams` (n_layer + 1, C), the residual stream after the embeddings and after each block. */
-void gptlab_decode(const Model *m, float *k, float *v, int S_max, int token, int pos, int t, float *logits,
-                   float *scratch, float *attn, float *streams) {
+void gptlab_decode(const Model *m, float *k, float *v, int B, int S_max, int row, int token, int pos, int t,
+                   float *logits, float *scratch, float *attn, float *streams) {
     const int C = m->C, HD = m->H * m->D;
     float *x = scratch, *h = x + C, *a = h + C, *xb = a + C, *qkv = xb + C, *y = qkv + 3 * HD,
           *f = y + HD, *s = f + m->F;
-    const size_t layer_size = (size_t)m->H * S_max * m->D;
+    const size_t row_size = (size_t)m->H * S_max * m->D, layer_size = (size_t)B * row_size;
     const float *te = m->tok_emb + (size_t)token * C, *pe = m->pos_emb + (size_t)pos * C;
     for (int i = 0; i < C; i++) x[i] = te[i] + pe[i];
     if (streams) memcpy(streams, x, sizeof(float) * C);
     for (int l = 0; l < m->n_layer; l++) {
         const Layer *L = m->layers + l;
-        float *kl = k + l * layer_size, *vl = v + l * layer_size;
+        float *kl = k + l * layer_size + row * row_size, *vl = v + l * layer_size + row * row_size;
         float *probs = attn ? attn + (size_t)l * m->H * (t + 1) : NULL;
         if (m->pre_norm) {  /* x + f(ln(x)) */
             layer_norm(x, L->ln1_w, L->ln1_b, h, C, m->eps);
