@@ -209,3 +209,16 @@ def test_slot_rows_match_the_batched_step_and_leave_the_others():
     torch.testing.assert_close(caches[0].k_LxBxHxSxD[:, :3], caches[1].k_LxBxHxSxD[:, :3], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="positions"):
         step(caches[0], [0], [20], [cfg.context_length], ours)
+
+
+def test_a_prompt_fed_in_one_call_has_the_bits_of_one_id_per_call():
+    model = make(models()["book: post-LN, ReLU, own output layer with bias"], "fp32")
+    cfg, step = model.cfg, native.slot_decoder(model)
+    caches = [SlotCache(cfg.n_layer, 2, cfg.n_head, cfg.context_length, cfg.head_size) for _ in range(2)]
+    at_once, one_by_one = torch.zeros(2, V), torch.zeros(2, V)
+    prompt = [3, 14, 15, 9, 2]
+    step(caches[0], [1] * len(prompt), prompt, list(range(len(prompt))), at_once)
+    for pos, t in enumerate(prompt):
+        step(caches[1], [1], [t], [pos], one_by_one)
+    assert torch.equal(at_once, one_by_one) and bool(at_once[1].abs().sum() > 0)
+    assert torch.equal(caches[0].k_LxBxHxSxD, caches[1].k_LxBxHxSxD)

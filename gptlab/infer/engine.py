@@ -285,8 +285,10 @@ class Engine:
     def _start(self, req: EngineRequest, slot: int) -> None:
         """Put `req` in `slot`. A prompt kept from an earlier request is copied into the slot; else a
         short prompt is fed through the batched steps one id per step, in a row that is computed
-        anyway; a longer one is computed alone (batch 1) and copied into the slot. Copied, its logits
-        wait for this round's sampling. Which way a prompt is computed depends only on its length."""
+        anyway (with the native step, where a row costs a C call fed or not, all its ids now, one
+        call each: the same bits); a longer one is computed alone (batch 1) and copied into the
+        slot. Copied, its logits wait for this round's sampling. Which way a prompt is computed
+        depends only on its length."""
         if req.on_start is not None:
             req.on_start()
         cfg, C = req.cfg, self.model.cfg.context_length
@@ -304,6 +306,14 @@ class Engine:
             self.prompt_hits += 1
             self.cache.fill(slot, kept[0])
             live.pos, live.fresh_1xV = len(hist), kept[1]
+        elif len(hist) <= INGEST_MAX and len(hist) < self.max_len and self.native_step is not None:
+            # The C step costs a row per id whether fed or not: feed the whole prompt now, id by id
+            # (the bits a fed prompt gets), so its first token does not wait len(hist) steps.
+            self.cache.clear(slot)
+            buf_BxV = torch.zeros(self.slots, self.model.cfg.vocab_size)
+            self.native_step(self.cache, [slot] * len(hist), hist, list(range(len(hist))), buf_BxV)
+            live.pos, live.fresh_1xV = len(hist), buf_BxV[slot:slot + 1].clone()
+            self._keep(hist, self.cache.take(slot, len(hist)), live.fresh_1xV)
         elif len(hist) <= INGEST_MAX and len(hist) < self.max_len:
             self.cache.clear(slot)
             live.keep_prompt = True  # kept by _logits once its last id is in

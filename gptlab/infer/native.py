@@ -306,8 +306,10 @@ def slot_decoder(model: nn.Module, *, lib: ctypes.CDLL | None = None) -> Callabl
     """For a serving engine's slots (model/layers.py SlotCache): `step(cache, rows, ids, positions,
     logits_BxV)` feeds each of `rows` its id at its position (the key written there, attention over
     the row's slots up to it) and writes that row of logits_BxV (B, V); other rows are not touched,
-    so a step costs its live rows only. A row's bits depend on that row alone, as the engine's
-    determinism needs. None where the native step does not cover the model (as `decoder`)."""
+    so a step costs its live rows only. A row may come several times: its ids go in order (a
+    prompt, each position's key written before the next attends to it), its logits are the last's.
+    A row's bits depend on that row alone, as the engine's determinism needs. The token
+    embedding's hooks run once per call. None where the native step does not cover the model."""
     lib = lib or _library()
     if _switched_off or _unsupported(model) or lib is None:
         return None
