@@ -70,21 +70,25 @@ def test_logits_match_torchs_decoder(name, dtype):
             assert float((a != b).float().mean()) < 0.02
 
 
+@pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
-def test_generation_gives_the_same_tokens(dtype):
+def test_generation_gives_the_same_tokens(dtype, rows):
+    """One row, or several of the same length (`generate -n 3`: a C call per row)."""
     model = make(models()["small: pre-LN, GELU, tied, final norm"], dtype)
+    prompts = [[3, 4, 5], [6, 7, 8], [3, 4, 5]][:rows]
     for seed in range(3):
         cfg = SamplingConfig(max_new_tokens=20, seed=seed)
-        with_native = [s.tokens_B.item() for s in generate_steps(model, [[3, 4, 5]], cfg)]
+        assert native.decoder(model, rows) is not None
+        with_native = [s.tokens_B.tolist() for s in generate_steps(model, prompts, cfg)]
         with native.off():
-            assert native.decoder(model, 1) is None
-            without = [s.tokens_B.item() for s in generate_steps(model, [[3, 4, 5]], cfg)]
-        assert with_native == without and len(set(with_native)) > 3
+            assert native.decoder(model, rows) is None
+            without = [s.tokens_B.tolist() for s in generate_steps(model, prompts, cfg)]
+        assert with_native == without and len({t[0] for t in with_native}) > 3
 
 
 def test_cases_it_does_not_cover_go_through_torch():
     cfg = models()["book: post-LN, ReLU, own output layer with bias"]
-    assert native.decoder(make(cfg, "fp32"), 2) is None  # a batch
+    assert native.decoder(make(cfg, "fp32"), native.MAX_ROWS + 1) is None  # a larger batch
     assert native.decoder(make(cfg, "bf16"), 1) is None  # bf16 weights
     assert native.decoder(GPT(dataclasses.replace(cfg, n_layer=1)).train(), 1) is None  # training
     model = make(cfg, "fp32")

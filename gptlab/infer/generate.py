@@ -96,7 +96,7 @@ def _start(model: GPT, hist: list[list[int]], cfg: SamplingConfig, pad_id: int, 
             st.seen_BxV[b, torch.tensor(h, device=device)] = True
     if st.cache_steps > 0:
         if not model.training:  # the lean path is for inference (dropout stays a forward() matter)
-            # One row on a CPU: the whole step in one C call where it can (infer/native.py).
+            # A few rows on a CPU: the whole step in one C call per row where it can (infer/native.py).
             st.decode = native.decoder(model, B) or model.decoder()
         st.cache = model.new_cache(B, max_len=min(C, L_max + cfg.max_new_tokens - 1))
         st.ids_BxT, st.pos_BxT, st.key_mask_BxS = _left_pad(hist, pad_id, device)

@@ -13,11 +13,13 @@ needed, into gptlab's cache folder (~/.cache/gptlab/native, or $GPTLAB_CACHE/nat
 hash of the source, the compiler and the CPU, so it is built once per machine (~0.5 s). Weights
 are packed once per model (and again when they change) into tiles the kernel streams.
 
-When: `decoder(model, batch)` gives this path for a batch of one row on a CPU, in fp32 with an
-fp32 or int8 output layer (`--dtype fp32|int8`), for GPT blocks as gptlab builds them (pre- or
-post-LN, GELU or ReLU, biases or none, no QK-norm), an explanation's capture of attention and
-residual streams included. Anything else -- a batch, left padding, bf16 -- goes through
-`GPT.decoder()` as before, call by call. No compiler, a failed build or GPTLAB_NATIVE=0: torch's path, silently
+When: `decoder(model, batch)` gives this path on a CPU for up to MAX_ROWS rows of one length (one
+call per row: `generate -n 3`; 2-8 rows 1.05-1.9x torch's batched step, benchmarks/RESULTS.md), in
+fp32 with an fp32 or int8 output layer (`--dtype fp32|int8`), for GPT blocks as gptlab builds them
+(pre- or post-LN, GELU or ReLU, biases or none, no QK-norm), an explanation's capture of attention
+and residual streams included (one row). Anything else -- more rows, left padding, bf16 -- goes
+through `GPT.decoder()` as before, call by call; `slot_decoder` serves a serving engine's slots. No
+compiler, a failed build or GPTLAB_NATIVE=0: torch's path, silently
 (`status()` says why). The logits match torch's to float rounding (fp32 ~1e-6; the int8 layer
 rounds its input and output to bf16 as torch's kernel does), so a seed gives the same text as on
 torch's path, unless a draw falls within that rounding of a boundary between two tokens.
@@ -54,6 +56,7 @@ VARIANTS: tuple[list[str], ...] = (["-march=native", "-fopenmp"], ["-march=nativ
 # The packed copy doubles the weights' memory: a few MB for the workbench's CPU-sized models, another
 # 0.5 GB for a GPT-2-sized one (124M parameters), for which the gain was not measured.
 MAX_PARAMS = 50_000_000
+MAX_ROWS = 8  # rows a generation may have and still take the C step (see `decoder`)
 _FP = ctypes.POINTER(ctypes.c_float)
 _why_not = ""  # why the native path is off, once the library was asked for
 
@@ -258,11 +261,12 @@ def _packed(model: GPT) -> _Packed:
 
 
 def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> Callable[..., torch.Tensor] | None:
-    """`model.decoder()`'s function, with the steps it can take run by decode.c; None when no step
-    can (a batch of several rows, a model it does not cover, no library): use model.decoder().
-    `lib`: a library built by `_build` (tests build the kernel's plainer variants); else this machine's."""
+    """`model.decoder()`'s function, with the steps it can take run by decode.c (one call per row,
+    up to MAX_ROWS rows); None when no step can (more rows, a model it does not cover, no library):
+    use model.decoder(). `lib`: a library built by `_build` (tests build the kernel's plainer
+    variants); else this machine's."""
     lib = lib or _library()
-    if _switched_off or batch != 1 or _unsupported(model) or lib is None:
+    if _switched_off or not 1 <= batch <= MAX_ROWS or _unsupported(model) or lib is None:
         return None
     assert isinstance(model, GPT)
     packed = _packed(model)
@@ -276,26 +280,31 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
     def decode(idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None, *,
                attn_out: list[torch.Tensor] | None = None, streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
-        if (key_mask_BxS is not None or type(cache) is not KVCache or k.shape != (n_layer, 1, H, cache.max_len, D)
-                or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()) or idx_B.shape != (1,)):
+        B = idx_B.shape[0] if idx_B.dim() == 1 else 0
+        capture = attn_out is not None or streams_out is not None
+        if (key_mask_BxS is not None or type(cache) is not KVCache or not 1 <= B <= MAX_ROWS or (capture and B > 1)
+                or k.shape != (n_layer, B, H, cache.max_len, D) or k.dtype != torch.float32
+                or not (k.is_contiguous() and v.is_contiguous())):
             return torch_decode(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
-        token, pos = int(idx_B), int(pos_B)
-        if not (0 <= token < V and 0 <= pos < C_max) or cache.length >= cache.max_len:
+        tokens, positions, t = idx_B.tolist(), pos_B.tolist(), cache.length
+        if not (all(0 <= i < V for i in tokens) and all(0 <= p < C_max for p in positions)) or t >= cache.max_len:
             return torch_decode(idx_B, pos_B, cache)  # torch's path raises the error (C would read past the end)
         if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
             tok_emb(idx_B)  # its hooks see every step, as on torch's path (the server's deadline check)
-        logits_1xV, t = torch.empty(1, V), cache.length
-        # An explanation's capture, shaped as torch's path gives it: per layer (1, H, 1, t + 1) and (1, C).
+        logits_BxV = torch.empty(B, V)
+        # An explanation's capture (one row), shaped as torch's path gives it: per layer (1, H, 1, t + 1) and (1, C).
         attn = None if attn_out is None else torch.empty(n_layer, 1, H, 1, t + 1)
         streams = None if streams_out is None else torch.empty(n_layer + 1, 1, C)
-        step(struct, k.data_ptr(), v.data_ptr(), 1, cache.max_len, 0, token, pos, t, logits_1xV.data_ptr(), scratch_ptr,
-             None if attn is None else attn.data_ptr(), None if streams is None else streams.data_ptr())
+        out = logits_BxV.data_ptr()
+        for b in range(B):
+            step(struct, k.data_ptr(), v.data_ptr(), B, cache.max_len, b, tokens[b], positions[b], t, out + 4 * b * V,
+                 scratch_ptr, None if attn is None else attn.data_ptr(), None if streams is None else streams.data_ptr())
         cache.length += 1
         if attn_out is not None and attn is not None:
             attn_out.extend(attn.unbind(0))
         if streams_out is not None and streams is not None:
             streams_out.extend(streams.unbind(0))
-        return logits_1xV
+        return logits_BxV
 
     decode.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive while decoding
     decode.scratch = scratch  # type: ignore[attr-defined]
