@@ -146,6 +146,24 @@ def test_changed_weights_are_packed_again_and_hooks_see_every_step():
     assert seen == [5, 7, 12, 17]  # the prompt's forward(), then each step
 
 
+def test_a_fused_adamw_step_is_seen():
+    """torch's fused CPU AdamW writes the weights without bumping their version counters: the pack
+    must follow anyway (an alignment run samples between optimizer steps)."""
+    model = make(models()["small: pre-LN, GELU, tied, final norm"], "fp32")
+    steps(model, native.decoder(model, 1), 1)  # packed
+    try:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    except (RuntimeError, TypeError):
+        pytest.skip("this torch has no fused CPU AdamW")
+    model.train()
+    model(torch.tensor([[3, 4, 5, 6]]), torch.tensor([[4, 5, 6, 7]])).loss.backward()
+    opt.step()
+    model.eval()
+    ours, theirs = steps(model, native.decoder(model, 1), 3), steps(model, model.decoder(), 3)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_a_model_made_under_inference_mode():
     with torch.inference_mode():  # its int8 buffers are inference tensors, without a version counter
         model = make(models()["book: post-LN, ReLU, own output layer with bias"], "int8")
