@@ -102,6 +102,17 @@ def test_cases_it_does_not_cover_go_through_torch():
                   pos_BxT=torch.tensor([[0, 0, 1]]))
         torch.testing.assert_close(fast(torch.tensor([9]), torch.tensor([2]), caches[0], mask),
                                    model.decoder()(torch.tensor([9]), torch.tensor([2]), caches[1], mask))
+    # A cache longer than the context, filled past it: torch's path (C's scratch holds a context's scores).
+    calls, torch_decoder = [], model.decoder
+    model.decoder = lambda: (lambda *a, **k: calls.append(1) or torch_decoder()(*a, **k))
+    spied = native.decoder(model, 1)
+    long_caches = [model.new_cache(1, max_len=cfg.context_length + 4) for _ in range(2)]
+    for c in long_caches:
+        c.length = cfg.context_length + 1
+    torch.testing.assert_close(spied(torch.tensor([9]), torch.tensor([2]), long_caches[0]),
+                               torch_decoder()(torch.tensor([9]), torch.tensor([2]), long_caches[1]))
+    assert calls == [1]
+    del model.decoder
     # A token outside the vocabulary: torch's error, not a read past the end of a table.
     with pytest.raises(IndexError):
         fast(torch.tensor([V + 5]), torch.tensor([4]), model.new_cache(1))

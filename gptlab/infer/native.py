@@ -294,7 +294,7 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
                 or not (k.is_contiguous() and v.is_contiguous())):
             return torch_decode(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
         tokens, positions, t = idx_B.tolist(), pos_B.tolist(), cache.length
-        if not (all(0 <= i < V for i in tokens) and all(0 <= p < C_max for p in positions)) or t >= cache.max_len:
+        if not (all(0 <= i < V for i in tokens) and all(0 <= p < C_max for p in positions)) or not t < min(cache.max_len, C_max):
             return torch_decode(idx_B, pos_B, cache)  # torch's path raises the error (C would read past the end)
         if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
             tok_emb(idx_B)  # its hooks see every step, as on torch's path (the server's deadline check)
