@@ -145,7 +145,7 @@ class Engine:
         self.max_len = min(max_len or cfg.context_length, cfg.context_length)
         self.cache = SlotCache(cfg.n_layer, slots, cfg.n_head, self.max_len, cfg.head_size, device=p.device, dtype=p.dtype)
         self._keys_1xS = torch.arange(self.max_len, device=p.device)[None]
-        self._pos = [0] * slots                 # each slot's `pos` (free slots: 0), copied to cache.pos_B per step
+        self._pos = [0] * slots                 # each slot's `pos` (free slots: 0), copied to cache.pos_B per batched step
         self._ids = [0] * slots                 # each slot's input id of the step
         self._seen_BxV = torch.zeros(slots, cfg.vocab_size, dtype=torch.bool, device=p.device)  # ids in each text
         self._live: list[_Live | None] = [None] * slots
@@ -306,17 +306,17 @@ class Engine:
             self.prompt_hits += 1
             self.cache.fill(slot, kept[0])
             live.pos, live.fresh_1xV = len(hist), kept[1]
-        elif len(hist) <= INGEST_MAX and len(hist) < self.max_len and self.native_step is not None:
-            # The C step costs a row per id whether fed or not: feed the whole prompt now, id by id
-            # (the bits a fed prompt gets), so its first token does not wait len(hist) steps.
-            self.cache.clear(slot)
-            buf_BxV = torch.zeros(self.slots, self.model.cfg.vocab_size)
-            self.native_step(self.cache, [slot] * len(hist), hist, list(range(len(hist))), buf_BxV)
-            live.pos, live.fresh_1xV = len(hist), buf_BxV[slot:slot + 1].clone()
-            self._keep(hist, self.cache.take(slot, len(hist)), live.fresh_1xV)
         elif len(hist) <= INGEST_MAX and len(hist) < self.max_len:
             self.cache.clear(slot)
-            live.keep_prompt = True  # kept by _logits once its last id is in
+            if self.native_step is None:
+                live.keep_prompt = True  # kept by _logits once its last id is in
+            else:
+                # The C step costs a row per id whether fed or not: feed the whole prompt now, id by
+                # id (the bits a fed prompt gets), so its first token does not wait len(hist) steps.
+                buf_BxV = torch.zeros(self.slots, self.model.cfg.vocab_size)
+                self.native_step(self.cache, [slot] * len(hist), hist, list(range(len(hist))), buf_BxV)
+                live.pos, live.fresh_1xV = len(hist), buf_BxV[slot:slot + 1].clone()
+                self._keep(hist, self.cache.take(slot, len(hist)), live.fresh_1xV)
         elif len(hist) < self.max_len:  # room for at least one new position in the slot
             ids_1xT = torch.tensor([hist], dtype=torch.long, device=self.device)
             prefill = self.model.new_cache(1, max_len=len(hist))
@@ -366,7 +366,6 @@ class Engine:
         if decoding:
             for live in decoding:
                 self._ids[live.slot] = live.hist[live.pos]
-            self.cache.pos_B.copy_(torch.tensor(self._pos))
             if self.native_step is not None:  # each live row alone: the same bits, at the cost of its rows
                 logits_BxV = torch.zeros(self.slots, self.model.cfg.vocab_size)
                 slots = [live.slot for live in decoding]
@@ -374,6 +373,7 @@ class Engine:
                                  logits_BxV)
             else:
                 ids_B = torch.tensor(self._ids, dtype=torch.long, device=self.device)
+                self.cache.pos_B.copy_(torch.tensor(self._pos))  # the batched step reads positions here
                 # Free slots attend to their position 0 only, so no row is all-masked.
                 mask_BxS = self._keys_1xS <= self.cache.pos_B[:, None]
                 logits_BxV = self.decode(ids_B, self.cache.pos_B, self.cache, mask_BxS).float()

@@ -203,7 +203,7 @@ def _unsupported(model: nn.Module) -> str:
 class _Packed:
     """A model's weights as decode.c reads them, and the struct that points at them."""
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: GPT, version: tuple):
         cfg, keep = model.cfg, []
 
         def ptr(t: torch.Tensor | None, kind: Any = _FP) -> Any:
@@ -241,7 +241,7 @@ class _Packed:
             m.head_w = ptr(pack(head.weight.detach()))
         m.head_b = ptr(head.bias)
         self.struct, self.layers, self.keep = m, layers, keep
-        self.version = _version(model)
+        self.version = version  # _version(model) when packed
 
 
 def _version(model: GPT) -> tuple:
@@ -261,10 +261,40 @@ _PACKED: weakref.WeakKeyDictionary[GPT, _Packed] = weakref.WeakKeyDictionary()
 
 
 def _packed(model: GPT) -> _Packed:
-    p = _PACKED.get(model)
-    if p is None or p.version != _version(model):
-        p = _PACKED[model] = _Packed(model)
+    p, version = _PACKED.get(model), _version(model)
+    if p is None or p.version != version:
+        p = _PACKED[model] = _Packed(model, version)
     return p
+
+
+class _Kernel:
+    """What both entry points share: the library, the model's packed weights, a scratch buffer of
+    this caller's own (threads decoding one model must not share one), the token embedding's hooks."""
+
+    def __init__(self, model: GPT, lib: ctypes.CDLL):
+        cfg = model.cfg
+        self.packed = _packed(model)  # holds the weights the struct points at
+        self.scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
+                                                             cfg.context_length))
+        self.fn, self.struct, self.tok_emb = lib.gptlab_decode, ctypes.addressof(self.packed.struct), model.tok_emb
+        self.cache_shape = (cfg.n_layer, cfg.n_head, cfg.head_size)
+
+    def fits(self, cache: KVCache, B: int) -> bool:
+        """A plain contiguous fp32 cache (or a SlotCache) of this model with B rows."""
+        k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
+        L, H, D = self.cache_shape
+        return (k.shape == (L, B, H, cache.max_len, D) and k.dtype == torch.float32 and k.is_contiguous()
+                and v.is_contiguous())
+
+    def run_hooks(self, ids: torch.Tensor) -> None:
+        """The token embedding's hooks see every step, as on torch's path (the server's deadline check)."""
+        if self.tok_emb._forward_pre_hooks or self.tok_emb._forward_hooks:
+            self.tok_emb(ids)
+
+    def __call__(self, cache: KVCache, B: int, row: int, token: int, pos: int, t: int, logits_ptr: int,
+                 attn_ptr: int | None = None, streams_ptr: int | None = None) -> None:
+        self.fn(self.struct, cache.k_LxBxHxSxD.data_ptr(), cache.v_LxBxHxSxD.data_ptr(), B, cache.max_len, row, token,
+                pos, t, logits_ptr, self.scratch.data_ptr(), attn_ptr, streams_ptr)
 
 
 def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> Callable[..., torch.Tensor] | None:
@@ -276,36 +306,28 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
     if _switched_off or not 1 <= batch <= MAX_ROWS or _unsupported(model) or lib is None:
         return None
     assert isinstance(model, GPT)
-    packed = _packed(model)
-    cfg, torch_decode = model.cfg, model.decoder()
-    scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
-                                                    cfg.context_length))
-    step, struct, tok_emb, V = lib.gptlab_decode, ctypes.addressof(packed.struct), model.tok_emb, cfg.vocab_size
-    C_max, n_layer, H, C, D = cfg.context_length, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.head_size
-    scratch_ptr = scratch.data_ptr()
+    kernel, cfg, torch_decode = _Kernel(model, lib), model.cfg, model.decoder()
+    V, C_max, n_layer, H, C = cfg.vocab_size, cfg.context_length, cfg.n_layer, cfg.n_head, cfg.d_model
 
     def decode(idx_B: torch.Tensor, pos_B: torch.Tensor, cache: KVCache, key_mask_BxS: torch.Tensor | None = None, *,
                attn_out: list[torch.Tensor] | None = None, streams_out: list[torch.Tensor] | None = None) -> torch.Tensor:
-        k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
         B = idx_B.shape[0] if idx_B.dim() == 1 else 0
         capture = attn_out is not None or streams_out is not None
         if (key_mask_BxS is not None or type(cache) is not KVCache or not 1 <= B <= MAX_ROWS or (capture and B > 1)
-                or k.shape != (n_layer, B, H, cache.max_len, D) or k.dtype != torch.float32
-                or not (k.is_contiguous() and v.is_contiguous())):
+                or not kernel.fits(cache, B)):
             return torch_decode(idx_B, pos_B, cache, key_mask_BxS, attn_out=attn_out, streams_out=streams_out)
         tokens, positions, t = idx_B.tolist(), pos_B.tolist(), cache.length
         if not (all(0 <= i < V for i in tokens) and all(0 <= p < C_max for p in positions)) or not t < min(cache.max_len, C_max):
             return torch_decode(idx_B, pos_B, cache)  # torch's path raises the error (C would read past the end)
-        if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
-            tok_emb(idx_B)  # its hooks see every step, as on torch's path (the server's deadline check)
+        kernel.run_hooks(idx_B)
         logits_BxV = torch.empty(B, V)
         # An explanation's capture (one row), shaped as torch's path gives it: per layer (1, H, 1, t + 1) and (1, C).
         attn = None if attn_out is None else torch.empty(n_layer, 1, H, 1, t + 1)
         streams = None if streams_out is None else torch.empty(n_layer + 1, 1, C)
         out = logits_BxV.data_ptr()
         for b in range(B):
-            step(struct, k.data_ptr(), v.data_ptr(), B, cache.max_len, b, tokens[b], positions[b], t, out + 4 * b * V,
-                 scratch_ptr, None if attn is None else attn.data_ptr(), None if streams is None else streams.data_ptr())
+            kernel(cache, B, b, tokens[b], positions[b], t, out + 4 * b * V,
+                   None if attn is None else attn.data_ptr(), None if streams is None else streams.data_ptr())
         cache.length += 1
         if attn_out is not None and attn is not None:
             attn_out.extend(attn.unbind(0))
@@ -313,8 +335,7 @@ def decoder(model: nn.Module, batch: int, *, lib: ctypes.CDLL | None = None) -> 
             streams_out.extend(streams.unbind(0))
         return logits_BxV
 
-    decode.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive while decoding
-    decode.scratch = scratch  # type: ignore[attr-defined]
+    decode.kernel = kernel  # type: ignore[attr-defined]  # keeps the weights and scratch alive while decoding
     return decode
 
 
@@ -330,26 +351,20 @@ def slot_decoder(model: nn.Module, *, lib: ctypes.CDLL | None = None) -> Callabl
     if _switched_off or _unsupported(model) or lib is None:
         return None
     assert isinstance(model, GPT)
-    packed, cfg = _packed(model), model.cfg
-    scratch = torch.empty(lib.gptlab_scratch_floats(cfg.d_model, cfg.n_head, cfg.head_size, cfg.d_ff,
-                                                    cfg.context_length))
-    fn, struct, tok_emb, V = lib.gptlab_decode, ctypes.addressof(packed.struct), model.tok_emb, cfg.vocab_size
-    n_layer, H, D = cfg.n_layer, cfg.n_head, cfg.head_size
+    kernel, V, C_max = _Kernel(model, lib), model.cfg.vocab_size, model.cfg.context_length
 
     def step(cache: KVCache, rows: list[int], ids: list[int], positions: list[int], logits_BxV: torch.Tensor) -> None:
-        k, v = cache.k_LxBxHxSxD, cache.v_LxBxHxSxD
-        B, S = k.shape[1], cache.max_len
-        if (k.shape != (n_layer, B, H, S, D) or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous())
-                or logits_BxV.shape != (B, V) or logits_BxV.dtype != torch.float32 or not logits_BxV.is_contiguous()):
+        B, S = cache.k_LxBxHxSxD.shape[1], cache.max_len
+        if (not kernel.fits(cache, B) or logits_BxV.shape != (B, V) or logits_BxV.dtype != torch.float32
+                or not logits_BxV.is_contiguous()):
             raise ValueError("slot_decoder: a contiguous fp32 cache of this model and (B, V) fp32 logits are needed")
         if not all(0 <= r < B for r in rows) or not all(0 <= t < V for t in ids) or not all(
-                0 <= p < min(S, cfg.context_length) for p in positions):
+                0 <= p < min(S, C_max) for p in positions):
             raise ValueError(f"slot_decoder: rows in [0, {B}), ids in [0, {V}) and positions in [0, {S}) are needed")
-        if tok_emb._forward_pre_hooks or tok_emb._forward_hooks:
-            tok_emb(torch.tensor(ids))  # its hooks see every step, as on torch's path
+        kernel.run_hooks(torch.tensor(ids))
         out = logits_BxV.data_ptr()
         for r, t, p in zip(rows, ids, positions):
-            fn(struct, k.data_ptr(), v.data_ptr(), B, S, r, t, p, p, out + 4 * r * V, scratch.data_ptr(), None, None)
+            kernel(cache, B, r, t, p, p, out + 4 * r * V)
 
-    step.packed = packed  # type: ignore[attr-defined]  # keeps the weights alive
+    step.kernel = kernel  # type: ignore[attr-defined]  # keeps the weights and scratch alive
     return step
